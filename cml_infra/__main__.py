@@ -1,0 +1,3 @@
+from cml_infra.cli import main
+
+main()

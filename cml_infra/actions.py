@@ -1,0 +1,125 @@
+"""One function per command: raw flag values in, lifecycle call, output through `ui`.
+
+Kept apart from cli.py so that the CLI module stays declarations only, and apart from
+lifecycle.py so that lifecycle returns data and prints nothing a script would parse.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import typer
+
+from cml_infra import lifecycle, ui
+from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.spec import build_spec, format_duration
+from cml_infra.workspace import StateDir, resolve_state_dir
+
+P = ParamSpec("P")
+R = TypeVar("R")
+STATUS_COLUMNS = ("name", "cloud", "region", "state", "idle_seconds", "created_at", "labels")
+
+
+def reported(func: Callable[P, R]) -> Callable[P, R]:
+    """Our errors become one line and an exit code; CML_INFRA_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except CmlInfraError as exc:
+            if os.environ.get("CML_INFRA_DEBUG") == "1":
+                raise
+            ui.error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+@reported
+def up(
+    *,
+    command: Sequence[str],
+    cloud: str,
+    name: str | None,
+    region: str | None,
+    labels: Sequence[str],
+    idle_timeout: str,
+    ttl: str,
+    single: bool,
+    state_dir: Path | None,
+    terraform: str | None,
+    json_output: bool,
+) -> None:
+    spec = build_spec(
+        cloud=cloud, name=name, region=region, idle_timeout=idle_timeout, ttl=ttl,
+        single=single, labels=labels, command=command,
+    )  # fmt: skip
+    state = StateDir(resolve_state_dir(state_dir))
+    record = lifecycle.up(spec, state, terraform)
+    ui.info(
+        f"{record.name} is running on {record.cloud} ({record.region}, {record.instance_type}); "
+        f"labels: {','.join(record.labels)}; it ends after {format_duration(spec.idle_timeout)} "
+        f"idle, {'after its first task, ' if spec.single else ''}"
+        f"or at {record.expires_at:%Y-%m-%d %H:%M:%S} UTC (ttl {format_duration(spec.ttl)})"
+    )
+    if json_output:
+        ui.emit_json(lifecycle.status(state, include_destroyed=True, only=record.name)[0])
+    else:
+        ui.result(record.name)
+
+
+@reported
+def down(
+    *, names: Sequence[str], all_runners: bool, state_dir: Path | None, terraform: str | None,
+    reason: str | None,
+) -> None:  # fmt: skip
+    state = StateDir(resolve_state_dir(state_dir))
+    if all_runners == bool(names):
+        raise UsageError("NAME", "give one or more runner names, or --all (not both)")
+    targets = lifecycle.all_live(state) if all_runners else list(names)
+    if not targets:
+        ui.info("no live runners; nothing to destroy")
+    lifecycle.down(targets, state, terraform, reason)
+
+
+@reported
+def status(*, state_dir: Path | None, include_destroyed: bool, json_output: bool) -> None:
+    rows = lifecycle.status(StateDir(resolve_state_dir(state_dir)), include_destroyed)
+    if json_output:
+        ui.emit_json(rows)
+    elif rows:
+        ui.table(rows, STATUS_COLUMNS)
+    else:
+        ui.info("no runners")
+
+
+@reported
+def logs(*, name: str, follow: bool, state_dir: Path | None) -> None:
+    try:
+        for chunk in lifecycle.logs(name, StateDir(resolve_state_dir(state_dir)), follow):
+            print(chunk, end="", flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
+@reported
+def render(
+    *, command: Sequence[str], cloud: str, name: str | None, region: str | None,
+    labels: Sequence[str], idle_timeout: str, ttl: str, single: bool, output: Path,
+    state_dir: Path | None,
+) -> None:  # fmt: skip
+    spec = build_spec(
+        cloud=cloud, name=name, region=region, idle_timeout=idle_timeout, ttl=ttl,
+        single=single, labels=labels, command=command,
+    )  # fmt: skip
+    out = lifecycle.render_only(spec, StateDir(resolve_state_dir(state_dir)), output.resolve())
+    ui.info(
+        f"rendered {spec.name} for {spec.cloud}; to apply: "
+        f"terraform -chdir={out} init && terraform -chdir={out} apply"
+    )
+    ui.result(str(out))

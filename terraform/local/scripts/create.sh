@@ -1,0 +1,51 @@
+#!/bin/sh
+# Create one local instance: a sandbox folder whose startup script runs in a session (and so a
+# process group) of its own, detached from Terraform. Waits until the agent reports, so that a
+# boot that fails is reported by `terraform apply` and cleaned up here, not left half made.
+#
+# Environment: SANDBOX, STARTUP_SCRIPT, INSTANCE_JSON, READY_TIMEOUT (seconds).
+set -eu
+
+: "${SANDBOX:?SANDBOX is required}"
+: "${STARTUP_SCRIPT:?STARTUP_SCRIPT is required}"
+: "${INSTANCE_JSON:?INSTANCE_JSON is required}"
+ready_timeout=${READY_TIMEOUT:-60}
+here=$(cd "$(dirname "$0")" && pwd)
+
+if [ -e "$SANDBOX" ]; then
+  echo "local instance: $SANDBOX already exists; another instance has this name" >&2
+  exit 1
+fi
+
+umask 077
+mkdir -p "$SANDBOX"
+printf '%s\n' "$INSTANCE_JSON" >"$SANDBOX/instance.json"
+printf '%s\n' "$STARTUP_SCRIPT" >"$SANDBOX/startup.sh"
+
+# setsid gives the instance its own session; `$$` of the sh it runs is then the process-group
+# id that destroy signals. No descriptor of Terraform's is inherited, or apply would wait on it.
+cd "$SANDBOX"
+setsid sh -c 'echo "$$" >pgid; exec bash startup.sh' </dev/null >>console.log 2>&1 &
+
+fail() {
+  echo "local instance: $1" >&2
+  if [ -f console.log ]; then
+    echo "--- last lines of the instance console ---" >&2
+    tail -n 20 console.log >&2
+  fi
+  SANDBOX="$SANDBOX" LOG_ARCHIVE_DIR="" GRACE_SECONDS=2 sh "$here/destroy.sh" >&2 || true
+  exit 1
+}
+
+waited=0
+while [ ! -f agent-status.json ]; do
+  if [ "$waited" -ge $((ready_timeout * 10)) ]; then
+    fail "the agent did not start within ${ready_timeout}s"
+  fi
+  if [ -f pgid ] && ! kill -s 0 -- "-$(cat pgid)" 2>/dev/null; then
+    fail "the startup script exited before the agent started"
+  fi
+  sleep 0.1
+  waited=$((waited + 1))
+done
+echo "local instance $(basename "$SANDBOX") is up (process group $(cat pgid))"
