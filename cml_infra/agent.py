@@ -50,6 +50,7 @@ class Agent:
         self.home = home
         self.task: subprocess.Popen[bytes] | None = None
         self.tasks_run = 0
+        self.tasks_ended = 0
         self.last_exit_code: int | None = None
         self.last_activity = time.time()
         self.state = "idle"
@@ -87,11 +88,12 @@ class Agent:
                 self.last_activity = now
                 return None
             self.task = None
+            self.tasks_ended += 1
             self.last_exit_code = code
             self.last_activity = now
             log(f"task ended with exit code {code}")
-            if self.single:
-                return "single task done"
+        if self.single and self.tasks_ended:
+            return "single task done"
         self.state = "idle"
         if now - self.last_activity >= self.idle_timeout:
             return f"idle for {self.idle_timeout:.0f}s"
@@ -107,6 +109,7 @@ class Agent:
         except OSError as exc:
             log(f"task could not start: {exc}")
             self.last_exit_code = 127
+            self.tasks_ended += 1
             return
         self.tasks_run += 1
         self.state = "busy"

@@ -18,7 +18,7 @@ from typing import Any
 from cml_infra import clouds, render, ui
 from cml_infra.clouds.base import Cloud, Feature, ManagedInstance, RenderContext
 from cml_infra.errors import CmlInfraError, Interrupted, UsageError
-from cml_infra.spec import RunnerSpec
+from cml_infra.spec import RunnerSpec, validate_name
 from cml_infra.terraform import Engine
 from cml_infra.workspace import LIVE_STATES, RunnerRecord, StateDir, utcnow
 
@@ -177,6 +177,12 @@ def _destroy(engine: Engine, state: StateDir, cloud: Cloud, record: RunnerRecord
 def down(
     names: Iterable[str], state: StateDir, terraform: str | None, reason: str | None
 ) -> list[RunnerRecord]:
+    names = list(names)
+    for name in names:
+        validate_name(name, "NAME")
+    unknown = [name for name in names if state.load(name) is None]
+    if unknown:
+        raise _unknown(unknown, state, "nothing to destroy")
     ended = []
     failures = []
     for name in names:
@@ -195,7 +201,7 @@ def _down_one(
     with state.lock(name, wait=LOCK_WAIT_SECONDS):
         record = state.load(name)
         if record is None:
-            raise _unknown(name, state, "nothing to destroy")
+            raise _unknown([name], state, "nothing to destroy")
         if record.state == "destroyed":
             ui.info(f"{name} is already gone")
             return record
@@ -258,9 +264,9 @@ def _status_row(record: RunnerRecord, instance: ManagedInstance | None) -> dict[
 
 def logs(name: str, state: StateDir, follow: bool) -> Iterator[str]:
     """The instance log as it grows; with `follow`, until the instance is gone."""
-    record = state.load(name)
+    record = state.load(validate_name(name, "NAME"))
     if record is None:
-        raise _unknown(name, state, "no log to show")
+        raise _unknown([name], state, "no log to show")
     cloud = clouds.get(record.cloud, state.root)
     path = cloud.instance_log(name)
     if path is None:
@@ -269,21 +275,21 @@ def logs(name: str, state: StateDir, follow: bool) -> Iterator[str]:
         raise CmlInfraError(f"{name}: the instance has written no log yet")
     offset = 0
     while True:
+        # Checked before the read, so that the last read sees everything the instance wrote.
+        ended = follow and _ended(state, name)
+        # When the sandbox goes, the log continues in the copy kept beside the record.
+        path = cloud.instance_log(name) or path
         chunk, offset = _read_from(path, offset)
         if chunk:
             yield chunk
-        if not follow:
+        if not follow or ended:
             return
-        if not path.exists():
-            # The sandbox went away with the instance; the archived copy holds the rest.
-            archived = cloud.instance_log(name)
-            if archived is not None and archived != path:
-                path = archived
-                continue
-            current = state.load(name)
-            if current is None or current.state in ("destroyed", "failed"):
-                return
         time.sleep(0.5)
+
+
+def _ended(state: StateDir, name: str) -> bool:
+    record = state.load(name)
+    return record is None or record.state in ("destroyed", "failed")
 
 
 def _read_from(path: Path, offset: int) -> tuple[str, int]:
@@ -310,8 +316,9 @@ def render_only(spec: RunnerSpec, state: StateDir, out: Path) -> Path:
     return out
 
 
-def _unknown(name: str, state: StateDir, consequence: str) -> UsageError:
+def _unknown(names: list[str], state: StateDir, consequence: str) -> UsageError:
     known = ", ".join(r.name for r in state.records()) or "none"
+    missing = ", ".join(repr(name) for name in names)
     return UsageError(
-        "NAME", f"no runner named {name!r} in {state.root} ({consequence}); known: {known}"
+        "NAME", f"no runner named {missing} in {state.root} ({consequence}); known: {known}"
     )

@@ -15,11 +15,12 @@ DEFAULT_IDLE_TIMEOUT = "5m"
 DEFAULT_TTL = "24h"
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_INTEGER = re.compile(r"-?[0-9]+")
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
 # Short enough for every cloud's instance name and for the GitHub label `cml-infra-<name>`;
 # lowercase because GCP and Azure reject upper case in names.
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,37}[a-z0-9]$")
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,37}[a-z0-9]")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 AUTO_LABEL_PREFIX = "cml-infra-"
 
 
@@ -27,10 +28,10 @@ def parse_duration(text: str, flag: str) -> int:
     """Seconds in `text` (`90`, `30s`, `5m`, `6h`, `1d`, `1h30m`); zero or negative is an error."""
     value = text.strip().lower()
     hint = "use a whole number with a unit: 30s, 5m, 6h, 1d or 1h30m"
-    if value.lstrip("-").isdigit():
+    if _INTEGER.fullmatch(value):
         seconds = int(value)
     else:
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value)
         if not value or match is None:
             raise UsageError(flag, f"{text!r} is not a duration; {hint}")
         seconds = sum(
@@ -53,7 +54,7 @@ def format_duration(seconds: int) -> str:
 
 
 def validate_name(name: str, flag: str = "--name") -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UsageError(
             flag,
             f"{name!r} is not a valid name; use 2 to 39 lowercase letters, digits and '-', "
@@ -74,7 +75,7 @@ def parse_labels(values: Iterable[str], flag: str = "--labels") -> tuple[str, ..
         for label in (part.strip() for part in value.split(",")):
             if not label:
                 continue
-            if not _LABEL.match(label):
+            if not _LABEL.fullmatch(label):
                 raise UsageError(
                     flag,
                     f"{label!r} is not a valid label; use up to 64 letters, digits, '.', '_' "

@@ -1,15 +1,21 @@
-"""Everything cml-infra prints: results on stdout, progress and messages on stderr."""
+"""Everything cml-infra prints: results on stdout, progress and messages on stderr.
+
+Importing this module is cheap (rich loads on first use), so the CLI callback can set `quiet`
+without slowing `cml-infra COMMAND --help`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from cml_infra.terraform import Event
+    from cml_infra.terraform import Event
 
 _SHOWN_EVENTS = frozenset(
     {
@@ -23,22 +29,38 @@ _SHOWN_EVENTS = frozenset(
     }
 )
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 quiet = False
+
+
+@cache
+def stdout() -> Console:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        # Piped output is read by scripts: never cut a table down to 80 columns.
+        console.width = 1000
+    return console
+
+
+@cache
+def stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
     if not quiet:
-        stderr.print(message, markup=False)
+        stderr().print(message, markup=False)
 
 
 def warn(message: str) -> None:
-    stderr.print(f"warning: {message}", markup=False, style="yellow")
+    stderr().print(f"warning: {message}", markup=False, style="yellow")
 
 
 def error(message: str) -> None:
-    stderr.print(f"error: {message}", markup=False, style="bold red")
+    stderr().print(f"error: {message}", markup=False, style="bold red")
 
 
 def result(text: str) -> None:
@@ -51,12 +73,12 @@ def emit_json(value: Any) -> None:
 
 
 @contextmanager
-def terraform_progress(title: str) -> Iterator[Any]:
+def terraform_progress(title: str) -> Iterator[Callable[[Event], None]]:
     """An event handler: a spinner with the latest step on a TTY, plain lines otherwise."""
     if quiet:
         yield lambda event: None
-    elif stderr.is_terminal:
-        with stderr.status(title) as status:
+    elif stderr().is_terminal:
+        with stderr().status(title) as status:
 
             def on_tty_event(event: Event) -> None:
                 if _shown(event):
@@ -65,11 +87,11 @@ def terraform_progress(title: str) -> Iterator[Any]:
 
             yield on_tty_event
     else:
-        stderr.print(title, markup=False)
+        stderr().print(title, markup=False)
 
         def on_plain_event(event: Event) -> None:
             if _shown(event):
-                stderr.print(f"  {event.message}", markup=False)
+                stderr().print(f"  {event.message}", markup=False)
             _warn_diagnostic(event)
 
         yield on_plain_event
@@ -96,7 +118,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     grid = Table(*columns, box=None, pad_edge=False, header_style="bold")
     for row in rows:
         grid.add_row(*(_cell(row.get(column)) for column in columns))
-    stdout.print(grid)
+    stdout().print(grid)
 
 
 def _cell(value: Any) -> str:

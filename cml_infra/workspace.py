@@ -157,6 +157,7 @@ class StateDir:
 
     def save(self, record: RunnerRecord) -> RunnerRecord:
         record = record.model_copy(update={"updated_at": utcnow()})
+        self.ensure()
         make_private_dir(self.runner_dir(record.name))
         write_private(
             self.runner_dir(record.name) / "runner.json", record.model_dump_json(indent=2)

@@ -18,7 +18,10 @@ resource "terraform_data" "instance" {
   }
 
   provisioner "local-exec" {
-    command = "sh '${local.scripts}/create.sh'"
+    # Run directly, with no shell in between: when Terraform is interrupted it kills the
+    # process it started, and that must be the script itself.
+    interpreter = ["/bin/sh"]
+    command     = "${local.scripts}/create.sh"
     environment = {
       SANDBOX        = local.sandbox
       STARTUP_SCRIPT = var.startup_script
@@ -33,8 +36,9 @@ resource "terraform_data" "instance" {
   }
 
   provisioner "local-exec" {
-    when    = destroy
-    command = "sh '${self.output.scripts}/destroy.sh'"
+    when        = destroy
+    interpreter = ["/bin/sh"]
+    command     = "${self.output.scripts}/destroy.sh"
     environment = {
       SANDBOX         = self.output.sandbox
       LOG_ARCHIVE_DIR = self.output.log_archive_dir

@@ -29,23 +29,27 @@ setsid sh -c 'echo "$$" >pgid; exec bash startup.sh' </dev/null >>console.log 2>
 
 fail() {
   echo "local instance: $1" >&2
-  if [ -f console.log ]; then
+  if [ -f "$SANDBOX/console.log" ]; then
     echo "--- last lines of the instance console ---" >&2
-    tail -n 20 console.log >&2
+    tail -n 20 "$SANDBOX/console.log" >&2
   fi
   SANDBOX="$SANDBOX" LOG_ARCHIVE_DIR="" GRACE_SECONDS=2 sh "$here/destroy.sh" >&2 || true
   exit 1
 }
 
 waited=0
-while [ ! -f agent-status.json ]; do
+while [ ! -f "$SANDBOX/agent-status.json" ]; do
+  if [ ! -d "$SANDBOX" ]; then
+    echo "local instance: $SANDBOX was removed while it booted" >&2
+    exit 1
+  fi
   if [ "$waited" -ge $((ready_timeout * 10)) ]; then
     fail "the agent did not start within ${ready_timeout}s"
   fi
-  if [ -f pgid ] && ! kill -s 0 -- "-$(cat pgid)" 2>/dev/null; then
+  if [ -f "$SANDBOX/pgid" ] && ! kill -s 0 -- "-$(cat "$SANDBOX/pgid")" 2>/dev/null; then
     fail "the startup script exited before the agent started"
   fi
   sleep 0.1
   waited=$((waited + 1))
 done
-echo "local instance $(basename "$SANDBOX") is up (process group $(cat pgid))"
+echo "local instance $(basename "$SANDBOX") is up (process group $(cat "$SANDBOX/pgid"))"

