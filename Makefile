@@ -23,8 +23,8 @@ lint: install
 	$(BIN)/ruff check cml_infra tests
 	$(BIN)/ruff format --check cml_infra tests
 	$(BIN)/mypy
-	$(TERRAFORM) fmt -check -recursive terraform
-	$(BIN)/shellcheck $(SHELL_SCRIPTS)
+	env -u TF_CLI_CONFIG_FILE $(TERRAFORM) fmt -check -recursive terraform
+	$(BIN)/shellcheck --external-sources $(SHELL_SCRIPTS)
 
 test: lint
 	$(BIN)/pytest

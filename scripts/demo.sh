@@ -5,6 +5,7 @@ set -euo pipefail
 cli=${CML_INFRA_CLI:-cml-infra}
 
 echo "== cml-infra up: an instance on the local cloud that runs one task, then idles 10s"
+# shellcheck disable=SC2016 # expanded by the instance's shell, not this one
 name=$("$cli" up --cloud local --idle-timeout 10s --labels demo -- \
   sh -c 'echo "hello from $(hostname), $(nproc) cores"; sleep 3; echo "task done"')
 

@@ -11,6 +11,8 @@ set -eu
 : "${INSTANCE_JSON:?INSTANCE_JSON is required}"
 ready_timeout=${READY_TIMEOUT:-60}
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$here/lib.sh"
 
 if [ -e "$SANDBOX" ]; then
   echo "local instance: $SANDBOX already exists; another instance has this name" >&2
@@ -46,7 +48,7 @@ while [ ! -f "$SANDBOX/agent-status.json" ]; do
   if [ "$waited" -ge $((ready_timeout * 10)) ]; then
     fail "the agent did not start within ${ready_timeout}s"
   fi
-  if [ -f "$SANDBOX/pgid" ] && ! kill -s 0 -- "-$(cat "$SANDBOX/pgid")" 2>/dev/null; then
+  if [ -f "$SANDBOX/pgid" ] && ! group_alive "$(cat "$SANDBOX/pgid")"; then
     fail "the startup script exited before the agent started"
   fi
   sleep 0.1

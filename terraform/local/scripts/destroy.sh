@@ -8,25 +8,24 @@ set -eu
 
 : "${SANDBOX:?SANDBOX is required}"
 grace=${GRACE_SECONDS:-10}
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$here/lib.sh"
 
 if [ ! -d "$SANDBOX" ]; then
   echo "local instance $(basename "$SANDBOX") is already gone"
   exit 0
 fi
 
-alive() {
-  kill -s 0 -- "-$1" 2>/dev/null
-}
-
 pgid=$(cat "$SANDBOX/pgid" 2>/dev/null || true)
-if [ -n "$pgid" ] && alive "$pgid"; then
+if [ -n "$pgid" ] && group_alive "$pgid"; then
   kill -s TERM -- "-$pgid" 2>/dev/null || true
   waited=0
-  while alive "$pgid" && [ "$waited" -lt $((grace * 10)) ]; do
+  while group_alive "$pgid" && [ "$waited" -lt $((grace * 10)) ]; do
     sleep 0.1
     waited=$((waited + 1))
   done
-  if alive "$pgid"; then
+  if group_alive "$pgid"; then
     kill -s KILL -- "-$pgid" 2>/dev/null || true
   fi
 fi
