@@ -7,6 +7,7 @@ leaves a `failed` record for `down` or `cleanup` to finish.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from collections.abc import Iterable, Iterator
@@ -99,7 +100,9 @@ def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord
         )
         workspace = state.workspace(spec.name)
         try:
+            # A reused name starts clean: no workspace, and no log of the runner it replaces.
             state.remove_workspace(spec.name)
+            shutil.rmtree(state.log_dir(spec.name), ignore_errors=True)
             script = render.startup_script(cloud, spec, expires.timestamp())
             context = RenderContext(state.root, script, created, expires)
             render.write_workspace(workspace, cloud, spec, placement, context)

@@ -202,3 +202,17 @@ def test_render_writes_without_applying(cli: Cli, tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "--output" in refused.stderr
     assert os.listdir(out)
+
+
+def test_reused_name_starts_with_a_fresh_log(cli: Cli) -> None:
+    cli.ok("up", "--name", "again", "--single", "--", "echo", "first-life")
+    cli.wait_state("again", {"destroyed"}, timeout=40)
+    assert "first-life" in cli.ok("logs", "again")
+    cli.ok("up", "--name", "again", "--idle-timeout", "1h", "--", "echo", "second-life")
+    log = cli.ok("logs", "again")
+    assert "first-life" not in log
+    deadline = time.monotonic() + 10
+    while "second-life" not in log:
+        assert time.monotonic() < deadline, log
+        time.sleep(0.2)
+        log = cli.ok("logs", "again")
