@@ -17,12 +17,14 @@ import pytest
 from cml_infra import agent, clouds, render
 from cml_infra.clouds.base import RenderContext
 from cml_infra.spec import RunnerSpec
+from cml_infra.terraform import Engine
 
 VENV_SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
 
 def _terraform():
-    return shutil.which("terraform")
+    """The engine cml-infra itself would use: terraform/tofu on PATH, else the bundled one."""
+    return list(Engine.discover(None).argv)
 
 
 def _shellcheck():
@@ -106,12 +108,10 @@ def test_copy_module_skips_dotfiles_and_examples_and_keeps_exec_bit(tmp_path, um
 
 def test_terraform_fmt_check_passes(rendered):
     terraform = _terraform()
-    if terraform is None:
-        pytest.skip("no terraform binary on PATH for `terraform fmt -check`")
     dest, *_ = rendered
     env = {k: v for k, v in os.environ.items() if k != "TF_CLI_CONFIG_FILE"}
     done = subprocess.run(
-        [terraform, "fmt", "-check", "-recursive", "-diff", str(dest)],
+        [*terraform, "fmt", "-check", "-recursive", "-diff", str(dest)],
         capture_output=True,
         text=True,
         env={**env, "CHECKPOINT_DISABLE": "1"},
