@@ -10,7 +10,7 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 
@@ -22,6 +22,9 @@ from cml_infra.workspace import StateDir, resolve_state_dir
 P = ParamSpec("P")
 R = TypeVar("R")
 STATUS_COLUMNS = ("name", "cloud", "region", "state", "idle_seconds", "created_at", "labels")
+CATALOG_COLUMNS = (
+    "cloud", "gpu", "size", "instance_type", "vcpus", "memory_gib", "price", "spot_price", "as_of",
+)  # fmt: skip
 
 
 def reported(func: Callable[P, R]) -> Callable[P, R]:
@@ -41,24 +44,8 @@ def reported(func: Callable[P, R]) -> Callable[P, R]:
 
 
 @reported
-def up(
-    *,
-    command: Sequence[str],
-    cloud: str,
-    name: str | None,
-    region: str | None,
-    labels: Sequence[str],
-    idle_timeout: str,
-    ttl: str,
-    single: bool,
-    state_dir: Path | None,
-    terraform: str | None,
-    json_output: bool,
-) -> None:
-    spec = build_spec(
-        cloud=cloud, name=name, region=region, idle_timeout=idle_timeout, ttl=ttl,
-        single=single, labels=labels, command=command,
-    )  # fmt: skip
+def up(*, state_dir: Path | None, terraform: str | None, json_output: bool, **flags: Any) -> None:
+    spec = build_spec(**flags)
     state = StateDir(resolve_state_dir(state_dir))
     record = lifecycle.up(spec, state, terraform)
     ui.info(
@@ -108,18 +95,35 @@ def logs(*, name: str, follow: bool, state_dir: Path | None) -> None:
 
 
 @reported
-def render(
-    *, command: Sequence[str], cloud: str, name: str | None, region: str | None,
-    labels: Sequence[str], idle_timeout: str, ttl: str, single: bool, output: Path,
-    state_dir: Path | None,
-) -> None:  # fmt: skip
-    spec = build_spec(
-        cloud=cloud, name=name, region=region, idle_timeout=idle_timeout, ttl=ttl,
-        single=single, labels=labels, command=command,
-    )  # fmt: skip
+def render(*, output: Path, state_dir: Path | None, **flags: Any) -> None:
+    spec = build_spec(**flags)
     out = lifecycle.render_only(spec, StateDir(resolve_state_dir(state_dir)), output.resolve())
     ui.info(
         f"rendered {spec.name} for {spec.cloud}; to apply: "
         f"terraform -chdir={out} init && terraform -chdir={out} apply"
     )
     ui.result(str(out))
+
+
+@reported
+def catalog(*, cloud: str | None, json_output: bool) -> None:
+    from cml_infra.catalog import CLOUDS_WITH_CATALOG
+
+    if cloud is not None and cloud not in CLOUDS_WITH_CATALOG:
+        raise UsageError(
+            "--cloud", f"no catalog for {cloud!r}; valid: {', '.join(CLOUDS_WITH_CATALOG)}"
+        )
+    rows = lifecycle.catalog_rows([cloud] if cloud else list(CLOUDS_WITH_CATALOG))
+    if json_output:
+        ui.emit_json(rows)
+    else:
+        ui.table(rows, CATALOG_COLUMNS, money=("price", "spot_price"))
+
+
+@reported
+def doctor(*, cloud: str | None, terraform: str | None) -> None:
+    results = lifecycle.doctor([cloud] if cloud else None, terraform)
+    for subject, ready, detail in results:
+        ui.result(f"{subject}: {'ok' if ready else 'NOT READY'}: {detail}")
+    if not all(ready for _, ready, _ in results):
+        raise typer.Exit(1)

@@ -9,7 +9,9 @@ image has, so nothing is installed from PyPI on an instance. It reads one JSON c
     single          end the instance as soon as the first task ends
     command         argv of the task to run once (task mode); empty: nothing to run
     self_destroy    argv that ends this instance (a `down` of its own workspace on the local
-                    cloud; a shutdown where the VM is set to terminate on shutdown)
+                    cloud; a shutdown where the VM is set to terminate on shutdown), or a
+                    built-in: @gcp-delete-instance, @azure-delete-resource-group, which call
+                    the cloud API with the VM's own identity from the metadata server
     poll_seconds    how often to look
 
 It writes `agent-status.json` (state busy/idle/destroying, last_activity, idle_seconds) beside
@@ -25,10 +27,19 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "agent-status.json"
+HTTP_TIMEOUT = 10.0
+DEFAULT_ENDPOINTS = {
+    "gcp_metadata": "http://metadata.google.internal/computeMetadata/v1",
+    "gcp_api": "https://compute.googleapis.com/compute/v1",
+    "azure_metadata": "http://169.254.169.254/metadata",
+    "azure_api": "https://management.azure.com",
+}
 SELF_DESTROY_ATTEMPTS = 5
 TASK_STOP_GRACE = 10.0
 
@@ -47,6 +58,8 @@ class Agent:
         self.command = [str(arg) for arg in config.get("command", [])]
         self.self_destroy_argv = [str(arg) for arg in config["self_destroy"]]
         self.poll = float(config.get("poll_seconds", 1.0))
+        # Overridable so that tests can point the cloud self-destroys at loopback fakes.
+        self.endpoints = {**DEFAULT_ENDPOINTS, **config.get("endpoints", {})}
         self.home = home
         self.task: subprocess.Popen[bytes] | None = None
         self.tasks_run = 0
@@ -132,14 +145,7 @@ class Agent:
         log(f"ending the instance: {reason}")
         delay = 5.0
         for attempt in range(1, SELF_DESTROY_ATTEMPTS + 1):
-            # A session of its own: the destroy stops this instance's process group, and must
-            # not stop itself with it. Not subprocess.call: on our SIGTERM it would kill the
-            # destroy half way.
-            env = {**os.environ, "CML_INFRA_END_REASON": reason}
-            destroyer = subprocess.Popen(
-                self.self_destroy_argv, stdin=subprocess.DEVNULL, env=env, start_new_session=True
-            )
-            code = destroyer.wait()
+            code = self._destroy_once(reason)
             if self.stopping:
                 return 0
             if code == 0:
@@ -154,6 +160,30 @@ class Agent:
         while not self.stopping:
             time.sleep(self.poll)
         return 1
+
+    def _destroy_once(self, reason: str) -> int:
+        builtin = BUILTIN_SELF_DESTROY.get(self.self_destroy_argv[0])
+        if builtin is not None:
+            try:
+                builtin(self.endpoints)
+            except (OSError, ValueError, KeyError) as exc:
+                # Never the response body: it could echo the token we sent.
+                log(f"self-destroy through the cloud API failed: {type(exc).__name__}: {exc}")
+                return 1
+            return 0
+        # A session of its own: the destroy stops this instance's process group, and must not
+        # stop itself with it. Not subprocess.call: on our SIGTERM it would kill the destroy
+        # half way.
+        env = {**os.environ, "CML_INFRA_END_REASON": reason}
+        destroyer = subprocess.Popen(
+            self.self_destroy_argv, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+        return destroyer.wait()
+
+    def end_now(self, reason: str) -> int:
+        """The TTL timer's entry point: end the instance without running anything first."""
+        signal.signal(signal.SIGTERM, self._on_term)
+        return self._end_instance(reason)
 
     def _on_term(self, signum: int, frame: object) -> None:
         log("stopping (SIGTERM)")
@@ -182,12 +212,54 @@ class Agent:
         os.replace(tmp, self.home / STATUS_FILE)
 
 
+def _http(method: str, url: str, headers: dict[str, str]) -> bytes:
+    request = urllib.request.Request(url, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+        body: bytes = response.read()
+        return body
+
+
+def gcp_delete_instance(endpoints: dict[str, str]) -> None:
+    """Delete this VM with its own service account (allowed on this instance only)."""
+    metadata, flavor = endpoints["gcp_metadata"], {"Metadata-Flavor": "Google"}
+    token = json.loads(_http("GET", f"{metadata}/instance/service-accounts/default/token", flavor))
+    project = _http("GET", f"{metadata}/project/project-id", flavor).decode().strip()
+    zone = _http("GET", f"{metadata}/instance/zone", flavor).decode().strip().rpartition("/")[2]
+    name = _http("GET", f"{metadata}/instance/name", flavor).decode().strip()
+    url = f"{endpoints['gcp_api']}/projects/{project}/zones/{zone}/instances/{name}"
+    _http("DELETE", url, {"Authorization": f"Bearer {token['access_token']}"})
+
+
+def azure_delete_resource_group(endpoints: dict[str, str]) -> None:
+    """Delete this runner's resource group (VM included) with the VM's managed identity."""
+    metadata, header = endpoints["azure_metadata"], {"Metadata": "true"}
+    resource = urllib.parse.quote("https://management.azure.com/", safe="")
+    token_url = f"{metadata}/identity/oauth2/token?api-version=2018-02-01&resource={resource}"
+    token = json.loads(_http("GET", token_url, header))
+    compute = json.loads(
+        _http("GET", f"{metadata}/instance/compute?api-version=2021-02-01", header)
+    )
+    url = (
+        f"{endpoints['azure_api']}/subscriptions/{compute['subscriptionId']}"
+        f"/resourceGroups/{compute['resourceGroupName']}?api-version=2021-04-01"
+    )
+    _http("DELETE", url, {"Authorization": f"Bearer {token['access_token']}"})
+
+
+BUILTIN_SELF_DESTROY = {
+    "@gcp-delete-instance": gcp_delete_instance,
+    "@azure-delete-resource-group": azure_delete_resource_group,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--end-now", metavar="REASON", help="end the instance at once")
     args = parser.parse_args(argv)
     config = json.loads(args.config.read_text(encoding="utf-8"))
-    return Agent(config, args.config.resolve().parent).run()
+    agent = Agent(config, args.config.resolve().parent)
+    return agent.end_now(args.end_now) if args.end_now else agent.run()
 
 
 if __name__ == "__main__":

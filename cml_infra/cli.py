@@ -63,6 +63,41 @@ Single = Annotated[
     typer.Option("--single", help="End the instance as soon as its first task ends.",
                  envvar="CML_INFRA_SINGLE", rich_help_panel=LIFETIME),
 ]  # fmt: skip
+Gpu = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="GPU name and count: t4, l4, a10g, v100, a100, a100-80gb, h100; e.g. a100:8.",
+                 envvar="CML_INFRA_GPU", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+Size = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Generic CPU size: s, m, l, xl (default m when no --gpu/--type).",
+                 envvar="CML_INFRA_SIZE", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+InstanceType = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--type", help="Native instance type, used as is (g5.2xlarge, n1-standard-8).",
+                 envvar="CML_INFRA_TYPE", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+Spot = Annotated[
+    bool,
+    typer.Option("--spot/--no-spot", help="Spot (preemptible) capacity instead of on-demand.",
+                 envvar="CML_INFRA_SPOT", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+MaxPrice = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Spot price cap in USD per hour; default: up to the on-demand price.",
+                 envvar="CML_INFRA_MAX_PRICE", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+Image = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Image instead of the default (AMI id, GCP image, Azure image id).",
+                 envvar="CML_INFRA_IMAGE", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+Tags = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--tag", help="KEY=VALUE tag (GCP: label) on every resource; repeatable.",
+                 rich_help_panel=PLACEMENT),
+]  # fmt: skip
 StateDirOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option("--state-dir", help="Where runner workspaces and records live; "
@@ -107,6 +142,13 @@ def up(
     *,
     cloud: Cloud = "local",
     region: Region = None,
+    gpu: Gpu = None,
+    size: Size = None,
+    instance_type: InstanceType = None,
+    spot: Spot = False,
+    max_price: MaxPrice = None,
+    image: Image = None,
+    tag: Tags = None,
     name: Name = None,
     labels: Labels = None,
     idle_timeout: IdleTimeout = "5m",
@@ -119,9 +161,11 @@ def up(
     """Create an instance and return once it runs; prints its name."""
     from cml_infra import actions
 
-    actions.up(command=command or [], cloud=cloud, name=name, region=region, labels=labels or [],
-               idle_timeout=idle_timeout, ttl=ttl, single=single, state_dir=state_dir,
-               terraform=terraform, json_output=json_output)  # fmt: skip
+    actions.up(state_dir=state_dir, terraform=terraform, json_output=json_output,
+               command=command or [], cloud=cloud, name=name, region=region, gpu=gpu, size=size,
+               instance_type=instance_type, spot=spot, max_price=max_price, image=image,
+               tags=tag or [], labels=labels or [], idle_timeout=idle_timeout, ttl=ttl,
+               single=single)  # fmt: skip
 
 
 @app.command()
@@ -179,6 +223,13 @@ def render(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (new or empty).")],
     cloud: Cloud = "local",
     region: Region = None,
+    gpu: Gpu = None,
+    size: Size = None,
+    instance_type: InstanceType = None,
+    spot: Spot = False,
+    max_price: MaxPrice = None,
+    image: Image = None,
+    tag: Tags = None,
     name: Name = None,
     labels: Labels = None,
     idle_timeout: IdleTimeout = "5m",
@@ -186,12 +237,44 @@ def render(
     single: Single = False,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Write the Terraform workspace `up` would apply, without applying it."""
+    """Write the Terraform workspace `up` would apply, without applying it; needs no credentials."""
     from cml_infra import actions
 
-    actions.render(command=command or [], cloud=cloud, name=name, region=region,
-                   labels=labels or [], idle_timeout=idle_timeout, ttl=ttl, single=single,
-                   output=output, state_dir=state_dir)  # fmt: skip
+    actions.render(output=output, state_dir=state_dir,
+                   command=command or [], cloud=cloud, name=name, region=region, gpu=gpu,
+                   size=size, instance_type=instance_type, spot=spot, max_price=max_price,
+                   image=image, tags=tag or [], labels=labels or [], idle_timeout=idle_timeout,
+                   ttl=ttl, single=single)  # fmt: skip
+
+
+@app.command()
+def catalog(
+    *,
+    cloud: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Only this cloud (aws, gcp, azure).", envvar="CML_INFRA_CLOUD"),
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Instance types per GPU and size, with on-demand and spot $/h and the prices' date."""
+    from cml_infra import actions
+
+    actions.catalog(cloud=cloud, json_output=json_output)
+
+
+@app.command()
+def doctor(
+    *,
+    cloud: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Only this cloud; default: every cloud.", envvar="CML_INFRA_CLOUD"),
+    ] = None,
+    terraform: TerraformOpt = None,
+) -> None:
+    """Check the Terraform engine and each cloud's credentials and project/subscription."""
+    from cml_infra import actions
+
+    actions.doctor(cloud=cloud, terraform=terraform)
 
 
 def main() -> None:

@@ -11,13 +11,14 @@ import shutil
 import signal
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
 from cml_infra import clouds, render, ui
-from cml_infra.clouds.base import Cloud, Feature, ManagedInstance, RenderContext
+from cml_infra.clouds.base import Cloud, Feature, ManagedInstance, Placement, RenderContext
 from cml_infra.errors import CmlInfraError, Interrupted, UsageError
 from cml_infra.spec import RunnerSpec, validate_name
 from cml_infra.terraform import Engine
@@ -65,12 +66,32 @@ class SignalGuard:
         raise Interrupted(name)
 
 
-def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord:
+@dataclass(frozen=True)
+class Prepared:
+    """Everything rendering needs, computed before anything is written: any bad input (an
+    unknown GPU, a startup script too large for the cloud) fails here with nothing created."""
+
+    cloud: Cloud
+    placement: Placement
+    context: RenderContext
+    variables: dict[str, Any]
+
+
+def prepare(spec: RunnerSpec, state: StateDir) -> Prepared:
     cloud = clouds.get(spec.cloud, state.root)
     placement = cloud.resolve(spec)
-    engine = Engine.discover(terraform)
     created = utcnow()
     expires = created + timedelta(seconds=spec.ttl)
+    script = render.startup_script(cloud, spec, expires.timestamp())
+    context = RenderContext(state.root, script, created, expires)
+    return Prepared(cloud, placement, context, cloud.module_vars(spec, placement, context))
+
+
+def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord:
+    prepared = prepare(spec, state)
+    cloud, placement = prepared.cloud, prepared.placement
+    engine = Engine.discover(terraform)
+    created, expires = prepared.context.created_at, prepared.context.expires_at
     with SignalGuard() as guard, state.lock(spec.name, wait=0):
         existing = state.load(spec.name)
         if existing is not None and existing.state != "destroyed":
@@ -103,9 +124,9 @@ def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord
             # A reused name starts clean: no workspace, and no log of the runner it replaces.
             state.remove_workspace(spec.name)
             shutil.rmtree(state.log_dir(spec.name), ignore_errors=True)
-            script = render.startup_script(cloud, spec, expires.timestamp())
-            context = RenderContext(state.root, script, created, expires)
-            render.write_workspace(workspace, cloud, spec, placement, context)
+            render.write_workspace(
+                workspace, cloud, spec, placement, prepared.context, prepared.variables
+            )
             guard.engine = engine
             with ui.terraform_progress(f"{spec.name}: terraform init") as on_event:
                 engine.init(workspace, state, on_event)
@@ -306,15 +327,11 @@ def _read_from(path: Path, offset: int) -> tuple[str, int]:
 
 
 def render_only(spec: RunnerSpec, state: StateDir, out: Path) -> Path:
-    cloud = clouds.get(spec.cloud, state.root)
-    placement = cloud.resolve(spec)
+    prepared = prepare(spec, state)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError("--output", f"{out} exists and is not an empty folder")
-    created = utcnow()
-    expires = created + timedelta(seconds=spec.ttl)
-    script = render.startup_script(cloud, spec, expires.timestamp())
     render.write_workspace(
-        out, cloud, spec, placement, RenderContext(state.root, script, created, expires)
+        out, prepared.cloud, spec, prepared.placement, prepared.context, prepared.variables
     )
     return out
 
@@ -325,3 +342,46 @@ def _unknown(names: list[str], state: StateDir, consequence: str) -> UsageError:
     return UsageError(
         "NAME", f"no runner named {missing} in {state.root} ({consequence}); known: {known}"
     )
+
+
+def catalog_rows(cloud_names: list[str]) -> list[dict[str, Any]]:
+    """Every catalog row with the GPU name:count or size that selects it."""
+    from cml_infra.catalog import load
+
+    rows = []
+    for cloud_name in cloud_names:
+        catalog = load(cloud_name)
+        sizes = {ref: size for size, ref in catalog.sizes.items()}
+        for offer in catalog.instance_types:
+            rows.append(
+                {
+                    "cloud": cloud_name,
+                    "gpu": f"{offer.gpu}:{offer.gpu_count}" if offer.gpu else None,
+                    "size": sizes.get(offer.id),
+                    "instance_type": offer.instance_type,
+                    "accelerator": offer.accelerator,
+                    "vcpus": offer.vcpus,
+                    "memory_gib": offer.memory_gib,
+                    "price": offer.price,
+                    "spot_price": offer.spot_price,
+                    "region": catalog.default_region,
+                    "as_of": catalog.as_of.isoformat(),
+                    "source": catalog.source,
+                }
+            )
+    return rows
+
+
+def doctor(cloud_names: list[str] | None, terraform: str | None) -> list[tuple[str, bool, str]]:
+    """(subject, ready, sentence) for the Terraform engine and each cloud asked about."""
+    results: list[tuple[str, bool, str]] = []
+    try:
+        engine = Engine.discover(terraform)
+        results.append(("terraform", True, engine.label))
+    except UsageError as exc:
+        results.append(("terraform", False, str(exc)))
+    for cloud_name in cloud_names or clouds.names():
+        cloud = clouds.get(cloud_name, Path("."))
+        ready, detail = cloud.check()
+        results.append((cloud.name, ready, detail))
+    return results

@@ -49,49 +49,55 @@ def startup_script(cloud: Cloud, spec: RunnerSpec, expires_at: float) -> str:
         "self_destroy": list(boot.self_destroy),
         "poll_seconds": 1 if cloud.name == "local" else 5,
     }
-    return (
-        _environment()
-        .get_template("startup.sh.j2")
-        .render(
-            version=__version__,
-            name=spec.name,
-            default_home=boot.home,
-            python=boot.python,
-            agent_source=agent_source(),
-            agent_config=json.dumps(config, indent=2),
-        )
+    template = _environment().get_template("startup.sh.j2")
+    return template.render(
+        version=__version__,
+        name=spec.name,
+        default_home=boot.home,
+        python=boot.python,
+        ttl_timer=boot.ttl_timer,
+        expires_at=int(expires_at),
+        agent_source=agent_source(),
+        agent_config=json.dumps(config, indent=2),
     )
 
 
-def root_module(cloud: Cloud, spec: RunnerSpec, variables: dict[str, Any]) -> str:
+def root_module(
+    cloud: Cloud, spec: RunnerSpec, placement: Placement, variables: dict[str, Any]
+) -> str:
+    env = _environment()
+    provider_template = f"providers/{cloud.name}.tf.j2"
+    provider = ""
+    if provider_template in env.list_templates():
+        provider = env.get_template(provider_template).render(placement=placement)
     keys = list(variables)
-    return (
-        _environment()
-        .get_template("root.tf.j2")
-        .render(
-            version=__version__,
-            name=spec.name,
-            cloud=cloud.name,
-            module=f"terraform/{cloud.module}",
-            variables=keys,
-            sensitive=cloud.sensitive_vars(),
-            width=max(len(key) for key in keys),
-        )
+    return env.get_template("root.tf.j2").render(
+        version=__version__,
+        name=spec.name,
+        cloud=cloud.name,
+        provider=provider,
+        module=f"terraform/{cloud.module}",
+        variables=keys,
+        sensitive=cloud.sensitive_vars(),
+        width=max(len(key) for key in keys),
     )
 
 
 def write_workspace(
-    dest: Path, cloud: Cloud, spec: RunnerSpec, placement: Placement, context: RenderContext
-) -> dict[str, Any]:
-    """Write the workspace into `dest` (created 0700, files 0600); returns the module variables."""
-    variables = cloud.module_vars(spec, placement, context)
+    dest: Path,
+    cloud: Cloud,
+    spec: RunnerSpec,
+    placement: Placement,
+    context: RenderContext,
+    variables: dict[str, Any],
+) -> None:
+    """Write the workspace into `dest` (created 0700, files 0600)."""
     make_private_dir(dest)
     _copy_module(resources.module_dir(cloud.module), dest / "module")
-    write_private(dest / "main.tf", root_module(cloud, spec, variables))
+    write_private(dest / "main.tf", root_module(cloud, spec, placement, variables))
     write_private(dest / "terraform.tfvars.json", json.dumps(variables, indent=2) + "\n")
     # The script is in the tfvars too; this copy is for people and linters to read.
     write_private(dest / "startup.sh", context.startup_script)
-    return variables
 
 
 def _copy_module(source: Path, dest: Path) -> None:

@@ -90,6 +90,47 @@ def parse_labels(values: Iterable[str], flag: str = "--labels") -> tuple[str, ..
     return tuple(labels)
 
 
+_TAG_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RESERVED_TAG_PREFIX = "cml-infra-"
+
+
+def parse_tags(values: Iterable[str], flag: str = "--tag") -> dict[str, str]:
+    """`k=v` pairs; our own `cml-infra-*` keys are reserved. Cloud-specific rules come later."""
+    tags: dict[str, str] = {}
+    for value in values:
+        key, sep, tag_value = value.partition("=")
+        key = key.strip()
+        if not sep or not _TAG_KEY.fullmatch(key):
+            raise UsageError(
+                flag,
+                f"{value!r} is not KEY=VALUE with a key of letters, digits and ._/- "
+                "(up to 63 characters)",
+            )
+        if key.lower().startswith(RESERVED_TAG_PREFIX):
+            raise UsageError(
+                flag, f"{key!r}: keys starting with {RESERVED_TAG_PREFIX!r} are reserved"
+            )
+        if len(tag_value) > 255:
+            raise UsageError(flag, f"{key!r}: the value is longer than 255 characters")
+        tags[key] = tag_value
+    return tags
+
+
+def parse_max_price(text: str | None, spot: bool, flag: str = "--max-price") -> float | None:
+    if text is None:
+        return None
+    try:
+        price = float(text)
+    except ValueError:
+        raise UsageError(flag, f"{text!r} is not a price; give USD per hour, e.g. 0.75") from None
+    if not price > 0 or price != price or price == float("inf"):
+        raise UsageError(flag, f"{text!r} must be a positive price in USD per hour, e.g. 0.75")
+    if not spot:
+        raise UsageError(flag, "a maximum price applies to spot instances only; add --spot")
+    return price
+
+
 class RunnerSpec(BaseModel):
     """One runner as asked for; immutable once built."""
 
@@ -103,6 +144,14 @@ class RunnerSpec(BaseModel):
     single: bool = False
     labels: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
+    gpu: str | None = None
+    gpu_count: int = 0
+    size: str | None = None
+    instance_type: str | None = None
+    spot: bool = False
+    max_price: float | None = None
+    image: str | None = None
+    tags: dict[str, str] = {}
 
     @property
     def all_labels(self) -> tuple[str, ...]:
@@ -120,8 +169,27 @@ def build_spec(
     single: bool,
     labels: Sequence[str],
     command: Sequence[str],
+    gpu: str | None = None,
+    size: str | None = None,
+    instance_type: str | None = None,
+    spot: bool = False,
+    max_price: str | None = None,
+    image: str | None = None,
+    tags: Sequence[str] = (),
 ) -> RunnerSpec:
-    """Parse raw flag values into a RunnerSpec; the cloud name is checked by the registry."""
+    """Parse raw flag values into a RunnerSpec; cloud, region and catalog names are checked by
+    the cloud that resolves it."""
+    from cml_infra.catalog import SIZES, parse_gpu
+
+    gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 0)
+    if size is not None and size not in SIZES:
+        raise UsageError("--size", f"unknown size {size!r}; valid: {', '.join(SIZES)}")
+    if size is not None and (gpu or instance_type):
+        raise UsageError("--size", "give one of --size, --gpu or --type, not several")
+    if instance_type is not None and not _TYPE.fullmatch(instance_type):
+        raise UsageError("--type", f"{instance_type!r} is not an instance type name")
+    if image is not None and not image.strip():
+        raise UsageError("--image", "the image must not be empty")
     return RunnerSpec(
         name=validate_name(name) if name else generate_name(),
         cloud=cloud,
@@ -131,4 +199,12 @@ def build_spec(
         single=single,
         labels=parse_labels(labels),
         command=tuple(command),
+        gpu=gpu_name,
+        gpu_count=gpu_count,
+        size=size,
+        instance_type=instance_type,
+        spot=spot,
+        max_price=parse_max_price(max_price, spot),
+        image=image,
+        tags=parse_tags(tags),
     )

@@ -112,20 +112,24 @@ def _warn_diagnostic(event: Event) -> None:
         warn(f"terraform: {diagnostic.get('summary', '')} {diagnostic.get('detail', '')}".strip())
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+def table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str] = ()
+) -> None:
     from rich.table import Table
 
     grid = Table(*columns, box=None, pad_edge=False, header_style="bold")
     for row in rows:
-        grid.add_row(*(_cell(row.get(column)) for column in columns))
+        grid.add_row(*(_cell(row.get(column), column in money) for column in columns))
     stdout().print(grid)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, money: bool = False) -> str:
     if value is None:
         return "-"
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
+    if money and isinstance(value, (int, float)):
+        return f"${value:.4f}"
     if isinstance(value, float):
-        return f"{value:.0f}"
+        return f"{value:g}"
     return str(value)

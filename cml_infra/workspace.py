@@ -64,7 +64,7 @@ class RunnerRecord(BaseModel):
     labels: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
     instance_type: str = ""
-    hourly_price: float = 0.0
+    hourly_price: float | None = None
     instance_id: str | None = None
     engine: tuple[str, ...] = ()
     outputs: dict[str, Any] = {}

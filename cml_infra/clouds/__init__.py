@@ -42,4 +42,4 @@ def get(name: str, state_dir: Path, flag: str = "--cloud") -> Cloud:
 
 def _load() -> None:
     # Importing a cloud module registers it; cloud SDKs load later, inside methods.
-    from cml_infra.clouds import local  # noqa: F401
+    from cml_infra.clouds import aws, azure, gcp, local  # noqa: F401

@@ -36,11 +36,12 @@ class Placement:
     cloud: str
     region: str
     instance_type: str
-    hourly_price: float
+    hourly_price: float | None
     zone: str | None = None
     spot: bool = False
     gpu: str | None = None
     gpu_count: int = 0
+    accelerator: str | None = None
     image: str | None = None
 
 
@@ -67,6 +68,8 @@ class Boot:
     self_destroy: tuple[str, ...]
     python: str = "python3"
     home: str = "/var/lib/cml-infra"
+    # Arm a timer at boot that ends the instance at the TTL even if the agent is gone.
+    ttl_timer: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,9 @@ class Cloud(ABC):
     def resolve(self, spec: RunnerSpec) -> Placement:
         """Native placement; an unknown region, size or GPU raises UsageError listing choices."""
 
+    @abstractmethod
     def boot(self, spec: RunnerSpec) -> Boot:
-        """VMs end themselves by shutting down (their module sets shutdown to terminate)."""
-        return Boot(self_destroy=("shutdown", "-h", "now"))
+        """How the startup script runs the agent and how the agent ends the instance."""
 
     @abstractmethod
     def module_vars(
@@ -125,9 +128,9 @@ class Cloud(ABC):
     def terminate(self, ids: Iterable[str]) -> None:
         """Destroy instances by id; an id that is already gone is not an error."""
 
-    def check(self) -> list[str]:
-        """Problems with credentials or permissions, each a sentence; empty when ready."""
-        return []
+    def check(self) -> tuple[bool, str]:
+        """Whether credentials and project/subscription are usable, and a sentence saying so."""
+        return True, "no credentials needed"
 
     def instance_log(self, name: str) -> Path | None:
         """A readable log of the instance, where the cloud offers one to the launcher."""

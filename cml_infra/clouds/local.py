@@ -42,6 +42,21 @@ class LocalCloud(Cloud):
             raise UsageError(
                 "--region", f"unknown region {spec.region!r} for cloud local; valid: local"
             )
+        if spec.gpu is not None:
+            raise UsageError("--gpu", f"not on the local cloud: {self.UNSUPPORTED[Feature.GPU]}")
+        if spec.spot:
+            raise UsageError("--spot", f"not on the local cloud: {self.UNSUPPORTED[Feature.SPOT]}")
+        for flag, value in (
+            ("--size", spec.size),
+            ("--type", spec.instance_type),
+            ("--image", spec.image),
+        ):
+            if value is not None:
+                raise UsageError(
+                    flag,
+                    "the local cloud runs each instance as a process on this machine; "
+                    "sizes, types and images apply to aws, gcp and azure",
+                )
         return Placement(cloud=self.name, region=REGION, instance_type="process", hourly_price=0.0)
 
     def boot(self, spec: RunnerSpec) -> Boot:

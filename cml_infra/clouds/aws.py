@@ -1,0 +1,147 @@
+"""AWS: EC2 instances from `terraform/aws/`; spot through instance_market_options.
+
+The VM ends itself with a plain shutdown (the module sets instance-initiated shutdown to
+terminate), so it needs no AWS credentials at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from cml_infra.catalog import Offer
+from cml_infra.clouds import register
+from cml_infra.clouds.base import ErrorClass, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds.vm import VmCloud, encode_user_data
+from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.spec import RunnerSpec
+
+USER_DATA_LIMIT = 16 * 1024
+MANAGED_FILTER = {"Name": "tag:cml-infra-managed", "Values": ["true"]}
+_LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
+
+
+@register("aws", aliases=("ec2",))
+class AwsCloud(VmCloud):
+    module = "aws"
+    GPU_TYPE_PATTERN = r"^(g4|g5|g6|gr6|p3|p4|p5|p6)"
+    ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
+        ("InsufficientInstanceCapacity", ErrorClass.CAPACITY),
+        ("InsufficientCapacity", ErrorClass.CAPACITY),
+        ("SpotMaxPriceTooLow", ErrorClass.CAPACITY),
+        ("MaxSpotInstanceCountExceeded", ErrorClass.QUOTA),
+        ("VcpuLimitExceeded", ErrorClass.QUOTA),
+        ("InstanceLimitExceeded", ErrorClass.QUOTA),
+        ("UnauthorizedOperation", ErrorClass.AUTH),
+        ("AuthFailure", ErrorClass.AUTH),
+        ("no valid credential sources", ErrorClass.AUTH),
+        ("InvalidParameter", ErrorClass.INVALID),
+        ("InvalidAMIID", ErrorClass.INVALID),
+    )
+
+    def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+        if spec.image is not None and not re.fullmatch(r"ami-[0-9a-f]{8,17}", spec.image):
+            raise UsageError("--image", f"{spec.image!r} is not an AMI id (ami-0123456789abcdef0)")
+
+    def self_destroy(self) -> tuple[str, ...]:
+        return ("shutdown", "-h", "now")
+
+    def module_vars(
+        self, spec: RunnerSpec, placement: Placement, context: RenderContext
+    ) -> dict[str, Any]:
+        user_data, _ = encode_user_data(
+            context.startup_script, cloud=self.name, limit=USER_DATA_LIMIT, base64_counts=False
+        )
+        return {
+            "name": spec.name,
+            "instance_type": placement.instance_type,
+            "spot": spec.spot,
+            "max_price": spec.max_price,
+            "gpu": placement.gpu is not None,
+            "image_id": spec.image,
+            "user_data_base64": user_data,
+            "expires_at": int(context.expires_at.timestamp()),
+            "tags": dict(spec.tags),
+        }
+
+    def sensitive_vars(self) -> frozenset[str]:
+        return frozenset({"user_data_base64"})
+
+    def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
+        regions = list(regions)
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions)))) as pool:
+            found = pool.map(self._list_region, regions)
+        return [instance for batch in found for instance in batch]
+
+    def terminate(self, ids: Iterable[str]) -> None:
+        by_region: dict[str, list[str]] = {}
+        for full_id in ids:
+            region, _, instance_id = full_id.partition("/")
+            by_region.setdefault(region, []).append(instance_id)
+        for region, instance_ids in by_region.items():
+            client = _ec2(region)
+            try:
+                # Batches of 100 keep each call under EC2's request size limits.
+                for start in range(0, len(instance_ids), 100):
+                    client.terminate_instances(InstanceIds=instance_ids[start : start + 100])
+            except Exception as exc:  # botocore's errors are generated classes
+                if "InvalidInstanceID.NotFound" not in str(exc):
+                    raise CmlInfraError(f"aws {region}: terminate failed: {exc}") from None
+
+    def check(self) -> tuple[bool, str]:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            identity = boto3.client("sts").get_caller_identity()
+        except (BotoCoreError, ClientError) as exc:
+            return False, (
+                f"no usable credentials ({exc}); set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or use OIDC (aws-actions/configure-aws-credentials)"
+            )
+        return True, f"account {identity['Account']} as {identity['Arn']}"
+
+    def _list_region(self, region: str) -> list[ManagedInstance]:
+        pages = (
+            _ec2(region)
+            .get_paginator("describe_instances")
+            .paginate(
+                Filters=[MANAGED_FILTER, {"Name": "instance-state-name", "Values": _LIVE_STATES}]
+            )
+        )
+        found = []
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for raw in reservation["Instances"]:
+                    found.append(_managed(region, raw))
+        return found
+
+
+def _ec2(region: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    # Adaptive retries back off on throttling across a whole scan of many regions.
+    config = Config(retries={"mode": "adaptive", "max_attempts": 10})
+    return boto3.client("ec2", region_name=region, config=config)
+
+
+def _managed(region: str, raw: dict[str, Any]) -> ManagedInstance:
+    tags = {tag["Key"]: tag["Value"] for tag in raw.get("Tags", [])}
+    expires = tags.get("cml-infra-expires", "")
+    launched = raw.get("LaunchTime")
+    return ManagedInstance(
+        id=f"{region}/{raw['InstanceId']}",
+        name=tags.get("cml-infra-name", raw["InstanceId"]),
+        cloud="aws",
+        region=region,
+        state=raw["State"]["Name"],
+        created_at=launched if isinstance(launched, datetime) else None,
+        expires_at=datetime.fromtimestamp(int(expires), timezone.utc)
+        if expires.isdigit()
+        else None,
+        tags=tags,
+    )

@@ -1,0 +1,145 @@
+"""Azure: one resource group per runner from `terraform/azure/`; Spot with Delete eviction.
+
+A VM that shuts itself down on Azure stays allocated and billed, so the agent (and the TTL
+timer armed at boot) delete the runner's resource group with the VM's managed identity, whose
+only role is on that resource group.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from cml_infra.catalog import Offer
+from cml_infra.clouds import register
+from cml_infra.clouds.base import ErrorClass, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds.vm import VmCloud, encode_user_data
+from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.spec import RunnerSpec
+
+CUSTOM_DATA_LIMIT = 64 * 1024
+MANAGED_FILTER = "tagName eq 'cml-infra-managed' and tagValue eq 'true'"
+_IMAGE_ID = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Compute/.+", re.I
+)
+
+
+@register("azure", aliases=("az",))
+class AzureCloud(VmCloud):
+    module = "azure"
+    GPU_TYPE_PATTERN = r"^Standard_N"
+    ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
+        ("SkuNotAvailable", ErrorClass.CAPACITY),
+        ("AllocationFailed", ErrorClass.CAPACITY),
+        ("ZonalAllocationFailed", ErrorClass.CAPACITY),
+        ("OverconstrainedAllocationRequest", ErrorClass.CAPACITY),
+        ("QuotaExceeded", ErrorClass.QUOTA),
+        ("exceeding approved", ErrorClass.QUOTA),
+        ("AuthorizationFailed", ErrorClass.AUTH),
+        ("InvalidAuthenticationToken", ErrorClass.AUTH),
+        ("InvalidParameter", ErrorClass.INVALID),
+    )
+
+    def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+        if spec.image is not None and not _IMAGE_ID.fullmatch(spec.image):
+            raise UsageError(
+                "--image",
+                f"{spec.image!r} is not an image resource id "
+                "(/subscriptions/…/resourceGroups/…/providers/Microsoft.Compute/images/…)",
+            )
+
+    def self_destroy(self) -> tuple[str, ...]:
+        return ("@azure-delete-resource-group",)
+
+    def module_vars(
+        self, spec: RunnerSpec, placement: Placement, context: RenderContext
+    ) -> dict[str, Any]:
+        custom_data, _ = encode_user_data(
+            context.startup_script, cloud=self.name, limit=CUSTOM_DATA_LIMIT, base64_counts=True
+        )
+        return {
+            "name": spec.name,
+            "location": placement.region,
+            "vm_size": placement.instance_type,
+            "spot": spec.spot,
+            "max_bid_price": spec.max_price if spec.max_price is not None else -1,
+            "gpu": placement.gpu is not None,
+            "source_image_id": spec.image,
+            "custom_data_base64": custom_data,
+            "expires_at": int(context.expires_at.timestamp()),
+            "tags": dict(spec.tags),
+        }
+
+    def sensitive_vars(self) -> frozenset[str]:
+        return frozenset({"custom_data_base64"})
+
+    def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
+        wanted = set(regions)
+        groups = _resources().resource_groups.list(filter=MANAGED_FILTER)
+        return [_managed(group) for group in groups if group.location in wanted]
+
+    def terminate(self, ids: Iterable[str]) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = _resources()
+        pollers = []
+        for group in ids:
+            try:
+                pollers.append(client.resource_groups.begin_delete(group))
+            except ResourceNotFoundError:
+                continue
+        for poller in pollers:
+            poller.result()
+
+    def check(self) -> tuple[bool, str]:
+        try:
+            subscription = _subscription()
+            _credential().get_token("https://management.azure.com/.default")
+        except CmlInfraError as exc:
+            return False, str(exc).removeprefix("azure: ")
+        except Exception as exc:  # azure-identity raises several unrelated classes
+            return False, (
+                f"no usable credentials ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                "run `az login`, set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, "
+                "or use OIDC (azure/login)"
+            )
+        return True, f"subscription {subscription}"
+
+
+def _subscription() -> str:
+    for variable in ("ARM_SUBSCRIPTION_ID", "AZURE_SUBSCRIPTION_ID"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    raise CmlInfraError("azure: no subscription; set ARM_SUBSCRIPTION_ID (Terraform reads it too)")
+
+
+def _credential() -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def _resources() -> Any:
+    from azure.mgmt.resource import ResourceManagementClient
+
+    return ResourceManagementClient(_credential(), _subscription())
+
+
+def _managed(group: Any) -> ManagedInstance:
+    tags = dict(group.tags or {})
+    expires = tags.get("cml-infra-expires", "")
+    return ManagedInstance(
+        id=group.name,
+        name=tags.get("cml-infra-name", group.name),
+        cloud="azure",
+        region=group.location,
+        state=str(group.properties.provisioning_state if group.properties else "unknown").lower(),
+        created_at=None,
+        expires_at=datetime.fromtimestamp(int(expires), timezone.utc)
+        if expires.isdigit()
+        else None,
+        tags=tags,
+    )

@@ -1,0 +1,186 @@
+"""GCP: Compute Engine VMs from `terraform/gcp/`; Spot VMs; GPUs built in (a2/g2/a3) or
+attached to n1 machine types.
+
+The hard TTL is GCP's own `max_run_duration` with DELETE. The agent ends the VM by deleting it
+with the VM's own identity, which may delete only this instance (resource-level IAM).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+import re
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from cml_infra.catalog import Offer
+from cml_infra.clouds import register
+from cml_infra.clouds.base import ErrorClass, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds.vm import VmCloud
+from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.spec import RunnerSpec
+
+METADATA_LIMIT = 256 * 1024
+# GPUs that attach to n1 machine types, by our name.
+ATTACHABLE = {"t4": "nvidia-tesla-t4", "v100": "nvidia-tesla-v100"}
+_LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+
+
+@register("gcp", aliases=("google", "gce"))
+class GcpCloud(VmCloud):
+    module = "gcp"
+    GPU_TYPE_PATTERN = r"^(a2|a3|a4|g2|g4)-"
+    ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
+        ("ZONE_RESOURCE_POOL_EXHAUSTED", ErrorClass.CAPACITY),
+        ("does not have enough resources", ErrorClass.CAPACITY),
+        ("QUOTA_EXCEEDED", ErrorClass.QUOTA),
+        ("Quota '", ErrorClass.QUOTA),
+        ("googleapi: Error 403", ErrorClass.AUTH),
+        ("could not find default credentials", ErrorClass.AUTH),
+        ("googleapi: Error 400", ErrorClass.INVALID),
+    )
+
+    def attach_gpu(self, spec: RunnerSpec, instance_type: str) -> Offer:
+        if not instance_type.startswith("n1-") or spec.gpu not in ATTACHABLE:
+            raise UsageError(
+                "--type",
+                f"gcp attaches GPUs ({', '.join(ATTACHABLE)}) to n1 machine types only; "
+                f"{instance_type!r} with {spec.gpu} is not possible",
+            )
+        return Offer(
+            id=f"{instance_type}+{spec.gpu}x{spec.gpu_count}",
+            instance_type=instance_type,
+            vcpus=0,
+            memory_gib=0,
+            gpu=spec.gpu,
+            gpu_count=spec.gpu_count,
+            accelerator=ATTACHABLE[spec.gpu],
+            price=None,
+        )
+
+    def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+        if spec.max_price is not None:
+            raise UsageError(
+                "--max-price",
+                "GCP Spot VMs have no bid price (GCP charges its current Spot price); drop it",
+            )
+        for key, value in spec.tags.items():
+            if not _LABEL.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+                raise UsageError(
+                    "--tag",
+                    f"{key}={value}: GCP labels need lowercase letters, digits, '_' and '-' "
+                    "(keys start with a letter, both up to 63 characters)",
+                )
+
+    def self_destroy(self) -> tuple[str, ...]:
+        return ("@gcp-delete-instance",)
+
+    def module_vars(
+        self, spec: RunnerSpec, placement: Placement, context: RenderContext
+    ) -> dict[str, Any]:
+        return {
+            "name": spec.name,
+            "zone": placement.zone,
+            "machine_type": placement.instance_type,
+            "gpu": placement.gpu is not None,
+            "accelerator_type": placement.accelerator,
+            "accelerator_count": placement.gpu_count if placement.accelerator else 0,
+            "spot": spec.spot,
+            "image": spec.image,
+            "startup_script": metadata_script(context.startup_script),
+            "max_run_duration_seconds": spec.ttl,
+            "expires_at": int(context.expires_at.timestamp()),
+            "labels": dict(spec.tags),
+        }
+
+    def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
+        from google.cloud import compute_v1
+
+        wanted = set(regions)
+        project = _project()
+        request = compute_v1.AggregatedListInstancesRequest(
+            project=project, filter='labels.cml-infra-managed = "true"'
+        )
+        found = []
+        for scope, scoped in compute_v1.InstancesClient().aggregated_list(request=request):
+            zone = scope.rpartition("/")[2]
+            region = zone.rpartition("-")[0]
+            if region not in wanted:
+                continue
+            for instance in scoped.instances:
+                found.append(_managed(zone, region, instance))
+        return found
+
+    def terminate(self, ids: Iterable[str]) -> None:
+        from google.api_core.exceptions import NotFound
+        from google.cloud import compute_v1
+
+        client = compute_v1.InstancesClient()
+        project = _project()
+        for full_id in ids:
+            zone, _, name = full_id.partition("/")
+            try:
+                operation: Any = client.delete(project=project, zone=zone, instance=name)
+                operation.result()
+            except NotFound:
+                continue
+
+    def check(self) -> tuple[bool, str]:
+        try:
+            return True, f"project {_project()}"
+        except CmlInfraError as exc:
+            return False, str(exc).removeprefix("gcp: ")
+
+
+def metadata_script(script: str) -> str:
+    """The startup script as GCP metadata: as is, or a self-unpacking gzip if too large."""
+    if len(script.encode("utf-8")) <= METADATA_LIMIT:
+        return script
+    packed = base64.b64encode(gzip.compress(script.encode("utf-8"), mtime=0)).decode("ascii")
+    wrapper = f"#!/bin/bash\nset -euo pipefail\necho '{packed}' | base64 -d | gunzip | bash\n"
+    if len(wrapper) > METADATA_LIMIT:
+        raise UsageError(
+            "startup script",
+            f"{len(script):,} bytes, {len(wrapper):,} even compressed; "
+            f"gcp allows {METADATA_LIMIT:,} bytes of metadata",
+        )
+    return wrapper
+
+
+def _project() -> str:
+    """The project of the default credentials (or GOOGLE_CLOUD_PROJECT)."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        _, project = google.auth.default()
+    except DefaultCredentialsError as exc:
+        raise CmlInfraError(
+            f"gcp: no default credentials ({exc}); run `gcloud auth application-default login`, "
+            "set GOOGLE_APPLICATION_CREDENTIALS, or use OIDC (google-github-actions/auth)"
+        ) from None
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if not project:
+        raise CmlInfraError("gcp: credentials found but no project; set GOOGLE_CLOUD_PROJECT")
+    return str(project)
+
+
+def _managed(zone: str, region: str, instance: Any) -> ManagedInstance:
+    labels = dict(instance.labels)
+    expires = labels.get("cml-infra-expires", "")
+    created = instance.creation_timestamp
+    return ManagedInstance(
+        id=f"{zone}/{instance.name}",
+        name=labels.get("cml-infra-name", instance.name),
+        cloud="gcp",
+        region=region,
+        state=str(instance.status).lower(),
+        created_at=datetime.fromisoformat(created) if created else None,
+        expires_at=datetime.fromtimestamp(int(expires), timezone.utc)
+        if expires.isdigit()
+        else None,
+        tags=labels,
+    )

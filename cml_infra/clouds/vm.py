@@ -1,0 +1,110 @@
+"""What the three VM clouds share: catalog resolution, the boot path, user-data encoding."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+from abc import abstractmethod
+from typing import ClassVar
+
+from cml_infra.catalog import Catalog, Offer, load
+from cml_infra.clouds.base import Boot, Cloud, ErrorClass, Placement
+from cml_infra.errors import UsageError
+from cml_infra.spec import RunnerSpec
+
+DEFAULT_SIZE = "m"
+
+
+class VmCloud(Cloud):
+    """A cloud whose instances are VMs booted from a startup script and priced by a catalog."""
+
+    # Diagnostic text → class, first match wins; each cloud lists its own error codes.
+    ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = ()
+    # Families with GPUs, for a native --type that the catalog does not list.
+    GPU_TYPE_PATTERN: ClassVar[str] = r"$^"
+
+    @property
+    def catalog(self) -> Catalog:
+        return load(self.name)
+
+    def resolve(self, spec: RunnerSpec) -> Placement:
+        catalog = self.catalog
+        region = catalog.region(spec.region)
+        offer = self._offer(spec, catalog)
+        self.validate(spec, offer)
+        zones = catalog.regions[region]
+        gpu = offer.gpu is not None or bool(re.match(self.GPU_TYPE_PATTERN, offer.instance_type))
+        return Placement(
+            cloud=self.name,
+            region=region,
+            instance_type=offer.instance_type,
+            hourly_price=offer.hourly(spec.spot),
+            zone=zones[0] if zones else None,
+            spot=spec.spot,
+            gpu=offer.gpu or ("unknown" if gpu else None),
+            gpu_count=offer.gpu_count,
+            accelerator=offer.accelerator,
+            image=spec.image,
+        )
+
+    def _offer(self, spec: RunnerSpec, catalog: Catalog) -> Offer:
+        if spec.instance_type is not None:
+            if spec.gpu is not None:
+                return self.attach_gpu(spec, spec.instance_type)
+            return catalog.for_type(spec.instance_type) or Offer(
+                id=spec.instance_type,
+                instance_type=spec.instance_type,
+                vcpus=0,
+                memory_gib=0,
+                price=None,
+            )
+        if spec.gpu is not None:
+            return catalog.for_gpu(spec.gpu, spec.gpu_count)
+        return catalog.for_size(spec.size or DEFAULT_SIZE)
+
+    def attach_gpu(self, spec: RunnerSpec, instance_type: str) -> Offer:
+        """A native type plus GPUs: only clouds that attach GPUs to VMs (GCP n1) allow it."""
+        raise UsageError(
+            "--type",
+            f"{self.name} types come with their GPUs; give --type {instance_type} or "
+            f"--gpu {spec.gpu}:{spec.gpu_count}, not both",
+        )
+
+    def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+        """Cloud-specific checks of image, tags and prices, before anything is created."""
+
+    def boot(self, spec: RunnerSpec) -> Boot:
+        return Boot(self_destroy=self.self_destroy(), ttl_timer=True)
+
+    @abstractmethod
+    def self_destroy(self) -> tuple[str, ...]:
+        """The agent's way to end the instance, with no long-lived credentials on it."""
+
+    def classify(self, summary: str, detail: str) -> ErrorClass:
+        text = f"{summary} {detail}"
+        for pattern, error_class in self.ERROR_PATTERNS:
+            if pattern in text:
+                return error_class
+        return ErrorClass.OTHER
+
+
+def encode_user_data(
+    script: str, *, cloud: str, limit: int, base64_counts: bool
+) -> tuple[str, bool]:
+    """The startup script as base64, gzip-compressed only when it would not fit otherwise.
+
+    `limit` is the cloud's user-data limit in bytes, measured before base64 unless
+    `base64_counts` (Azure counts the base64 text). cloud-init unpacks gzip by itself.
+    """
+    raw = script.encode("utf-8")
+    for payload, compressed in ((raw, False), (gzip.compress(raw, mtime=0), True)):
+        encoded = base64.b64encode(payload).decode("ascii")
+        size = len(encoded) if base64_counts else len(payload)
+        if size <= limit:
+            return encoded, compressed
+    raise UsageError(
+        "startup script",
+        f"{len(raw):,} bytes, {size:,} even compressed; "
+        f"{cloud} allows {limit:,} bytes of user data",
+    )

@@ -1,0 +1,54 @@
+output "id" {
+  description = "Resource id of the VM."
+  value       = azurerm_linux_virtual_machine.this.id
+}
+
+output "name" {
+  description = "Name of the VM (the runner name)."
+  value       = azurerm_linux_virtual_machine.this.name
+}
+
+output "resource_group_name" {
+  description = "Name of the resource group that holds every resource of the runner (cml-infra-<name>); deleting it removes the runner."
+  value       = azurerm_resource_group.this.name
+}
+
+output "resource_group_id" {
+  description = "Resource id of the runner's resource group (the scope of the VM's role assignment)."
+  value       = azurerm_resource_group.this.id
+}
+
+output "location" {
+  description = "Azure region of the runner."
+  value       = azurerm_linux_virtual_machine.this.location
+}
+
+output "vm_size" {
+  description = "Azure VM size of the runner."
+  value       = azurerm_linux_virtual_machine.this.size
+}
+
+output "priority" {
+  description = "\"Spot\" or \"Regular\"."
+  value       = azurerm_linux_virtual_machine.this.priority
+}
+
+output "principal_id" {
+  description = "Object id of the VM's system-assigned managed identity (holds Contributor on the runner's resource group only)."
+  value       = azurerm_linux_virtual_machine.this.identity[0].principal_id
+}
+
+output "public_ip" {
+  description = "The VM's static public IPv4 address; used for egress only, all inbound traffic to it is denied."
+  value       = azurerm_public_ip.this.ip_address
+}
+
+output "private_ip" {
+  description = "The VM's private IPv4 address in the runner's virtual network."
+  value       = azurerm_linux_virtual_machine.this.private_ip_address
+}
+
+output "image" {
+  description = "What the VM boots: the source_image_id, or publisher:offer:sku:version of the marketplace image."
+  value       = var.source_image_id != null ? var.source_image_id : join(":", [local.marketplace_image.publisher, local.marketplace_image.offer, local.marketplace_image.sku, local.marketplace_image.version])
+}

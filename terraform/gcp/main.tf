@@ -1,0 +1,203 @@
+locals {
+  labels = merge(var.labels, {
+    "cml-infra-managed" = "true"
+    "cml-infra-name"    = var.name
+    "cml-infra-expires" = tostring(var.expires_at)
+  })
+
+  # The deny-ingress rule selects the instance by this network tag, so the rule can exist
+  # before the instance does.
+  network_tag = "cml-infra-${var.name}"
+
+  # Service account IDs are 6-30 characters: a name prefix keeps them readable in IAM
+  # listings, the hash keeps two names with the same prefix apart. 4 + 19 + 1 + 6 = 30 at
+  # most; trailing dashes of the cut are dropped so the separator stays readable.
+  service_account_id = "cml-${replace(substr(var.name, 0, 19), "/-+$/", "")}-${substr(sha1(var.name), 0, 6)}"
+
+  # Machine series whose GPUs are part of the machine type (no guest_accelerator needed).
+  builtin_gpu = can(regex("^(a2|a3|a4|a4x|g2|g4)-", var.machine_type))
+
+  image = coalesce(
+    var.image,
+    try(data.google_compute_image.gpu[0].self_link, null),
+    try(data.google_compute_image.cpu[0].self_link, null),
+  )
+  image_disk_size_gb = try(data.google_compute_image.gpu[0].disk_size_gb, data.google_compute_image.cpu[0].disk_size_gb, 0)
+}
+
+# Public images are looked up by family inside the publisher's own project: the project is the
+# owner filter, so a look-alike image in another project can never be picked.
+data "google_compute_image" "gpu" {
+  count = var.image == null && var.gpu ? 1 : 0
+
+  project = "deeplearning-platform-release"
+  family  = var.gpu_image_family
+}
+
+data "google_compute_image" "cpu" {
+  count = var.image == null && !var.gpu ? 1 : 0
+
+  project = "ubuntu-os-cloud"
+  family  = "ubuntu-2404-lts-amd64"
+}
+
+# The VM's own identity, one per runner, so that what it may do can be granted on its own
+# instance only (see google_compute_instance_iam_member.self_delete).
+resource "google_service_account" "runner" {
+  project      = var.project
+  account_id   = local.service_account_id
+  display_name = "cml-infra runner ${var.name}"
+  description  = "Identity of cml-infra runner VM ${var.name} (expires ${var.expires_at}); may delete only that instance."
+}
+
+# GCP firewalls have an implied deny-ingress, but the default network adds default-allow-ssh,
+# -rdp and -icmp from 0.0.0.0/0 at priority 65534. This rule, at the highest priority (0) and
+# with deny winning ties, makes them never apply to the runner, nor any allow rule someone adds
+# later. Firewalls are stateful, so replies to the VM's own outbound connections still come in.
+resource "google_compute_firewall" "deny_ingress" {
+  project     = var.project
+  name        = "${local.network_tag}-deny-ingress"
+  network     = var.network
+  description = "cml-infra runner ${var.name}: no inbound traffic at all (managed by cml-infra, expires ${var.expires_at})."
+  direction   = "INGRESS"
+  priority    = 0
+
+  source_ranges = ["0.0.0.0/0"]
+  target_tags   = [local.network_tag]
+
+  deny {
+    protocol = "all"
+  }
+}
+
+resource "google_compute_instance" "runner" {
+  #checkov:skip=CKV_GCP_40:The ephemeral external IP is for egress only (GitHub, package mirrors) where the subnetwork has no Cloud NAT; all ingress to it is denied by google_compute_firewall.deny_ingress, and assign_external_ip = false turns it off.
+  project      = var.project
+  zone         = var.zone
+  name         = var.name
+  machine_type = var.machine_type
+  description  = "cml-infra runner ${var.name}"
+  labels       = local.labels
+  tags         = [local.network_tag]
+
+  boot_disk {
+    auto_delete       = true
+    kms_key_self_link = var.boot_disk_kms_key_self_link
+
+    initialize_params {
+      image  = local.image
+      size   = var.boot_disk_size_gb
+      type   = var.boot_disk_type
+      labels = local.labels
+    }
+  }
+
+  network_interface {
+    network    = var.network
+    subnetwork = var.subnetwork
+    # IPv4 only: with no IPv6 address there is no way in that the IPv4 deny rule misses.
+    stack_type = "IPV4_ONLY"
+
+    # An ephemeral external IP gives the VM outbound internet (GitHub, package mirrors) without
+    # a Cloud NAT the project may not have. It opens nothing inbound: deny_ingress drops every
+    # connection to it, and the address is released with the VM. Off only for subnetworks that
+    # reach the internet through Cloud NAT (or where an org policy forbids external IPs).
+    dynamic "access_config" {
+      for_each = var.assign_external_ip ? [true] : []
+      content {}
+    }
+  }
+
+  dynamic "guest_accelerator" {
+    for_each = var.accelerator_type == null ? [] : [var.accelerator_type]
+    content {
+      type  = guest_accelerator.value
+      count = var.accelerator_count
+    }
+  }
+
+  scheduling {
+    provisioning_model = var.spot ? "SPOT" : "STANDARD"
+    preemptible        = var.spot
+    # Not even on-demand VMs restart after a host error or GPU host maintenance: a restart
+    # runs the startup script again (re-registering a runner whose job is already lost) and
+    # starts the max_run_duration clock over. A VM that stays stopped costs only its disk
+    # until cleanup deletes it.
+    automatic_restart = false
+    # VMs with GPUs cannot live-migrate, and Spot VMs must be set to terminate.
+    on_host_maintenance = var.gpu || var.spot ? "TERMINATE" : "MIGRATE"
+    # The hard TTL: Compute Engine itself deletes the VM at the deadline (and on preemption),
+    # whether or not the agent or the launcher is still alive.
+    instance_termination_action = "DELETE"
+
+    max_run_duration {
+      seconds = var.max_run_duration_seconds
+    }
+  }
+
+  shielded_instance_config {
+    # NVIDIA's kernel modules on Deep Learning VM images are built on the VM and not signed by
+    # a key in the UEFI db, so Secure Boot would refuse to load them and the GPUs would be
+    # unusable. vTPM and integrity monitoring (measured boot) still apply to GPU VMs.
+    enable_secure_boot          = !var.gpu
+    enable_vtpm                 = true
+    enable_integrity_monitoring = true
+  }
+
+  service_account {
+    email = google_service_account.runner.email
+    # The scope only caps what the token may reach; the service account's IAM (this instance
+    # only) is what limits it. cloud-platform is the scope Google recommends with IAM.
+    scopes = ["cloud-platform"]
+  }
+
+  metadata = {
+    # Nobody logs in: no project-wide keys, no serial console, and OS Login (IAM-checked) in
+    # place of instance keys, which this module never sets.
+    "block-project-ssh-keys" = "TRUE"
+    "serial-port-enable"     = "FALSE"
+    "enable-oslogin"         = "TRUE"
+    "startup-script"         = var.startup_script
+    # Deep Learning VM images install their bundled NVIDIA driver at first boot only when
+    # asked (else they wait for an interactive login); the install needs no reboot. Other
+    # images ignore the key.
+    "install-nvidia-driver" = var.gpu ? "True" : "False"
+  }
+
+  # The deny rule must exist before the VM boots, so the default network's allow rules never
+  # apply to it, not even for a minute.
+  depends_on = [google_compute_firewall.deny_ingress]
+
+  lifecycle {
+    precondition {
+      condition     = (var.accelerator_type == null) == (var.accelerator_count == 0)
+      error_message = "Set accelerator_type and accelerator_count (1, 2, 4, 8 or 16) together, or neither (accelerator_type = null, accelerator_count = 0)."
+    }
+
+    precondition {
+      condition     = var.accelerator_type == null || var.gpu
+      error_message = "An attached GPU (accelerator_type) needs gpu = true: the Deep Learning VM image and on_host_maintenance = \"TERMINATE\"."
+    }
+
+    precondition {
+      condition     = !local.builtin_gpu || var.gpu
+      error_message = "Machine type ${var.machine_type} has built-in GPUs: set gpu = true (a2, a3, a4, g2 and g4 machine types cannot live-migrate and need the NVIDIA driver)."
+    }
+
+    precondition {
+      condition     = var.boot_disk_size_gb >= local.image_disk_size_gb
+      error_message = "The boot_disk_size_gb (${var.boot_disk_size_gb}) is smaller than the image (${local.image_disk_size_gb} GB)."
+    }
+  }
+}
+
+# The on-VM agent deletes its own instance when idle, with the token the metadata server gives
+# it for this service account. The grant is on this instance only (resource-level IAM), so the
+# VM cannot touch any other instance of the project.
+resource "google_compute_instance_iam_member" "self_delete" {
+  project       = google_compute_instance.runner.project
+  zone          = google_compute_instance.runner.zone
+  instance_name = google_compute_instance.runner.name
+  role          = "roles/compute.instanceAdmin.v1"
+  member        = google_service_account.runner.member
+}
