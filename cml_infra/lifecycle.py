@@ -120,6 +120,7 @@ def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord
             )
         )
         workspace = state.workspace(spec.name)
+        applying = False
         try:
             # A reused name starts clean: no workspace, and no log of the runner it replaces.
             state.remove_workspace(spec.name)
@@ -131,6 +132,7 @@ def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord
             with ui.terraform_progress(f"{spec.name}: terraform init") as on_event:
                 engine.init(workspace, state, on_event)
             guard.check()
+            applying = True
             with ui.terraform_progress(f"{spec.name}: creating on {cloud.name}") as on_event:
                 engine.apply(workspace, state, on_event)
             guard.check()
@@ -140,7 +142,7 @@ def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord
             if guard.received and not isinstance(exc, Interrupted):
                 failure = Interrupted(guard.received)
             guard.rolling_back = True
-            _rollback(engine, state, cloud, record, failure)
+            _rollback(engine, state, cloud, record, failure, applying)
             if failure is exc:
                 raise
             raise failure from None
@@ -152,11 +154,20 @@ def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord
 
 
 def _rollback(
-    engine: Engine, state: StateDir, cloud: Cloud, record: RunnerRecord, failure: BaseException
+    engine: Engine,
+    state: StateDir,
+    cloud: Cloud,
+    record: RunnerRecord,
+    failure: BaseException,
+    applying: bool,
 ) -> None:
     reason = str(failure) or type(failure).__name__
-    ui.warn(f"{record.name}: {reason}; destroying what was created")
-    problems = _destroy(engine, state, cloud, record)
+    problems = ""
+    # Before apply starts nothing exists in the cloud (a failed init, say, of a provider that
+    # cannot be downloaded), and asking the cloud would need credentials the user may not have.
+    if applying:
+        ui.warn(f"{record.name}: {reason}; destroying what was created")
+        problems = _destroy(engine, state, cloud, record)
     if problems:
         state.save(
             record.model_copy(

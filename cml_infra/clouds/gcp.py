@@ -23,6 +23,7 @@ from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import RunnerSpec
 
 METADATA_LIMIT = 256 * 1024
+MIN_RUN_SECONDS, MAX_RUN_SECONDS = 30, 120 * 86400
 # GPUs that attach to n1 machine types, by our name.
 ATTACHABLE = {"t4": "nvidia-tesla-t4", "v100": "nvidia-tesla-v100"}
 _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -44,6 +45,8 @@ class GcpCloud(VmCloud):
     )
 
     def attach_gpu(self, spec: RunnerSpec, instance_type: str) -> Offer:
+        if spec.gpu_count not in (1, 2, 4, 8):
+            raise UsageError("--gpu", f"gcp attaches 1, 2, 4 or 8 GPUs, not {spec.gpu_count}")
         if not instance_type.startswith("n1-") or spec.gpu not in ATTACHABLE:
             raise UsageError(
                 "--type",
@@ -62,6 +65,10 @@ class GcpCloud(VmCloud):
         )
 
     def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+        if not MIN_RUN_SECONDS <= spec.ttl <= MAX_RUN_SECONDS:
+            raise UsageError(
+                "--ttl", "GCP's max run duration (the hard TTL) must be between 30s and 120d"
+            )
         if spec.max_price is not None:
             raise UsageError(
                 "--max-price",

@@ -1,5 +1,9 @@
 locals {
-  labels = merge(var.labels, {
+  # Label values may hold only lowercase letters, digits, '_' and '-' (63 at most); tag values
+  # from the command line are free text, so they are mapped rather than refused.
+  user_labels = { for k, v in var.labels : k => substr(replace(lower(v), "/[^a-z0-9_-]/", "_"), 0, 63) }
+
+  labels = merge(local.user_labels, {
     "cml-infra-managed" = "true"
     "cml-infra-name"    = var.name
     "cml-infra-expires" = tostring(var.expires_at)

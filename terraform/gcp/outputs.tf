@@ -69,6 +69,6 @@ output "firewall_name" {
 }
 
 output "labels" {
-  description = "Labels set on the instance and its boot disk (the user's labels plus the cml-infra-* labels)."
+  description = "Labels set on the instance and its boot disk (the user's labels, made label-safe, plus the cml-infra-* labels)."
   value       = local.labels
 }

@@ -93,7 +93,7 @@ variable "image" {
 variable "gpu_image_family" {
   description = "Image family in project deeplearning-platform-release booted when gpu is true and image is null; its images carry CUDA and the NVIDIA driver, which installs at first boot without a reboot."
   type        = string
-  default     = "common-cu124-ubuntu-2204"
+  default     = "common-cu124-ubuntu-2204-py310"
   nullable    = false
 
   validation {
@@ -137,14 +137,14 @@ variable "expires_at" {
 }
 
 variable "labels" {
-  description = "Extra labels (the user's tags) on the instance and its boot disk. The cml-infra-managed, cml-infra-name and cml-infra-expires labels are always set and win over keys of the same name."
+  description = "Extra labels (the user's tags) on the instance and its boot disk. Values are made label-safe (lowercased, other characters than a-z 0-9 _ - become _, cut to 63). The cml-infra-managed, cml-infra-name and cml-infra-expires labels are always set and win over keys of the same name."
   type        = map(string)
   default     = {}
   nullable    = false
 
   validation {
-    condition     = alltrue([for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))])
-    error_message = "Each label key must be 1 to 63 of lowercase letters, digits, '_' and '-', starting with a letter; each value 0 to 63 of lowercase letters, digits, '_' and '-'."
+    condition     = alltrue([for k in keys(var.labels) : can(regex("^[a-z][a-z0-9_-]{0,62}$", k))])
+    error_message = "Each label key must be 1 to 63 of lowercase letters, digits, '_' and '-', starting with a lowercase letter (GCP label keys allow nothing else)."
   }
 
   validation {

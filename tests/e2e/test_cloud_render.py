@@ -1,0 +1,181 @@
+"""Every cloud x {CPU, GPU} x {spot, on-demand}, rendered with no credentials, then held against
+`terraform fmt`, the offline provider-schema checker, checkov and shellcheck."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import hcl2
+import pytest
+
+from cml_infra.terraform import Engine
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+TFSCHEMA = Path(os.environ.get("CML_INFRA_TFSCHEMA", REPO.parent / "shared" / "tfschema"))
+CHECKOV = os.environ.get("CML_INFRA_CHECKOV") or str(REPO / ".venv-checkov" / "bin" / "checkov")
+CLOUDS = ("aws", "gcp", "azure")
+MATRIX = list(itertools.product(CLOUDS, ("cpu", "gpu"), ("spot", "on-demand")))
+
+
+def clean_env() -> dict[str, str]:
+    """No credentials of any cloud: rendering must not need them."""
+    prefixes = ("AWS_", "GOOGLE_", "CLOUDSDK_", "ARM_", "AZURE_", "CML_INFRA_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, str], Path]:
+    root = tmp_path_factory.mktemp("rendered")
+    env = {**clean_env(), "CML_INFRA_HOME": str(root / "state")}
+    out = {}
+    for cloud, kind, market in MATRIX:
+        dest = root / f"{cloud}-{kind}-{market}"
+        args = ["render", "--cloud", cloud, "--name", f"m-{cloud}-{kind}", "-o", str(dest)]
+        args += ["--gpu", "t4"] if kind == "gpu" else ["--size", "s"]
+        args += ["--spot"] if market == "spot" else ["--no-spot"]
+        args += ["--tag", "team=ml", "--", "python3", "train.py"]
+        done = subprocess.run([sys.executable, "-m", "cml_infra", *args], env=env,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, f"{args}: {done.stderr}"
+        out[(cloud, kind, market)] = dest
+    assert not (root / "state").exists(), "render wrote to the state dir"
+    return out
+
+
+def test_terraform_fmt(rendered: dict[tuple[str, str, str], Path]) -> None:
+    engine = Engine.discover(None)
+    for dest in rendered.values():
+        done = subprocess.run([*engine.argv, "fmt", "-check", "-recursive", "-diff", str(dest)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, f"{dest}: {done.stdout}{done.stderr}"
+
+
+def test_provider_schema_checker_finds_nothing(rendered: dict[tuple[str, str, str], Path]) -> None:
+    checker = TFSCHEMA / "check.py"
+    if not checker.is_file():
+        pytest.skip(f"the offline provider-schema checker is not at {checker}")
+    done = subprocess.run([sys.executable, str(checker), *map(str, rendered.values())],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    last = done.stdout.strip().splitlines()[-1]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert last.endswith(" 0 findings"), last
+
+
+def test_checkov_fails_nothing(rendered: dict[tuple[str, str, str], Path], tmp_path: Path) -> None:
+    if not Path(CHECKOV).is_file() and shutil.which(CHECKOV) is None:
+        pytest.skip(f"checkov is not at {CHECKOV} (make install-checkov)")
+    parent = next(iter(rendered.values())).parent
+    done = subprocess.run(
+        [CHECKOV, "-d", str(parent), "--framework", "terraform", "--quiet", "-o", "json",
+         "--skip-download"],
+        env={**clean_env(), "BC_SKIP_MAPPING": "TRUE"}, capture_output=True, text=True,
+        check=False, timeout=600,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    reports = report if isinstance(report, list) else [report]
+    failed = [
+        f"{c['check_id']} {c['file_path']} {c['resource']}"
+        for r in reports
+        for c in r.get("results", {}).get("failed_checks", [])
+    ]
+    assert failed == []
+    skipped = [c for r in reports for c in r.get("results", {}).get("skipped_checks", [])]
+    assert all(c.get("suppress_comment", "").strip() for c in skipped), "a skip without a reason"
+    passed = sum(r.get("summary", {}).get("passed", 0) for r in reports)
+    assert passed > 0
+
+
+def test_shellcheck_startup_scripts(rendered: dict[tuple[str, str, str], Path]) -> None:
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
+    for dest in rendered.values():
+        done = subprocess.run([shellcheck, str(dest / "startup.sh")], capture_output=True,
+                              text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, f"{dest}: {done.stdout}"
+
+
+def unquote(value: object) -> object:
+    """python-hcl2 keeps HCL's quotes on names and strings; compare without them."""
+    if isinstance(value, dict):
+        return {str(unquote(k)): unquote(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unquote(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def module_resources(dest: Path) -> dict[str, dict[str, dict[str, object]]]:
+    """resource type → name → body, from the module copy in a rendered workspace."""
+    found: dict[str, dict[str, dict[str, object]]] = {}
+    for path in (dest / "module").glob("*.tf"):
+        for block in unquote(hcl2.loads(path.read_text())).get("resource", []):
+            for rtype, named in block.items():
+                found.setdefault(rtype, {}).update(named)
+    return found
+
+
+def tfvars(dest: Path) -> dict[str, object]:
+    return json.loads((dest / "terraform.tfvars.json").read_text())
+
+
+@pytest.mark.parametrize(("cloud", "kind", "market"), MATRIX)
+def test_inputs_ask_for_what_was_asked(rendered, cloud: str, kind: str, market: str) -> None:
+    values = tfvars(rendered[(cloud, kind, market)])
+    assert values["spot"] is (market == "spot")
+    assert values["gpu"] is (kind == "gpu")
+    assert values["tags" if cloud != "gcp" else "labels"] == {"team": "ml"}
+    assert isinstance(values["expires_at"], int)
+    if cloud == "gcp":
+        assert values["max_run_duration_seconds"] == 24 * 3600
+        assert values["accelerator_type"] == ("nvidia-tesla-t4" if kind == "gpu" else None)
+
+
+def test_aws_module_settings(rendered) -> None:
+    resources = module_resources(rendered[("aws", "gpu", "spot")])
+    (instance,) = resources["aws_instance"].values()
+    text = json.dumps(instance)
+    assert instance["instance_initiated_shutdown_behavior"] == "terminate"
+    assert '"http_tokens": "required"' in text
+    assert '"encrypted": true' in text
+    assert (
+        "instance_market_options" in text
+        and '"instance_interruption_behavior": "terminate"' in text
+    )
+    groups = resources.get("aws_security_group", {})
+    assert groups and all("ingress" not in json.dumps(g) for g in groups.values())
+    assert "aws_vpc_security_group_ingress_rule" not in resources
+
+
+def test_gcp_module_settings(rendered) -> None:
+    resources = module_resources(rendered[("gcp", "gpu", "spot")])
+    (instance,) = resources["google_compute_instance"].values()
+    text = json.dumps(instance)
+    settings = (
+        "instance_termination_action", "max_run_duration", "provisioning_model",
+        "on_host_maintenance", "shielded_instance_config", "guest_accelerator",
+    )  # fmt: skip
+    for setting in settings:
+        assert setting in text, setting
+    rules = resources.get("google_compute_firewall", {})
+    assert rules and all("deny" in rule and "allow" not in rule for rule in rules.values())
+    assert "google_compute_instance_iam_member" in resources
+
+
+def test_azure_module_settings(rendered) -> None:
+    resources = module_resources(rendered[("azure", "gpu", "spot")])
+    (vm,) = resources["azurerm_linux_virtual_machine"].values()
+    text = json.dumps(vm)
+    assert vm["disable_password_authentication"] is True
+    assert "eviction_policy" in text and "max_bid_price" in text
+    assert "SystemAssigned" in text
+    (assignment,) = resources["azurerm_role_assignment"].values()
+    assert "azurerm_resource_group" in json.dumps(assignment["scope"])
+    nsg_text = json.dumps(resources["azurerm_network_security_group"])
+    assert '"access": "Deny"' in nsg_text and '"Allow"' not in nsg_text
