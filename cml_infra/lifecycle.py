@@ -270,7 +270,10 @@ def status(
     for cloud_name in sorted({r.cloud for r in records if r.state in LIVE_STATES}):
         cloud = clouds.get(cloud_name, state.root)
         regions = sorted({r.region for r in records if r.cloud == cloud_name})
-        live.update({(cloud_name, i.name): i for i in cloud.list_managed(regions)})
+        try:
+            live.update({(cloud_name, i.name): i for i in cloud.list_managed(regions)})
+        except CmlInfraError as exc:
+            ui.warn(f"showing recorded states only for {cloud_name}: {exc}")
     return [_status_row(record, live.get((record.cloud, record.name))) for record in records]
 
 

@@ -83,13 +83,9 @@ class AwsCloud(VmCloud):
             by_region.setdefault(region, []).append(instance_id)
         for region, instance_ids in by_region.items():
             client = _ec2(region)
-            try:
-                # Batches of 100 keep each call under EC2's request size limits.
-                for start in range(0, len(instance_ids), 100):
-                    client.terminate_instances(InstanceIds=instance_ids[start : start + 100])
-            except Exception as exc:  # botocore's errors are generated classes
-                if "InvalidInstanceID.NotFound" not in str(exc):
-                    raise CmlInfraError(f"aws {region}: terminate failed: {exc}") from None
+            # Batches of 100 keep each call under EC2's request size limits.
+            for start in range(0, len(instance_ids), 100):
+                _terminate_batch(client, region, instance_ids[start : start + 100])
 
     def check(self) -> tuple[bool, str]:
         import boto3
@@ -105,19 +101,38 @@ class AwsCloud(VmCloud):
         return True, f"account {identity['Account']} as {identity['Arn']}"
 
     def _list_region(self, region: str) -> list[ManagedInstance]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        live = {"Name": "instance-state-name", "Values": _LIVE_STATES}
         pages = (
             _ec2(region)
             .get_paginator("describe_instances")
-            .paginate(
-                Filters=[MANAGED_FILTER, {"Name": "instance-state-name", "Values": _LIVE_STATES}]
-            )
+            .paginate(Filters=[MANAGED_FILTER, live])
         )
-        found = []
-        for page in pages:
-            for reservation in page["Reservations"]:
-                for raw in reservation["Instances"]:
-                    found.append(_managed(region, raw))
+        found: list[ManagedInstance] = []
+        try:
+            for page in pages:
+                for reservation in page["Reservations"]:
+                    found.extend(_managed(region, raw) for raw in reservation["Instances"])
+        except (BotoCoreError, ClientError) as exc:
+            raise CmlInfraError(f"aws {region}: could not list instances: {exc}") from None
         return found
+
+
+def _terminate_batch(client: Any, region: str, instance_ids: list[str]) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.terminate_instances(InstanceIds=instance_ids)
+    except ClientError as exc:
+        if "InvalidInstanceID.NotFound" not in str(exc):
+            raise CmlInfraError(f"aws {region}: terminate failed: {exc}") from None
+        # One unknown id fails the whole call: the others still need terminating.
+        if len(instance_ids) > 1:
+            for instance_id in instance_ids:
+                _terminate_batch(client, region, [instance_id])
+    except BotoCoreError as exc:
+        raise CmlInfraError(f"aws {region}: terminate failed: {exc}") from None
 
 
 def _ec2(region: str) -> Any:

@@ -77,22 +77,30 @@ class AzureCloud(VmCloud):
         return frozenset({"custom_data_base64"})
 
     def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
+        from azure.core.exceptions import AzureError
+
         wanted = set(regions)
-        groups = _resources().resource_groups.list(filter=MANAGED_FILTER)
+        try:
+            groups = list(_resources().resource_groups.list(filter=MANAGED_FILTER))
+        except AzureError as exc:
+            raise CmlInfraError(f"azure: could not list resource groups: {exc}") from None
         return [_managed(group) for group in groups if group.location in wanted]
 
     def terminate(self, ids: Iterable[str]) -> None:
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         client = _resources()
-        pollers = []
-        for group in ids:
-            try:
-                pollers.append(client.resource_groups.begin_delete(group))
-            except ResourceNotFoundError:
-                continue
-        for poller in pollers:
-            poller.result()
+        try:
+            pollers = []
+            for group in ids:
+                try:
+                    pollers.append(client.resource_groups.begin_delete(group))
+                except ResourceNotFoundError:
+                    continue
+            for poller in pollers:
+                poller.result()
+        except AzureError as exc:
+            raise CmlInfraError(f"azure: delete failed: {exc}") from None
 
     def check(self) -> tuple[bool, str]:
         try:

@@ -104,9 +104,17 @@ class GcpCloud(VmCloud):
         }
 
     def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
+        from google.api_core.exceptions import GoogleAPIError
+        from google.auth.exceptions import GoogleAuthError
+
+        try:
+            return self._list(set(regions))
+        except (GoogleAPIError, GoogleAuthError) as exc:
+            raise CmlInfraError(f"gcp: could not list instances: {exc}") from None
+
+    def _list(self, wanted: set[str]) -> list[ManagedInstance]:
         from google.cloud import compute_v1
 
-        wanted = set(regions)
         project = _project()
         request = compute_v1.AggregatedListInstancesRequest(
             project=project, filter='labels.cml-infra-managed = "true"'
@@ -122,7 +130,7 @@ class GcpCloud(VmCloud):
         return found
 
     def terminate(self, ids: Iterable[str]) -> None:
-        from google.api_core.exceptions import NotFound
+        from google.api_core.exceptions import GoogleAPIError, NotFound
         from google.cloud import compute_v1
 
         client = compute_v1.InstancesClient()
@@ -134,6 +142,8 @@ class GcpCloud(VmCloud):
                 operation.result()
             except NotFound:
                 continue
+            except GoogleAPIError as exc:
+                raise CmlInfraError(f"gcp {full_id}: delete failed: {exc}") from None
 
     def check(self) -> tuple[bool, str]:
         try:

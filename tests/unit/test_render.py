@@ -55,9 +55,9 @@ def rendered(tmp_path, runner_spec, umask_022):
     expires = created + timedelta(seconds=runner_spec.ttl)
     script = render.startup_script(cloud, runner_spec, expires.timestamp())
     dest = tmp_path / "ws"
-    variables = render.write_workspace(
-        dest, cloud, runner_spec, placement, RenderContext(state_root, script, created, expires)
-    )
+    context = RenderContext(state_root, script, created, expires)
+    variables = cloud.module_vars(runner_spec, placement, context)
+    render.write_workspace(dest, cloud, runner_spec, placement, context, variables)
     return dest, variables, script, expires
 
 
@@ -221,7 +221,8 @@ def test_agent_source_guard_rejects_the_unquoted_name_anywhere(tmp_path, monkeyp
 
 def test_root_module_lists_variables_aligned(runner_spec, tmp_path):
     cloud = clouds.get("local", tmp_path)
-    text = render.root_module(cloud, runner_spec, {"a": 1, "longer_name": 2})
+    placement = cloud.resolve(runner_spec)
+    text = render.root_module(cloud, runner_spec, placement, {"a": 1, "longer_name": 2})
     assert "  a           = var.a\n" in text
     assert "  longer_name = var.longer_name\n" in text
     assert "render-me" in text
