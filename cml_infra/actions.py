@@ -107,13 +107,7 @@ def render(*, output: Path, state_dir: Path | None, **flags: Any) -> None:
 
 @reported
 def catalog(*, cloud: str | None, json_output: bool) -> None:
-    from cml_infra.catalog import CLOUDS_WITH_CATALOG
-
-    if cloud is not None and cloud not in CLOUDS_WITH_CATALOG:
-        raise UsageError(
-            "--cloud", f"no catalog for {cloud!r}; valid: {', '.join(CLOUDS_WITH_CATALOG)}"
-        )
-    rows = lifecycle.catalog_rows([cloud] if cloud else list(CLOUDS_WITH_CATALOG))
+    rows = lifecycle.catalog_rows(lifecycle.catalog_clouds(cloud))
     if json_output:
         ui.emit_json(rows)
     else:

@@ -358,6 +358,19 @@ def _unknown(names: list[str], state: StateDir, consequence: str) -> UsageError:
     )
 
 
+def catalog_clouds(cloud: str | None) -> list[str]:
+    """The clouds `catalog --cloud` names (aliases allowed); every cloud with a catalog if None."""
+    from cml_infra.catalog import CLOUDS_WITH_CATALOG
+
+    if cloud is None:
+        return list(CLOUDS_WITH_CATALOG)
+    name = clouds.get(cloud, Path(".")).name
+    if name not in CLOUDS_WITH_CATALOG:
+        valid = ", ".join(CLOUDS_WITH_CATALOG)
+        raise UsageError("--cloud", f"no catalog for {cloud!r}; valid: {valid}")
+    return [name]
+
+
 def catalog_rows(cloud_names: list[str]) -> list[dict[str, Any]]:
     """Every catalog row with the GPU name:count or size that selects it."""
     from cml_infra.catalog import load

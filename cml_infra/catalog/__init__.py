@@ -129,10 +129,10 @@ def load(cloud: str) -> Catalog:
 
 def parse_gpu(text: str, flag: str = "--gpu") -> tuple[str, int]:
     """`t4` → ("t4", 1); `a100:8` → ("a100", 8); unknown names list every known GPU."""
-    name, _, count_text = text.strip().lower().partition(":")
+    name, colon, count_text = text.strip().lower().partition(":")
     if name not in GPU_NAMES:
         raise UsageError(flag, f"unknown GPU {name!r}; " + _choices(name, GPU_NAMES))
-    if not count_text:
+    if not colon:
         return name, 1
     if not count_text.isascii() or not count_text.isdigit() or not 1 <= int(count_text) <= 16:
         raise UsageError(flag, f"{text!r}: the count after ':' must be a whole number from 1 to 16")

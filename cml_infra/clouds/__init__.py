@@ -33,10 +33,13 @@ def get(name: str, state_dir: Path, flag: str = "--cloud") -> Cloud:
     _load()
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in _REGISTRY:
-        choices = sorted({*_REGISTRY, *_ALIASES})
-        close = difflib.get_close_matches(name.lower(), choices, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UsageError(flag, f"unknown cloud {name!r}; {hint}valid: {', '.join(choices)}")
+        close = difflib.get_close_matches(name.lower(), sorted({*_REGISTRY, *_ALIASES}), n=1)
+        hint = f"did you mean {_ALIASES.get(close[0], close[0])!r}? " if close else ""
+        raise UsageError(
+            flag,
+            f"unknown cloud {name!r}; {hint}valid: {', '.join(sorted(_REGISTRY))} "
+            f"(aliases: {', '.join(sorted(_ALIASES))})",
+        )
     return _REGISTRY[key](state_dir)
 
 

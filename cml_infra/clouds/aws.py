@@ -43,6 +43,10 @@ class AwsCloud(VmCloud):
     )
 
     def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+        if spec.instance_type is not None and not re.fullmatch(
+            r"[a-z][a-z0-9-]*\.[a-z0-9-]+", spec.instance_type
+        ):
+            raise UsageError("--type", f"{spec.instance_type!r} is not an EC2 type (g5.2xlarge)")
         if spec.image is not None and not re.fullmatch(r"ami-[0-9a-f]{8,17}", spec.image):
             raise UsageError("--image", f"{spec.image!r} is not an AMI id (ami-0123456789abcdef0)")
 

@@ -44,6 +44,15 @@ class AzureCloud(VmCloud):
     )
 
     def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+        if spec.instance_type is not None and not re.fullmatch(
+            r"(Standard|Basic)_[A-Za-z0-9_-]+", spec.instance_type
+        ):
+            raise UsageError(
+                "--type", f"{spec.instance_type!r} is not an Azure VM size (Standard_NC4as_T4_v3)"
+            )
+        for key in spec.tags:
+            if any(char in key for char in "<>%&\\?/"):
+                raise UsageError("--tag", f"{key!r}: Azure tag names cannot contain <>%&\\?/")
         if spec.image is not None and not _IMAGE_ID.fullmatch(spec.image):
             raise UsageError(
                 "--image",

@@ -83,6 +83,7 @@ class RenderContext:
 
     def tags(self, spec: RunnerSpec) -> dict[str, str]:
         return {
+            **spec.tags,
             "cml-infra-managed": "true",
             "cml-infra-name": spec.name,
             "cml-infra-expires": str(int(self.expires_at.timestamp())),

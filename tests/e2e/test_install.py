@@ -8,6 +8,7 @@ with terraform/ and templates/ as package data, comes only from the wheel.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -93,3 +94,22 @@ def test_acceptance_from_an_unrelated_folder(installed: Path, tmp_path: Path) ->
     sandbox = state / "local" / "instances" / "demo1"
     assert not sandbox.exists()
     assert processes_in(sandbox) == []
+
+
+def test_cloud_render_and_catalog_from_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """Issue 3's "done when": render for every cloud from a non-editable install, no credentials."""
+    prefixes = ("AWS_", "GOOGLE_", "CLOUDSDK_", "ARM_", "AZURE_", "CML_INFRA_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env["CML_INFRA_HOME"] = str(tmp_path / "state")
+    cli = str(installed / "bin" / "cml-infra")
+    for cloud in ("aws", "gcp", "azure"):
+        out = tmp_path / cloud
+        done = subprocess.run(
+            [cli, "render", "--cloud", cloud, "--gpu", "t4", "--spot", "-o", str(out)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert (out / "module" / "main.tf").is_file() and (out / "main.tf").is_file()
+    catalog = subprocess.run([cli, "catalog", "--json"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    assert {row["cloud"] for row in json.loads(catalog.stdout)} == {"aws", "gcp", "azure"}

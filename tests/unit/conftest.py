@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,6 +18,36 @@ def clean_env(monkeypatch):
         if key.startswith("CML_INFRA_"):
             monkeypatch.delenv(key)
     monkeypatch.delenv("TF_CLI_CONFIG_FILE", raising=False)
+
+
+class NoAzureCredential:
+    """Stands in for DefaultAzureCredential, which would probe the Azure metadata server."""
+
+    def get_token(self, *scopes, **kwargs):
+        raise RuntimeError("no Azure credential in the unit tests")
+
+
+@pytest.fixture(autouse=True)
+def no_cloud_metadata(monkeypatch):
+    """No test reaches a non-loopback address: the SDKs look for credentials on cloud metadata
+    servers (169.254.169.254, metadata.google.internal) when they find none elsewhere."""
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # Container credentials would be fetched from 169.254.170.2 or any URL given here.
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
+    # google-auth compares NO_GCE_CHECK with "true" exactly; port 9 on loopback is closed.
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("GCE_METADATA_ROOT", "127.0.0.1:9")
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    # google-auth reads these when first imported; if an earlier import saw other values, fix it.
+    metadata = sys.modules.get("google.auth.compute_engine._metadata")
+    if metadata is not None:
+        monkeypatch.setattr(metadata, "_NO_GCE_CHECK", True)
+        monkeypatch.setattr(metadata, "_GCE_METADATA_HOST", "127.0.0.1:9")
+    from cml_infra.clouds import azure
+
+    monkeypatch.setattr(azure, "_credential", NoAzureCredential)
 
 
 @pytest.fixture(autouse=True)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import ast
+import http.server
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -285,3 +290,341 @@ def test_agent_script_needs_a_config(tmp_path):
     )
     assert done.returncode == 2
     assert "--config" in done.stderr
+
+
+# --- built-in self-destroys, against a loopback fake of the metadata server and the cloud API --
+
+GCP_DISCOVERY = Path(__file__).resolve().parents[1] / "data" / "gcp-compute-subset.json"
+TOKEN = "tok-SECRET"
+
+
+class FakeCloud(http.server.ThreadingHTTPServer):
+    """Answers from `routes` ((method, path) → (status, body)) and records every request."""
+
+    daemon_threads = True
+
+    def __init__(self, routes):
+        super().__init__(("127.0.0.1", 0), FakeCloudHandler)
+        self.routes = routes
+        self.requests = []
+        self.base = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FakeCloudHandler(http.server.BaseHTTPRequestHandler):
+    def _answer(self):
+        parsed = urllib.parse.urlsplit(self.path)
+        self.server.requests.append(
+            {
+                "method": self.command,
+                "path": parsed.path,
+                "query": urllib.parse.parse_qs(parsed.query),
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+            }
+        )
+        status, body = self.server.routes.get((self.command, parsed.path), (404, "not found"))
+        data = body if isinstance(body, str) else json.dumps(body)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if data[:1] in "[{" else "text/plain")
+        self.send_header("Content-Length", str(len(data.encode())))
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+    do_GET = do_DELETE = _answer
+
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture
+def fake_cloud(monkeypatch):
+    for key in list(os.environ):
+        if key.lower().endswith("_proxy"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    servers = []
+
+    def start(routes):
+        server = FakeCloud(routes)
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def gcp_delete_method():
+    discovery = json.loads(GCP_DISCOVERY.read_text(encoding="utf-8"))
+    return discovery, discovery["resources"]["instances"]["methods"]["delete"]
+
+
+GCP_METADATA = "/computeMetadata/v1"
+GCP_DELETE_PATH = "/compute/v1/projects/proj/zones/us-central1-a/instances/vm1"
+
+
+def _gcp_routes(delete=(200, None)):
+    operation = {
+        "kind": "compute#operation",
+        "id": "8123456789012345678",
+        "name": "operation-1764252000000-delete",
+        "zone": "https://www.googleapis.com/compute/v1/projects/proj/zones/us-central1-a",
+        "operationType": "delete",
+        "targetLink": "https://www.googleapis.com/compute/v1" + GCP_DELETE_PATH[11:],
+        "status": "RUNNING",
+        "progress": 0,
+    }
+    return {
+        ("GET", f"{GCP_METADATA}/instance/service-accounts/default/token"): (
+            200,
+            {"access_token": TOKEN, "expires_in": 3599, "token_type": "Bearer"},
+        ),
+        ("GET", f"{GCP_METADATA}/project/project-id"): (200, "proj"),
+        ("GET", f"{GCP_METADATA}/instance/zone"): (200, "projects/123/zones/us-central1-a"),
+        ("GET", f"{GCP_METADATA}/instance/name"): (200, "vm1"),
+        ("DELETE", GCP_DELETE_PATH): (delete[0], delete[1] or operation),
+    }
+
+
+def _gcp_agent(tmp_path, server):
+    endpoints = {
+        "gcp_metadata": server.base + GCP_METADATA,
+        "gcp_api": server.base + "/compute/v1",
+    }
+    return Agent(config(self_destroy=["@gcp-delete-instance"], endpoints=endpoints), tmp_path)
+
+
+def test_gcp_delete_instance(tmp_path, quiet_log, fake_cloud, gcp_delete_method):
+    server = fake_cloud(_gcp_routes())
+    assert _gcp_agent(tmp_path, server)._destroy_once("idle") == 0
+    *metadata, delete = server.requests
+    assert [r["path"] for r in metadata] == [
+        f"{GCP_METADATA}/instance/service-accounts/default/token",
+        f"{GCP_METADATA}/project/project-id",
+        f"{GCP_METADATA}/instance/zone",
+        f"{GCP_METADATA}/instance/name",
+    ]
+    for request in metadata:
+        assert request["method"] == "GET"
+        assert request["headers"]["metadata-flavor"] == "Google"
+        assert "authorization" not in request["headers"]
+    assert delete["method"] == "DELETE"
+    assert delete["path"] == GCP_DELETE_PATH
+    assert delete["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert "metadata-flavor" not in delete["headers"]
+
+
+def test_gcp_delete_matches_the_compute_api(tmp_path, quiet_log, fake_cloud, gcp_delete_method):
+    """The request the fake saw, held against compute.instances.delete in Google's Discovery
+    document: method, URL template under servicePath, and each path parameter's pattern."""
+    discovery, method = gcp_delete_method
+    server = fake_cloud(_gcp_routes())
+    assert _gcp_agent(tmp_path, server)._destroy_once("idle") == 0
+    delete = server.requests[-1]
+    assert method["id"] == "compute.instances.delete"
+    assert delete["method"] == method["httpMethod"] == "DELETE"
+    assert method["flatPath"] == method["path"]
+    template = "/" + discovery["servicePath"] + method["flatPath"]
+    pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(template))
+    match = re.fullmatch(pattern, delete["path"])
+    assert match is not None, (template, delete["path"])
+    assert match.groupdict() == {"project": "proj", "zone": "us-central1-a", "instance": "vm1"}
+    assert set(match.groupdict()) == set(method["parameterOrder"])
+    for name, value in match.groupdict().items():
+        parameter = method["parameters"][name]
+        assert parameter["location"] == "path"
+        assert re.fullmatch(parameter.get("pattern", ".+"), value), name
+    for name, parameter in method["parameters"].items():
+        if parameter.get("required"):
+            assert name in match.groupdict(), name
+    assert delete["query"] == {}
+    # The fake's reply is an Operation as the API defines it, not a shape of our own.
+    operation = _gcp_routes()[("DELETE", GCP_DELETE_PATH)][1]
+    assert method["response"]["$ref"] == "Operation"
+    assert set(operation) <= set(discovery["schemas"]["Operation"]["properties"])
+
+
+def test_gcp_api_failure_does_not_log_the_token(tmp_path, quiet_log, fake_cloud):
+    server = fake_cloud(_gcp_routes(delete=(500, {"error": {"message": f"bad token {TOKEN}"}})))
+    assert _gcp_agent(tmp_path, server)._destroy_once("idle") == 1
+    assert server.requests[-1]["method"] == "DELETE"
+    assert len(quiet_log) == 1
+    assert "self-destroy through the cloud API failed: HTTPError" in quiet_log[0]
+    assert TOKEN not in quiet_log[0]
+
+
+@pytest.mark.parametrize(
+    ("token_reply", "error"),
+    [((200, "not json"), "JSONDecodeError"), ((200, {"token": "x"}), "KeyError")],
+)
+def test_gcp_bad_token_reply(tmp_path, quiet_log, fake_cloud, token_reply, error):
+    routes = _gcp_routes()
+    routes[("GET", f"{GCP_METADATA}/instance/service-accounts/default/token")] = token_reply
+    server = fake_cloud(routes)
+    assert _gcp_agent(tmp_path, server)._destroy_once("idle") == 1
+    assert error in quiet_log[0]
+    assert not any(r["method"] == "DELETE" for r in server.requests)
+
+
+def test_metadata_server_unreachable(tmp_path, quiet_log, fake_cloud):
+    server = fake_cloud({})
+    server.shutdown()
+    server.server_close()
+    a = _gcp_agent(tmp_path, server)
+    assert a._destroy_once("idle") == 1
+    assert "URLError" in quiet_log[0]
+
+
+AZURE_TOKEN_PATH = "/metadata/identity/oauth2/token"
+AZURE_DELETE_PATH = "/subscriptions/sub/resourceGroups/cml-infra-x"
+
+
+def _azure_routes(delete=(202, "")):
+    return {
+        ("GET", AZURE_TOKEN_PATH): (
+            200,
+            {"access_token": TOKEN, "expires_in": "86399", "token_type": "Bearer"},
+        ),
+        ("GET", "/metadata/instance/compute"): (
+            200,
+            {"subscriptionId": "sub", "resourceGroupName": "cml-infra-x", "name": "vm1"},
+        ),
+        ("DELETE", AZURE_DELETE_PATH): delete,
+    }
+
+
+def _azure_agent(tmp_path, server):
+    endpoints = {"azure_metadata": server.base + "/metadata", "azure_api": server.base}
+    return Agent(
+        config(self_destroy=["@azure-delete-resource-group"], endpoints=endpoints), tmp_path
+    )
+
+
+def test_azure_delete_resource_group(tmp_path, quiet_log, fake_cloud):
+    server = fake_cloud(_azure_routes())
+    assert _azure_agent(tmp_path, server)._destroy_once("ttl reached") == 0
+    token, compute, delete = server.requests
+    assert (token["method"], token["path"]) == ("GET", AZURE_TOKEN_PATH)
+    assert token["query"]["resource"] == ["https://management.azure.com/"]
+    assert token["query"]["api-version"] == ["2018-02-01"]
+    assert (compute["method"], compute["path"]) == ("GET", "/metadata/instance/compute")
+    assert compute["query"]["api-version"] == ["2021-02-01"]
+    for request in (token, compute):
+        assert request["headers"]["metadata"] == "true"
+        assert "authorization" not in request["headers"]
+    assert (delete["method"], delete["path"]) == ("DELETE", AZURE_DELETE_PATH)
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", delete["query"]["api-version"][0])
+    assert delete["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert "metadata" not in delete["headers"]
+
+
+def test_azure_api_failure_does_not_log_the_token(tmp_path, quiet_log, fake_cloud):
+    server = fake_cloud(_azure_routes(delete=(500, {"error": {"message": TOKEN}})))
+    assert _azure_agent(tmp_path, server)._destroy_once("idle") == 1
+    assert len(quiet_log) == 1
+    assert "HTTPError" in quiet_log[0]
+    assert TOKEN not in quiet_log[0]
+
+
+def test_azure_metadata_without_a_resource_group(tmp_path, quiet_log, fake_cloud):
+    routes = _azure_routes()
+    routes[("GET", "/metadata/instance/compute")] = (200, {"subscriptionId": "sub"})
+    server = fake_cloud(routes)
+    assert _azure_agent(tmp_path, server)._destroy_once("idle") == 1
+    assert "KeyError" in quiet_log[0]
+    assert not any(r["method"] == "DELETE" for r in server.requests)
+
+
+def test_default_endpoints_are_the_real_ones():
+    assert agent.DEFAULT_ENDPOINTS == {
+        "gcp_metadata": "http://metadata.google.internal/computeMetadata/v1",
+        "gcp_api": "https://compute.googleapis.com/compute/v1",
+        "azure_metadata": "http://169.254.169.254/metadata",
+        "azure_api": "https://management.azure.com",
+    }
+
+
+def test_gcp_api_default_is_the_discovery_base_url(gcp_delete_method):
+    discovery, _ = gcp_delete_method
+    assert agent.DEFAULT_ENDPOINTS["gcp_api"] + "/" == discovery["baseUrl"]
+
+
+# --- agent.main --end-now: the TTL timer's way in -------------------------------------------
+
+
+@pytest.fixture
+def restore_sigterm():
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture
+def agents(monkeypatch):
+    """Every Agent made during the test, to reach the one agent.main() builds."""
+    made = []
+    original = Agent.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Agent, "__init__", init)
+    return made
+
+
+def _config_file(tmp_path, **changes):
+    path = tmp_path / "agent-config.json"
+    path.write_text(json.dumps(config(**changes)))
+    return path
+
+
+def test_end_now_destroys_once_and_exits_when_stopped(
+    tmp_path, quiet_log, monkeypatch, restore_sigterm, agents
+):
+    record = tmp_path / "destroyed.txt"
+    path = _config_file(
+        tmp_path, self_destroy=["sh", "-c", f'echo "$CML_INFRA_END_REASON" >>"{record}"']
+    )
+    sleeps = []
+
+    def sleep(seconds):
+        # The cloud ends the VM while the agent waits: SIGTERM arrives and the agent stops.
+        sleeps.append(seconds)
+        agents[0].stopping = True
+
+    monkeypatch.setattr(agent.time, "sleep", sleep)
+    assert agent.main(["--config", str(path), "--end-now", "ttl reached"]) == 0
+    assert record.read_text() == "ttl reached\n"
+    assert sleeps == [30.0]
+    assert "ending the instance: ttl reached" in quiet_log
+    status = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert (status["state"], status["reason"]) == ("destroying", "ttl reached")
+    assert signal.getsignal(signal.SIGTERM) == agents[0]._on_term
+
+
+def test_end_now_retries_a_failing_destroy_with_backoff(
+    tmp_path, quiet_log, monkeypatch, restore_sigterm, agents
+):
+    path = _config_file(tmp_path, self_destroy=["false"], poll_seconds=1)
+    calls = []
+    sleeps = []
+
+    def destroy_once(self, reason):
+        calls.append(reason)
+        return 1
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) > agent.SELF_DESTROY_ATTEMPTS + 2:
+            agents[0].stopping = True
+
+    monkeypatch.setattr(Agent, "_destroy_once", destroy_once)
+    monkeypatch.setattr(agent.time, "sleep", sleep)
+    assert agent.main(["--config", str(path), "--end-now", "ttl reached"]) == 1
+    assert calls == ["ttl reached"] * agent.SELF_DESTROY_ATTEMPTS
+    assert sleeps[: agent.SELF_DESTROY_ATTEMPTS] == [5.0, 10.0, 20.0, 40.0, 80.0]
+    assert set(sleeps[agent.SELF_DESTROY_ATTEMPTS :]) == {1.0}
+    assert any("cml-infra cleanup" in line for line in quiet_log)

@@ -48,7 +48,12 @@ def assert_one_line_error(result, flag, state_root):
         (["up", "--idle-timeout", "-5m"], "--idle-timeout", "'-5m'"),
         (["up", "--ttl", "-5"], "--ttl", "'-5'"),
         (["up", "--name", "Bad_Name"], "--name", "'Bad_Name' is not a valid name"),
-        (["up", "--cloud", "gpc"], "--cloud", "valid: local"),
+        (
+            ["up", "--cloud", "gpc"],
+            "--cloud",
+            "valid: aws, azure, gcp, local (aliases: az, ec2, gce, google)",
+        ),
+        (["up", "--cloud", "gpc"], "--cloud", "unknown cloud 'gpc'; did you mean 'gcp'?"),
         (["up", "--region", "us-east-1"], "--region", "valid: local"),
         (["up", "--terraform", "/nonexistent/terraform"], "--terraform", "/nonexistent"),
         (["up", "--labels", "a b"], "--labels", "'a b' is not a valid label"),
@@ -259,3 +264,165 @@ def test_subcommand_help_imports_nothing_heavy():
     _, modules = _imported_modules("up", "--help")
     # typer itself coerces a subcommand's parameters through pydantic; that one is not ours.
     assert sorted(modules & (set(HEAVY) - {"pydantic"})) == []
+
+
+# --- catalog, render and doctor for the VM clouds ---------------------------------------------
+
+CLOUD_ENV_PREFIXES = ("AWS_", "GOOGLE_", "CLOUDSDK_", "ARM_", "AZURE_")
+
+
+@pytest.fixture
+def no_cloud_credentials(monkeypatch, tmp_path):
+    """No credentials of any cloud, and none a SDK could find in files or metadata servers."""
+    for key in list(os.environ):
+        if key.startswith(CLOUD_ENV_PREFIXES):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "nonexistent" / "creds"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "nonexistent" / "config"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "nonexistent" / "gcloud"))
+
+
+def test_catalog_json_lists_every_cloud_with_prices_and_date():
+    from cml_infra.catalog import load
+
+    result = invoke("catalog", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {row["cloud"] for row in rows} == {"aws", "gcp", "azure"}
+    for cloud in ("aws", "gcp", "azure"):
+        catalog = load(cloud)
+        ours = [row for row in rows if row["cloud"] == cloud]
+        assert len(ours) == len(catalog.instance_types)
+        assert [row["instance_type"] for row in ours] == [
+            offer.instance_type for offer in catalog.instance_types
+        ]
+        for row, offer in zip(ours, catalog.instance_types, strict=True):
+            assert row["price"] == offer.price
+            assert row["spot_price"] == offer.spot_price
+            assert row["as_of"] == catalog.as_of.isoformat()
+            assert row["region"] == catalog.default_region
+            assert row["source"] == catalog.source
+    by_key = {(row["cloud"], row["gpu"] or row["size"]): row for row in rows}
+    assert by_key[("aws", "t4:1")]["instance_type"] == "g4dn.xlarge"
+    assert by_key[("gcp", "t4:1")]["accelerator"] == "nvidia-tesla-t4"
+    assert by_key[("azure", "m")]["instance_type"] == "Standard_D4s_v5"
+
+
+def test_catalog_one_cloud():
+    rows = json.loads(invoke("catalog", "--cloud", "gcp", "--json").stdout)
+    assert rows and {row["cloud"] for row in rows} == {"gcp"}
+
+
+def test_catalog_table_shows_the_date():
+    result = invoke("catalog", "--cloud", "aws")
+    assert result.exit_code == 0, result.output
+    header = result.stdout.splitlines()[0].split()
+    assert header[:2] == ["cloud", "gpu"]
+    assert "as_of" in header
+    from cml_infra.catalog import load
+
+    assert load("aws").as_of.isoformat() in result.stdout
+
+
+@pytest.mark.parametrize("cloud", ["local", "gpc"])
+def test_catalog_of_a_cloud_without_one(cloud, state_root):
+    result = invoke("catalog", "--cloud", cloud)
+    assert_one_line_error(result, "--cloud", state_root)
+    assert "valid: aws, azure, gcp" in result.output
+
+
+def test_render_aws_gpu_spot_needs_no_credentials(tmp_path, state_root, no_cloud_credentials):
+    out = tmp_path / "out"
+    result = invoke(
+        "render", "--cloud", "aws", "--gpu", "t4", "--spot", "--name", "gpu-1", "-o", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n"
+    variables = json.loads((out / "terraform.tfvars.json").read_text())
+    assert variables["instance_type"] == "g4dn.xlarge"
+    assert (variables["spot"], variables["gpu"], variables["max_price"]) == (True, True, None)
+    assert variables["name"] == "gpu-1"
+    main_tf = (out / "main.tf").read_text()
+    assert 'region = "us-east-1"' in main_tf
+    assert (out / "module" / "variables.tf").is_file()
+    assert not state_root.exists(), "render must not touch the state dir"
+
+
+@pytest.mark.parametrize("command", ["render", "up"])
+@pytest.mark.parametrize(
+    ("args", "flag", "fragment"),
+    [
+        (["--gpu", "x100"], "--gpu", "unknown GPU 'x100'"),
+        (["--cloud", "aws", "--gpu", "a100:1"], "--gpu", "aws does not offer a100:1"),
+        (["--cloud", "gcp", "--gpu", "a10g"], "--gpu", "gcp does not offer 'a10g'"),
+        (["--max-price", "-1", "--spot"], "--max-price", "'-1' must be a positive price"),
+        (["--cloud", "aws", "--max-price", "1"], "--max-price", "add --spot"),
+        (["--cloud", "aws", "--region", "mars-1"], "--region", "unknown region 'mars-1'"),
+        (["--cloud", "aws", "--size", "xxl"], "--size", "unknown size 'xxl'"),
+        (["--cloud", "aws", "--size", "s", "--gpu", "t4"], "--size", "not several"),
+        (["--cloud", "aws", "--type", "g5 xl"], "--type", "is not an instance type name"),
+        (["--cloud", "aws", "--image", "ubuntu"], "--image", "is not an AMI id"),
+        (["--cloud", "aws", "--tag", "team"], "--tag", "is not KEY=VALUE"),
+        (["--cloud", "gcp", "--tag", "Team=ml"], "--tag", "GCP labels"),
+        (["--cloud", "gcp", "--spot", "--max-price", "1"], "--max-price", "no bid price"),
+        (["--gpu", "t4"], "--gpu", "not on the local cloud"),
+    ],
+)
+def test_bad_cloud_input_writes_nothing(
+    tmp_path, state_root, no_cloud_credentials, command, args, flag, fragment
+):
+    out = tmp_path / "out"
+    full = [command, *(["-o", str(out)] if command == "render" else []), *args]
+    result = invoke(*full)
+    assert_one_line_error(result, flag, state_root)
+    assert fragment in result.output
+    assert not out.exists()
+
+
+@pytest.fixture
+def mocked_aws(monkeypatch):
+    from moto import mock_aws
+
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with mock_aws():
+        yield
+
+
+def test_doctor_aws_ready(mocked_aws):
+    result = invoke("doctor", "--cloud", "aws")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("terraform: ok: ")
+    assert lines[1].startswith("aws: ok: account 123456789012 as arn:aws:")
+    assert len(lines) == 2
+
+
+def test_doctor_aws_without_credentials(no_cloud_credentials):
+    result = invoke("doctor", "--cloud", "aws")
+    assert result.exit_code == 1
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("aws: ")]
+    assert line.startswith("aws: NOT READY: no usable credentials (")
+    assert "AWS_PROFILE" in line
+
+
+def test_doctor_azure_without_a_subscription(no_cloud_credentials):
+    result = invoke("doctor", "--cloud", "azure")
+    assert result.exit_code == 1
+    assert "azure: NOT READY: no subscription; set ARM_SUBSCRIPTION_ID" in result.stdout
+
+
+def test_doctor_local_is_ready():
+    result = invoke("doctor", "--cloud", "local")
+    assert result.exit_code == 0, result.output
+    assert "local: ok: no credentials needed" in result.stdout
+
+
+def test_doctor_unknown_cloud(state_root):
+    assert_one_line_error(invoke("doctor", "--cloud", "gpc"), "--cloud", state_root)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cml_infra import clouds, resources
-from cml_infra.clouds.base import ErrorClass, Feature, Placement, RenderContext
+from cml_infra.clouds.base import Cloud, ErrorClass, Feature, Placement, RenderContext
 from cml_infra.clouds.local import READY_TIMEOUT_SECONDS, LocalCloud
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import RunnerSpec
@@ -31,10 +31,6 @@ def cloud(tmp_path):
     return clouds.get("local", tmp_path / "state")
 
 
-def test_names():
-    assert "local" in clouds.names()
-
-
 @pytest.mark.parametrize("name", ["local", "LOCAL", "Local"])
 def test_get_local(name, tmp_path):
     cloud = clouds.get(name, tmp_path)
@@ -43,14 +39,43 @@ def test_get_local(name, tmp_path):
     assert cloud.state_dir == tmp_path
 
 
+UNKNOWN_CLOUD_CHOICES = "valid: aws, azure, gcp, local (aliases: az, ec2, gce, google)"
+
+
+def test_names():
+    assert clouds.names() == ["aws", "azure", "gcp", "local"]
+
+
 def test_get_unknown_lists_valid_names(tmp_path):
     with pytest.raises(UsageError) as caught:
         clouds.get("gpc", tmp_path)
     message = str(caught.value)
     assert caught.value.source == "--cloud"
     assert message.startswith("--cloud: unknown cloud 'gpc'")
-    assert message.endswith("valid: " + ", ".join(clouds.names()))
+    assert message.endswith(UNKNOWN_CLOUD_CHOICES)
     assert not (tmp_path / "local").exists()
+
+
+def test_get_unknown_names_every_cloud_and_alias(tmp_path):
+    with pytest.raises(UsageError) as caught:
+        clouds.get("nope", tmp_path)
+    message = str(caught.value)
+    assert caught.value.source == "--cloud"
+    assert message.startswith("--cloud: unknown cloud 'nope'; valid: ")
+    listed = re.findall(r"[a-z0-9]+", message.partition("valid: ")[2])
+    assert set(listed) >= {*clouds.names(), "az", "ec2", "gce", "google"}
+    assert "did you mean" not in message
+    assert not (tmp_path / "local").exists()
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [("ec2", "aws"), ("AWS", "aws"), ("google", "gcp"), ("gce", "gcp"), ("az", "azure")],
+)
+def test_get_by_alias(alias, name, tmp_path):
+    cloud = clouds.get(alias, tmp_path)
+    assert cloud.name == name
+    assert cloud.state_dir == tmp_path
 
 
 def test_get_unknown_suggests_a_close_name(tmp_path):
@@ -131,7 +156,7 @@ def test_module_vars_match_the_module_variables(cloud, tmp_path):
 def test_defaults(cloud):
     assert cloud.sensitive_vars() == frozenset({"startup_script"})
     assert cloud.classify("Error", "whatever") is ErrorClass.OTHER
-    assert cloud.check() == []
+    assert cloud.check() == (True, "no credentials needed")
     assert Feature.GPU in cloud.UNSUPPORTED
     assert Feature.SPOT in cloud.UNSUPPORTED
 
@@ -298,3 +323,63 @@ def test_instance_log_prefers_the_sandbox_then_the_archive(cloud, tmp_path):
     (folder / "instance.log").write_text("new")
     assert cloud.instance_log("box-1") == folder / "instance.log"
     assert os.path.isfile(cloud.instance_log("box-1"))
+
+
+@pytest.mark.parametrize(
+    ("flag", "changes", "fragment"),
+    [
+        ("--gpu", {"gpu": "t4", "gpu_count": 1}, "not on the local cloud"),
+        ("--spot", {"spot": True}, "not on the local cloud"),
+        ("--size", {"size": "m"}, "sizes, types and images apply to aws, gcp and azure"),
+        ("--type", {"instance_type": "m7i.large"}, "sizes, types and images apply to aws"),
+        ("--image", {"image": "ami-0123456789abcdef0"}, "sizes, types and images apply to aws"),
+    ],
+)
+def test_resolve_rejects_vm_flags(cloud, flag, changes, fragment):
+    with pytest.raises(UsageError) as caught:
+        cloud.resolve(_spec(**changes))
+    assert caught.value.source == flag
+    assert str(caught.value).startswith(f"{flag}: ")
+    assert fragment in str(caught.value)
+    assert not cloud.state_dir.exists()
+
+
+def test_module_vars_carry_the_user_tags(cloud, tmp_path):
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    spec = _spec(tags={"team": "ml"})
+    context = RenderContext(tmp_path / "state", "", now, now)
+    assert cloud.module_vars(spec, cloud.resolve(spec), context)["tags"] == {
+        "team": "ml",
+        "cml-infra-managed": "true",
+        "cml-infra-name": "box-1",
+        "cml-infra-expires": str(int(now.timestamp())),
+    }
+
+
+def test_render_context_tags_are_ours(tmp_path):
+    expires = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    context = RenderContext(tmp_path, "", expires, expires)
+    tags = context.tags(_spec(tags={"team": "ml"}))
+    assert tags["cml-infra-managed"] == "true"
+    assert tags["cml-infra-name"] == "box-1"
+    assert tags["cml-infra-expires"] == "1893456000"
+
+
+def test_boot_is_abstract(tmp_path):
+    class NoBoot(Cloud):
+        module = "none"
+
+        def resolve(self, spec):
+            raise NotImplementedError
+
+        def module_vars(self, spec, placement, context):
+            return {}
+
+        def list_managed(self, regions):
+            return []
+
+        def terminate(self, ids):
+            pass
+
+    with pytest.raises(TypeError, match="boot"):
+        NoBoot(tmp_path)

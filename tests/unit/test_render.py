@@ -226,3 +226,35 @@ def test_root_module_lists_variables_aligned(runner_spec, tmp_path):
     assert "  a           = var.a\n" in text
     assert "  longer_name = var.longer_name\n" in text
     assert "render-me" in text
+
+
+@pytest.mark.parametrize(
+    ("cloud", "sensitive"),
+    [
+        ("aws", "user_data_base64"),
+        ("gcp", "startup_script"),
+        ("azure", "custom_data_base64"),
+        ("local", "startup_script"),
+    ],
+)
+def test_prepared_workspace_of_every_cloud(tmp_path, cloud, sensitive):
+    from cml_infra import lifecycle
+    from cml_infra.workspace import StateDir
+
+    spec = RunnerSpec(name="render-me", cloud=cloud, idle_timeout=120, ttl=3600)
+    state = StateDir(tmp_path / "state")
+    prepared = lifecycle.prepare(spec, state)
+    dest = tmp_path / "ws"
+    render.write_workspace(
+        dest, prepared.cloud, spec, prepared.placement, prepared.context, prepared.variables
+    )
+    assert json.loads((dest / "terraform.tfvars.json").read_text()) == prepared.variables
+    assert (dest / "startup.sh").read_text() == prepared.context.startup_script
+    assert (dest / "module" / "variables.tf").is_file()
+    assert not (dest / "module" / "examples").exists()
+    main_tf = (dest / "main.tf").read_text()
+    blocks = dict(re.findall(r'variable "(\w+)" \{\n(.*?)\n\}', main_tf, flags=re.DOTALL))
+    assert set(blocks) == set(prepared.variables)
+    marked = {key for key, body in blocks.items() if "sensitive   = true" in body}
+    assert marked == {sensitive}
+    assert not state.root.exists(), "preparing and rendering create no state"

@@ -230,3 +230,174 @@ def test_build_spec_errors_name_their_flag(changes, flag):
         build_spec(**fields)
     assert caught.value.source == flag
     assert isinstance(caught.value, CmlInfraError)
+
+
+def _build(**changes):
+    fields = {
+        "cloud": "aws",
+        "name": "abc",
+        "region": None,
+        "idle_timeout": "5m",
+        "ttl": "24h",
+        "single": False,
+        "labels": [],
+        "command": [],
+    }
+    fields.update(changes)
+    return build_spec(**fields)
+
+
+def test_build_spec_parses_the_placement_flags():
+    built = _build(
+        region="eu-west-1",
+        gpu="A10G:4",
+        spot=True,
+        max_price="2.5",
+        image="ami-0123456789abcdef0",
+        tags=["team=ml", "cost-center=42"],
+    )
+    assert built == RunnerSpec(
+        name="abc",
+        cloud="aws",
+        region="eu-west-1",
+        idle_timeout=300,
+        ttl=86400,
+        gpu="a10g",
+        gpu_count=4,
+        spot=True,
+        max_price=2.5,
+        image="ami-0123456789abcdef0",
+        tags={"team": "ml", "cost-center": "42"},
+    )
+
+
+def test_build_spec_defaults_leave_placement_to_the_cloud():
+    built = _build()
+    assert (built.gpu, built.gpu_count, built.size, built.instance_type) == (None, 0, None, None)
+    assert (built.spot, built.max_price, built.image, built.tags) == (False, None, None, {})
+
+
+def test_build_spec_size_and_type():
+    assert _build(size="xl").size == "xl"
+    assert _build(instance_type="g5.2xlarge").instance_type == "g5.2xlarge"
+    assert _build(instance_type="Standard_NC6s_v3").instance_type == "Standard_NC6s_v3"
+    # GCP attaches GPUs to an n1 type: --type and --gpu together are for the cloud to judge.
+    built = _build(cloud="gcp", instance_type="n1-standard-16", gpu="t4:2")
+    assert (built.instance_type, built.gpu, built.gpu_count) == ("n1-standard-16", "t4", 2)
+
+
+@pytest.mark.parametrize("price", ["-1", "0", "0.0", "abc", "inf", "-inf", "nan", "", "1e400"])
+def test_max_price_must_be_a_positive_number(price):
+    with pytest.raises(UsageError) as caught:
+        _build(spot=True, max_price=price)
+    assert caught.value.source == "--max-price"
+    assert str(caught.value).startswith(f"--max-price: {price!r} ")
+
+
+@pytest.mark.parametrize(("price", "value"), [("0.75", 0.75), ("2", 2.0), (" 1.5 ", 1.5)])
+def test_max_price_accepts(price, value):
+    assert _build(spot=True, max_price=price).max_price == value
+
+
+def test_max_price_without_spot():
+    with pytest.raises(UsageError) as caught:
+        _build(max_price="0.75")
+    assert caught.value.source == "--max-price"
+    assert "add --spot" in str(caught.value)
+
+
+def test_parse_max_price_none_is_none():
+    assert spec.parse_max_price(None, spot=False) is None
+    assert spec.parse_max_price(None, spot=True) is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"size": "s", "gpu": "t4"},
+        {"size": "m", "instance_type": "m7i.large"},
+        {"size": "xl", "gpu": "a100:8", "instance_type": "p4d.24xlarge"},
+    ],
+)
+def test_size_with_gpu_or_type(changes):
+    with pytest.raises(UsageError) as caught:
+        _build(**changes)
+    assert caught.value.source == "--size"
+    assert "give one of --size, --gpu or --type, not several" in str(caught.value)
+
+
+@pytest.mark.parametrize("size", ["xxl", "M", "medium", ""])
+def test_unknown_size(size):
+    with pytest.raises(UsageError) as caught:
+        _build(size=size)
+    assert caught.value.source == "--size"
+    assert str(caught.value).endswith("valid: s, m, l, xl")
+
+
+@pytest.mark.parametrize("gpu", ["x100", "t4:0", "t4:x", "t4:17"])
+def test_bad_gpu_names_its_flag(gpu):
+    with pytest.raises(UsageError) as caught:
+        _build(gpu=gpu)
+    assert caught.value.source == "--gpu"
+
+
+@pytest.mark.parametrize(
+    "instance_type",
+    ["g5 2xlarge", "g5/2xlarge", "", "-g5.xlarge", "g5.xlarge;rm", "é", "x" * 65, "a\n"],
+)
+def test_type_with_bad_characters(instance_type):
+    with pytest.raises(UsageError) as caught:
+        _build(instance_type=instance_type)
+    assert caught.value.source == "--type"
+    assert "is not an instance type name" in str(caught.value)
+
+
+@pytest.mark.parametrize("image", ["", "   "])
+def test_empty_image(image):
+    with pytest.raises(UsageError, match=r"^--image: the image must not be empty$"):
+        _build(image=image)
+
+
+@pytest.mark.parametrize(
+    ("values", "parsed"),
+    [
+        (["team=ml"], {"team": "ml"}),
+        (["team=ml", "team=cv"], {"team": "cv"}),
+        (["empty="], {"empty": ""}),
+        (["url=a=b=c"], {"url": "a=b=c"}),
+        ([" k =v "], {"k": "v "}),
+        (["k.a_b/c-d=x"], {"k.a_b/c-d": "x"}),
+        (["Team=ML"], {"Team": "ML"}),
+        (["k=" + "v" * 255], {"k": "v" * 255}),
+        (["k" * 63 + "=v"], {"k" * 63: "v"}),
+        ([], {}),
+    ],
+)
+def test_parse_tags_accepts(values, parsed):
+    assert spec.parse_tags(values) == parsed
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("team", "'team' is not KEY=VALUE"),
+        ("=ml", "'=ml' is not KEY=VALUE"),
+        ("a b=c", "'a b=c' is not KEY=VALUE"),
+        ("k" * 64 + "=v", "is not KEY=VALUE"),
+        ("-k=v", "is not KEY=VALUE"),
+        ("cml-infra-managed=false", "'cml-infra-managed': keys starting with 'cml-infra-'"),
+        ("CML-INFRA-Name=x", "'CML-INFRA-Name': keys starting with 'cml-infra-'"),
+        ("k=" + "v" * 256, "'k': the value is longer than 255 characters"),
+    ],
+)
+def test_parse_tags_rejects(value, fragment):
+    with pytest.raises(UsageError) as caught:
+        spec.parse_tags(["ok=1", value])
+    assert caught.value.source == "--tag"
+    assert fragment in str(caught.value)
+
+
+def test_build_spec_tag_errors_name_the_flag():
+    with pytest.raises(UsageError) as caught:
+        _build(tags=["no-equals-sign"])
+    assert caught.value.source == "--tag"
