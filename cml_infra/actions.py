@@ -44,10 +44,18 @@ def reported(func: Callable[P, R]) -> Callable[P, R]:
 
 
 @reported
-def up(*, state_dir: Path | None, terraform: str | None, json_output: bool, **flags: Any) -> None:
+def up(
+    *,
+    state_dir: Path | None,
+    terraform: str | None,
+    json_output: bool,
+    token: str | None,
+    **flags: Any,
+) -> None:
     spec = build_spec(**flags)
     state = StateDir(resolve_state_dir(state_dir))
-    record = lifecycle.up(spec, state, terraform)
+    record = lifecycle.up(spec, state, terraform, token)
+    ui.github_step_outputs(record)
     ui.info(
         f"{record.name} is running on {record.cloud} ({record.region}, {record.instance_type}); "
         f"labels: {','.join(record.labels)}; it ends after {format_duration(spec.idle_timeout)} "
@@ -63,7 +71,7 @@ def up(*, state_dir: Path | None, terraform: str | None, json_output: bool, **fl
 @reported
 def down(
     *, names: Sequence[str], all_runners: bool, state_dir: Path | None, terraform: str | None,
-    reason: str | None,
+    reason: str | None, token: str | None,
 ) -> None:  # fmt: skip
     state = StateDir(resolve_state_dir(state_dir))
     if all_runners == bool(names):
@@ -71,7 +79,7 @@ def down(
     targets = lifecycle.all_live(state) if all_runners else list(names)
     if not targets:
         ui.info("no live runners; nothing to destroy")
-    lifecycle.down(targets, state, terraform, reason)
+    lifecycle.down(targets, state, terraform, reason, token)
 
 
 @reported

@@ -98,6 +98,47 @@ Tags = Annotated[
     typer.Option("--tag", help="KEY=VALUE tag (GCP: label) on every resource; repeatable.",
                  rich_help_panel=PLACEMENT),
 ]  # fmt: skip
+Repo = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Run a GitHub Actions runner for this repository (OWNER/NAME).",
+                 envvar="CML_INFRA_REPO", rich_help_panel=RUNNER),
+]  # fmt: skip
+Org = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Run an organization-level runner for this organization.",
+                 envvar="CML_INFRA_ORG", rich_help_panel=RUNNER),
+]  # fmt: skip
+Token = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="GitHub token that may manage runners; it never leaves this machine.",
+                 envvar=["CML_INFRA_TOKEN", "GITHUB_TOKEN"], show_default=False,
+                 rich_help_panel=RUNNER),
+]  # fmt: skip
+GithubUrl = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="GitHub API URL (GitHub Enterprise: https://HOST/api/v3).",
+                 envvar="CML_INFRA_GITHUB_URL", rich_help_panel=RUNNER),
+]  # fmt: skip
+RunnerGroup = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Organization runner group (its numeric id for --single).",
+                 envvar="CML_INFRA_RUNNER_GROUP", rich_help_panel=RUNNER),
+]  # fmt: skip
+StartupTimeout = Annotated[
+    str,
+    typer.Option(help="End the instance if its runner is not listening for jobs by then.",
+                 envvar="CML_INFRA_STARTUP_TIMEOUT", rich_help_panel=LIFETIME),
+]  # fmt: skip
+Wait = Annotated[
+    bool,
+    typer.Option("--wait/--no-wait", help="Return only once GitHub shows the runner online.",
+                 envvar="CML_INFRA_WAIT", rich_help_panel=RUNNER),
+]  # fmt: skip
+RunnerArchive = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="actions/runner archive URL (a mirror of the pinned release) or, on the "
+                 "local cloud, a file.", envvar="CML_INFRA_RUNNER_ARCHIVE", rich_help_panel=RUNNER),
+]  # fmt: skip
 StateDirOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option("--state-dir", help="Where runner workspaces and records live; "
@@ -151,21 +192,32 @@ def up(
     tag: Tags = None,
     name: Name = None,
     labels: Labels = None,
+    repo: Repo = None,
+    org: Org = None,
+    token: Token = None,
+    github_url: GithubUrl = None,
+    runner_group: RunnerGroup = None,
+    runner_archive: RunnerArchive = None,
+    wait: Wait = True,
     idle_timeout: IdleTimeout = "5m",
     ttl: Ttl = "24h",
+    startup_timeout: StartupTimeout = "15m",
     single: Single = False,
     state_dir: StateDirOpt = None,
     terraform: TerraformOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Create an instance and return once it runs; prints its name."""
+    """Create an instance and return once it runs (with --repo/--org: once its GitHub Actions
+    runner is online); prints its name."""
     from cml_infra import actions
 
-    actions.up(state_dir=state_dir, terraform=terraform, json_output=json_output,
+    actions.up(state_dir=state_dir, terraform=terraform, json_output=json_output, token=token,
                command=command or [], cloud=cloud, name=name, region=region, gpu=gpu, size=size,
                instance_type=instance_type, spot=spot, max_price=max_price, image=image,
                tags=tag or [], labels=labels or [], idle_timeout=idle_timeout, ttl=ttl,
-               single=single)  # fmt: skip
+               single=single, repo=repo, org=org, github_url=github_url,
+               runner_group=runner_group, runner_archive=runner_archive, wait=wait,
+               startup_timeout=startup_timeout)  # fmt: skip
 
 
 @app.command()
@@ -175,13 +227,14 @@ def down(
     all_runners: Annotated[bool, typer.Option("--all", help="Every live runner.")] = False,
     state_dir: StateDirOpt = None,
     terraform: TerraformOpt = None,
+    token: Token = None,
     reason: Annotated[str | None, typer.Option(hidden=True, envvar="CML_INFRA_END_REASON")] = None,
 ) -> None:
     """Destroy runners; a runner that is already gone is not an error."""
     from cml_infra import actions
 
     actions.down(names=names or [], all_runners=all_runners, state_dir=state_dir,
-                 terraform=terraform, reason=reason)  # fmt: skip
+                 terraform=terraform, reason=reason, token=token)  # fmt: skip
 
 
 @app.command()
@@ -232,19 +285,28 @@ def render(
     tag: Tags = None,
     name: Name = None,
     labels: Labels = None,
+    repo: Repo = None,
+    org: Org = None,
+    github_url: GithubUrl = None,
+    runner_group: RunnerGroup = None,
+    runner_archive: RunnerArchive = None,
     idle_timeout: IdleTimeout = "5m",
     ttl: Ttl = "24h",
+    startup_timeout: StartupTimeout = "15m",
     single: Single = False,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Write the Terraform workspace `up` would apply, without applying it; needs no credentials."""
+    """Write the Terraform workspace `up` would apply, without applying it; needs no credentials
+    (a runner registration is minted only by `up`: a placeholder stands in for it)."""
     from cml_infra import actions
 
     actions.render(output=output, state_dir=state_dir,
                    command=command or [], cloud=cloud, name=name, region=region, gpu=gpu,
                    size=size, instance_type=instance_type, spot=spot, max_price=max_price,
                    image=image, tags=tag or [], labels=labels or [], idle_timeout=idle_timeout,
-                   ttl=ttl, single=single)  # fmt: skip
+                   ttl=ttl, single=single, repo=repo, org=org, github_url=github_url,
+                   runner_group=runner_group, runner_archive=runner_archive,
+                   startup_timeout=startup_timeout)  # fmt: skip
 
 
 @app.command()

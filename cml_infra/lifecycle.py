@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from cml_infra import clouds, render, ui
 from cml_infra.clouds.base import Cloud, Feature, ManagedInstance, Placement, RenderContext
 from cml_infra.errors import CmlInfraError, Interrupted, UsageError
+from cml_infra.forge.github import GitHubForge, Registration, Scope
 from cml_infra.spec import RunnerSpec, validate_name
 from cml_infra.terraform import Engine
 from cml_infra.workspace import LIVE_STATES, RunnerRecord, StateDir, utcnow
@@ -77,19 +78,31 @@ class Prepared:
     variables: dict[str, Any]
 
 
-def prepare(spec: RunnerSpec, state: StateDir) -> Prepared:
+def prepare(
+    spec: RunnerSpec,
+    state: StateDir,
+    registration: Registration | None = None,
+    created: datetime | None = None,
+) -> Prepared:
     cloud = clouds.get(spec.cloud, state.root)
     placement = cloud.resolve(spec)
-    created = utcnow()
+    created = created or utcnow()
     expires = created + timedelta(seconds=spec.ttl)
-    script = render.startup_script(cloud, spec, expires.timestamp())
+    if spec.runner_mode and registration is None:
+        from cml_infra.runner import PLACEHOLDER
+
+        registration = PLACEHOLDER
+    script = render.startup_script(cloud, spec, expires.timestamp(), registration)
     context = RenderContext(state.root, script, created, expires)
     return Prepared(cloud, placement, context, cloud.module_vars(spec, placement, context))
 
 
-def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord:
+def up(
+    spec: RunnerSpec, state: StateDir, terraform: str | None, token: str | None = None
+) -> RunnerRecord:
     prepared = prepare(spec, state)
     cloud, placement = prepared.cloud, prepared.placement
+    forge = _forge(spec, token)
     engine = Engine.discover(terraform)
     created, expires = prepared.context.created_at, prepared.context.expires_at
     with SignalGuard() as guard, state.lock(spec.name, wait=0):
@@ -115,16 +128,24 @@ def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord
                 labels=spec.all_labels,
                 command=spec.command,
                 instance_type=placement.instance_type,
+                gpu=f"{placement.gpu}:{placement.gpu_count}" if placement.gpu else None,
+                spot=placement.spot,
                 hourly_price=placement.hourly_price,
                 engine=engine.argv,
+                forge=forge.describe() if forge else None,
             )
         )
         workspace = state.workspace(spec.name)
         applying = False
+        registered = False
         try:
             # A reused name starts clean: no workspace, and no log of the runner it replaces.
             state.remove_workspace(spec.name)
             shutil.rmtree(state.log_dir(spec.name), ignore_errors=True)
+            if forge is not None:
+                registered = True
+                registration = forge.register(spec.name, spec.all_labels, spec.single)
+                prepared = prepare(spec, state, registration, created)
             render.write_workspace(
                 workspace, cloud, spec, placement, prepared.context, prepared.variables
             )
@@ -137,12 +158,17 @@ def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord
                 engine.apply(workspace, state, on_event)
             guard.check()
             outputs = engine.outputs(workspace, state).get("instance") or {}
+            if forge is not None and spec.wait:
+                ui.info(f"{spec.name}: waiting for the runner to come online on GitHub")
+                forge.wait_online(spec.name, spec.startup_timeout)
         except BaseException as exc:
             failure: BaseException = exc
             if guard.received and not isinstance(exc, Interrupted):
                 failure = Interrupted(guard.received)
             guard.rolling_back = True
             _rollback(engine, state, cloud, record, failure, applying)
+            if registered and forge is not None:
+                _deregister(forge, spec.name)
             if failure is exc:
                 raise
             raise failure from None
@@ -151,6 +177,22 @@ def up(spec: RunnerSpec, state: StateDir, terraform: str | None) -> RunnerRecord
                 update={"state": "running", "instance_id": outputs.get("id"), "outputs": outputs}
             )
         )
+
+
+def _forge(spec: RunnerSpec, token: str | None) -> GitHubForge | None:
+    if not spec.runner_mode:
+        return None
+    scope = Scope.parse(spec.repo, spec.org)
+    return GitHubForge(scope, token or "", spec.github_url, spec.runner_group)
+
+
+def _deregister(forge: GitHubForge, name: str) -> None:
+    """Remove a runner registration; a failure here is reported, and `cleanup` finds it later."""
+    try:
+        if forge.delete(name):
+            ui.info(f"{name}: runner registration removed from {forge.scope.slug}")
+    except CmlInfraError as exc:
+        ui.warn(f"{name}: could not remove the runner registration ({exc})")
 
 
 def _rollback(
@@ -210,7 +252,11 @@ def _destroy(engine: Engine, state: StateDir, cloud: Cloud, record: RunnerRecord
 
 
 def down(
-    names: Iterable[str], state: StateDir, terraform: str | None, reason: str | None
+    names: Iterable[str],
+    state: StateDir,
+    terraform: str | None,
+    reason: str | None,
+    token: str | None = None,
 ) -> list[RunnerRecord]:
     names = list(names)
     for name in names:
@@ -222,7 +268,7 @@ def down(
     failures = []
     for name in names:
         try:
-            ended.append(_down_one(name, state, terraform, reason))
+            ended.append(_down_one(name, state, terraform, reason, token))
         except CmlInfraError as exc:
             failures.append(str(exc))
     if failures:
@@ -231,7 +277,7 @@ def down(
 
 
 def _down_one(
-    name: str, state: StateDir, terraform: str | None, reason: str | None
+    name: str, state: StateDir, terraform: str | None, reason: str | None, token: str | None
 ) -> RunnerRecord:
     with state.lock(name, wait=LOCK_WAIT_SECONDS):
         record = state.load(name)
@@ -248,10 +294,28 @@ def _down_one(
             state.save(record.model_copy(update={"state": "failed", "error": problems}))
             raise CmlInfraError(f"{name}: destroy failed: {problems}")
         state.remove_workspace(name)
+        if record.forge:
+            _down_registration(record, token)
         ui.info(f"{name} destroyed" + (f" ({reason})" if reason else ""))
         return state.save(
             record.model_copy(update={"state": "destroyed", "end_reason": reason, "error": None})
         )
+
+
+def _down_registration(record: RunnerRecord, token: str | None) -> None:
+    forge_info = record.forge or {}
+    if not token:
+        # The agent's own `down` has no token, by design; an ephemeral runner is gone already,
+        # and a multi-job one is removed by `cleanup`.
+        ui.info(f"{record.name}: no GitHub token here; its runner registration is left to cleanup")
+        return
+    scope_path = str(forge_info.get("scope", ""))
+    kind, _, slug = scope_path.partition("/")
+    scope = Scope(repo=slug) if kind == "repos" else Scope(org=slug)
+    forge = GitHubForge(
+        scope, token, str(forge_info.get("api_url")), forge_info.get("runner_group")
+    )
+    _deregister(forge, record.name)
 
 
 def all_live(state: StateDir) -> list[str]:

@@ -13,6 +13,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from cml_infra import __version__, resources
 from cml_infra.clouds.base import Cloud, Placement, RenderContext
+from cml_infra.forge.github import Registration
 from cml_infra.spec import RunnerSpec
 from cml_infra.workspace import make_private_dir, write_private
 
@@ -38,9 +39,11 @@ def agent_source() -> str:
     return source.rstrip("\n")
 
 
-def startup_script(cloud: Cloud, spec: RunnerSpec, expires_at: float) -> str:
+def startup_script(
+    cloud: Cloud, spec: RunnerSpec, expires_at: float, registration: Registration | None = None
+) -> str:
     boot = cloud.boot(spec)
-    config = {
+    config: dict[str, Any] = {
         "name": spec.name,
         "idle_timeout": spec.idle_timeout,
         "expires_at": int(expires_at),
@@ -49,6 +52,10 @@ def startup_script(cloud: Cloud, spec: RunnerSpec, expires_at: float) -> str:
         "self_destroy": list(boot.self_destroy),
         "poll_seconds": 1 if cloud.name == "local" else 5,
     }
+    if registration is not None:
+        from cml_infra import runner
+
+        config["runner"] = runner.agent_config(spec, cloud.name, registration)
     template = _environment().get_template("startup.sh.j2")
     return template.render(
         version=__version__,
@@ -56,6 +63,8 @@ def startup_script(cloud: Cloud, spec: RunnerSpec, expires_at: float) -> str:
         default_home=boot.home,
         python=boot.python,
         ttl_timer=boot.ttl_timer,
+        runner_user=(config.get("runner") or {}).get("user"),
+        gpu=spec.gpu is not None,
         expires_at=int(expires_at),
         agent_source=agent_source(),
         agent_config=json.dumps(config, indent=2),

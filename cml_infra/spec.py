@@ -13,6 +13,7 @@ from cml_infra.errors import UsageError
 
 DEFAULT_IDLE_TIMEOUT = "5m"
 DEFAULT_TTL = "24h"
+DEFAULT_STARTUP_TIMEOUT = "15m"
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -152,6 +153,18 @@ class RunnerSpec(BaseModel):
     max_price: float | None = None
     image: str | None = None
     tags: dict[str, str] = {}
+    # Runner mode (a forge given): the instance runs a GitHub Actions runner instead of a task.
+    repo: str | None = None
+    org: str | None = None
+    runner_group: str | None = None
+    github_url: str = "https://api.github.com"
+    startup_timeout: int = 900
+    wait: bool = True
+    runner_archive: str | None = None
+
+    @property
+    def runner_mode(self) -> bool:
+        return self.repo is not None or self.org is not None
 
     @property
     def all_labels(self) -> tuple[str, ...]:
@@ -176,6 +189,13 @@ def build_spec(
     max_price: str | None = None,
     image: str | None = None,
     tags: Sequence[str] = (),
+    repo: str | None = None,
+    org: str | None = None,
+    runner_group: str | None = None,
+    github_url: str | None = None,
+    startup_timeout: str = DEFAULT_STARTUP_TIMEOUT,
+    wait: bool = True,
+    runner_archive: str | None = None,
 ) -> RunnerSpec:
     """Parse raw flag values into a RunnerSpec; cloud, region and catalog names are checked by
     the cloud that resolves it."""
@@ -190,6 +210,17 @@ def build_spec(
         raise UsageError("--type", f"{instance_type!r} is not an instance type name")
     if image is not None and not image.strip():
         raise UsageError("--image", "the image must not be empty")
+    if repo or org:
+        from cml_infra.forge.github import Scope
+
+        Scope.parse(repo, org)
+        if command:
+            raise UsageError("--repo", "a runner takes jobs from the forge; drop the task after --")
+    elif runner_group or runner_archive:
+        flag = "--runner-group" if runner_group else "--runner-archive"
+        raise UsageError(flag, "applies to runners: add --repo OWNER/NAME or --org ORG")
+    if github_url is not None and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", github_url):
+        raise UsageError("--github-url", f"{github_url!r} is not an http(s) URL")
     return RunnerSpec(
         name=validate_name(name) if name else generate_name(),
         cloud=cloud,
@@ -207,4 +238,11 @@ def build_spec(
         max_price=parse_max_price(max_price, spot),
         image=image,
         tags=parse_tags(tags),
+        repo=repo or None,
+        org=org or None,
+        runner_group=runner_group,
+        github_url=(github_url or "https://api.github.com").rstrip("/"),
+        startup_timeout=parse_duration(startup_timeout, "--startup-timeout"),
+        wait=wait,
+        runner_archive=runner_archive,
     )

@@ -25,6 +25,7 @@ from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.workspace import StateDir
 
 BUNDLED = "bundled"
+SECRET_VARIABLES = frozenset({"CML_INFRA_TOKEN", "GITHUB_TOKEN", "GH_TOKEN"})
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,9 @@ class Engine:
         return cls((str(Path(found).resolve()),), found)
 
     def environment(self, state: StateDir) -> dict[str, str]:
-        env = dict(os.environ)
+        # Forge tokens stay with the launcher: Terraform, its provisioners and (on the local
+        # cloud) the instances they start never see them.
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         env.update(
             TF_CLI_CONFIG_FILE=str(state.write_cli_config()),
             TF_IN_AUTOMATION="1",

@@ -7,6 +7,7 @@ without slowing `cml-infra COMMAND --help`.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from cml_infra.terraform import Event
+    from cml_infra.workspace import RunnerRecord
 
 _SHOWN_EVENTS = frozenset(
     {
@@ -110,6 +112,26 @@ def _warn_diagnostic(event: Event) -> None:
     diagnostic = event.raw.get("diagnostic") if event.type == "diagnostic" else None
     if isinstance(diagnostic, dict) and diagnostic.get("severity") == "warning":
         warn(f"terraform: {diagnostic.get('summary', '')} {diagnostic.get('detail', '')}".strip())
+
+
+def github_step_outputs(record: RunnerRecord) -> None:
+    """Inside a GitHub Actions step: `name`/`labels` outputs and a line in the job summary."""
+    labels = ",".join(record.labels)
+    output = os.environ.get("GITHUB_OUTPUT")
+    if output:
+        with open(output, "a", encoding="utf-8") as handle:
+            handle.write(f"name={record.name}\nlabels={labels}\n")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        price = "-" if record.hourly_price is None else f"${record.hourly_price:.4f}"
+        with open(summary, "a", encoding="utf-8") as handle:
+            handle.write(
+                "| name | cloud | type | GPU | spot | $/h | labels |\n"
+                "| --- | --- | --- | --- | --- | --- | --- |\n"
+                f"| {record.name} | {record.cloud} ({record.region}) | {record.instance_type} "
+                f"| {record.gpu or '-'} | {'yes' if record.spot else 'no'} | {price} "
+                f"| `{labels}` |\n"
+            )
 
 
 def table(

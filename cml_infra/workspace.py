@@ -64,10 +64,14 @@ class RunnerRecord(BaseModel):
     labels: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
     instance_type: str = ""
+    gpu: str | None = None
+    spot: bool = False
     hourly_price: float | None = None
     instance_id: str | None = None
     engine: tuple[str, ...] = ()
     outputs: dict[str, Any] = {}
+    # The forge the runner registered with (kind, scope, api_url): never a token.
+    forge: dict[str, Any] | None = None
     end_reason: str | None = None
     error: str | None = None
 

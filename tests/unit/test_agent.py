@@ -543,6 +543,7 @@ def test_default_endpoints_are_the_real_ones():
         "gcp_api": "https://compute.googleapis.com/compute/v1",
         "azure_metadata": "http://169.254.169.254/metadata",
         "azure_api": "https://management.azure.com",
+        "aws_metadata": "http://169.254.169.254",
     }
 
 

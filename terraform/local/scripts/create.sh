@@ -26,8 +26,11 @@ printf '%s\n' "$STARTUP_SCRIPT" >"$SANDBOX/startup.sh"
 
 # setsid gives the instance its own session; `$$` of the sh it runs is then the process-group
 # id that destroy signals. No descriptor of Terraform's is inherited, or apply would wait on it.
+# Like a fresh VM, the instance inherits nothing of the launcher's environment but the basics:
+# no credentials of any kind reach it.
 cd "$SANDBOX"
-setsid sh -c 'echo "$$" >pgid; exec bash startup.sh' </dev/null >>console.log 2>&1 &
+env -i PATH="$PATH" HOME="${HOME:-/}" LANG="${LANG:-C.UTF-8}" TMPDIR="${TMPDIR:-/tmp}" \
+  setsid sh -c 'echo "$$" >pgid; exec bash startup.sh' </dev/null >>console.log 2>&1 &
 
 fail() {
   echo "local instance: $1" >&2

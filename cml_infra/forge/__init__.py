@@ -1,0 +1,1 @@
+"""Forges that register CI runners: GitHub (github.py); room for GitLab."""

@@ -1,0 +1,243 @@
+"""GitHub as the forge, on PyGithub: short-lived runner registrations, runner status, removal.
+
+The long-lived token stays in this process: it is never written to a file, put in a process's
+arguments or environment, or echoed in an error. The instance gets only what is minted here — a
+JIT runner config (single use) or a registration token (valid for an hour).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from cml_infra.errors import CmlInfraError, UsageError
+
+PUBLIC_API = "https://api.github.com"
+# Waiting for a rate-limit reset is worth it only when the reset is this close.
+RATE_LIMIT_WAIT_MAX = 60.0
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where runners register: one repository or a whole organization."""
+
+    repo: str | None = None
+    org: str | None = None
+
+    @classmethod
+    def parse(cls, repo: str | None, org: str | None) -> Scope:
+        if bool(repo) == bool(org):
+            raise UsageError("--repo", "give --repo OWNER/NAME or --org ORG (one of them)")
+        if repo is not None:
+            owner, _, name = repo.partition("/")
+            if not owner or not name or "/" in name:
+                raise UsageError("--repo", f"{repo!r} is not OWNER/NAME")
+            return cls(repo=repo)
+        assert org is not None
+        if "/" in org or not org:
+            raise UsageError("--org", f"{org!r} is not an organization name")
+        return cls(org=org)
+
+    @property
+    def path(self) -> str:
+        return f"repos/{self.repo}" if self.repo else f"orgs/{self.org}"
+
+    @property
+    def slug(self) -> str:
+        return self.repo or self.org or ""
+
+    def html_url(self, api_url: str) -> str:
+        """The URL `config.sh --url` takes: github.com/OWNER/NAME, or the GHES host's."""
+        parts = urlsplit(api_url.rstrip("/"))
+        host = "github.com" if parts.netloc == "api.github.com" else parts.netloc
+        return f"{parts.scheme}://{host}/{self.slug}"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the instance needs to join: a JIT config, or a registration token and the URL."""
+
+    kind: Literal["jit", "token"]
+    secret: str
+    url: str
+
+
+class GitHubForge:
+    def __init__(
+        self, scope: Scope, token: str, api_url: str = PUBLIC_API, runner_group: str | None = None
+    ) -> None:
+        if not token:
+            raise UsageError(
+                "--token", "no GitHub token: give --token, CML_INFRA_TOKEN or GITHUB_TOKEN"
+            )
+        self.scope = scope
+        self.api_url = api_url.rstrip("/")
+        self.runner_group = runner_group
+        self._token = token
+        self._github: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        """What a record keeps of the forge: never the token."""
+        return {"kind": "github", "scope": self.scope.path, "api_url": self.api_url,
+                "runner_group": self.runner_group}  # fmt: skip
+
+    def register(self, name: str, labels: tuple[str, ...], single: bool) -> Registration:
+        """A JIT config for a single-job runner, a registration token otherwise."""
+        if single:
+            body = {
+                "name": name,
+                "runner_group_id": self._runner_group_id(),
+                "labels": ["self-hosted", *labels],
+                "work_folder": "_work",
+            }
+            data = self._call("POST", "actions/runners/generate-jitconfig", body)
+            return Registration(
+                "jit", str(data["encoded_jit_config"]), self.scope.html_url(self.api_url)
+            )
+        data = self._call("POST", "actions/runners/registration-token")
+        return Registration("token", str(data["token"]), self.scope.html_url(self.api_url))
+
+    def runner(self, name: str) -> dict[str, Any] | None:
+        page = 1
+        while True:
+            data = self._call("GET", "actions/runners", params={"per_page": 100, "page": page})
+            runners = data.get("runners", [])
+            for runner in runners:
+                if runner.get("name") == name:
+                    return dict(runner)
+            if len(runners) < 100:
+                return None
+            page += 1
+
+    def wait_online(self, name: str, timeout: float) -> dict[str, Any]:
+        """Poll with backoff until the runner shows `online`; GitHub's view, not the VM's."""
+        deadline = time.monotonic() + timeout
+        delay = 1.0
+        while True:
+            runner = self.runner(name)
+            if runner is not None and runner.get("status") == "online":
+                return runner
+            if time.monotonic() + delay > deadline:
+                seen = "never registered" if runner is None else f"still {runner.get('status')}"
+                raise CmlInfraError(
+                    f"runner {name} did not come online on GitHub within {timeout:.0f}s ({seen})"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 10.0)
+
+    def delete(self, name: str) -> bool:
+        """Remove the registration; False when it was already gone."""
+        runner = self.runner(name)
+        if runner is None:
+            return False
+        try:
+            self._call("DELETE", f"actions/runners/{runner['id']}")
+        except _NotFound:
+            return False
+        return True
+
+    def _runner_group_id(self) -> int:
+        if self.runner_group is None:
+            return 1  # GitHub's "Default" group
+        if not self.runner_group.isdigit():
+            raise UsageError(
+                "--runner-group",
+                "single-job (JIT) runners need the group's numeric id, e.g. --runner-group 3",
+            )
+        return int(self.runner_group)
+
+    def _client(self) -> Any:
+        if self._github is None:
+            from github import Auth, Github
+
+            # No PyGithub retries or pacing: it would sleep up to an hour on a rate limit; the
+            # few calls made here handle limits themselves and report the reset time.
+            self._github = Github(
+                auth=Auth.Token(self._token),
+                base_url=self.api_url,
+                timeout=20,
+                retry=None,
+                seconds_between_requests=None,
+                seconds_between_writes=None,
+            )
+        return self._github
+
+    def _call(
+        self,
+        verb: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        from github import GithubException
+
+        url = f"/{self.scope.path}/{path}"
+        for attempt in range(2):
+            try:
+                _, data = self._client().requester.requestJsonAndCheck(
+                    verb, url, parameters=params, input=body
+                )
+                return dict(data or {})
+            except GithubException as exc:
+                wait = _rate_limit_wait(exc)
+                if wait is not None and wait <= RATE_LIMIT_WAIT_MAX and attempt == 0:
+                    time.sleep(max(wait, 0.0) + 1.0)
+                    continue
+                raise self._error(exc, verb, url) from None
+            except Exception as exc:  # requests' connection errors, timeouts, TLS failures
+                if type(exc).__module__.startswith(("requests", "urllib3")):
+                    raise CmlInfraError(
+                        f"github: {self.api_url} is unreachable ({type(exc).__name__})"
+                    ) from None
+                raise
+        raise AssertionError("unreachable")
+
+    def _error(self, exc: Any, verb: str, url: str) -> CmlInfraError:
+        status = exc.status
+        message = _scrub(
+            str((exc.data or {}).get("message", "")) if isinstance(exc.data, dict) else "",
+            self._token,
+        )
+        where = f"{verb} {url}"
+        if status == 401:
+            return CmlInfraError(f"github: the token was rejected (401 {message}); check --token")
+        if status == 404:
+            return _NotFound(
+                f"github: {self.scope.slug} not found, or the token cannot see it (404 on {where})"
+            )
+        wait = _rate_limit_wait(exc)
+        if wait is not None:
+            reset = datetime.fromtimestamp(time.time() + wait, timezone.utc)
+            return CmlInfraError(
+                f"github: rate limited until {reset:%Y-%m-%d %H:%M:%S} UTC ({where})"
+            )
+        if status == 403:
+            return CmlInfraError(
+                f"github: permission denied (403 {message}) on {where}; the token needs admin "
+                "rights on the repository (fine-grained: Administration read/write) or, for "
+                "--org, the organization's self-hosted runners permission"
+            )
+        return CmlInfraError(f"github: {where} failed ({status} {message})")
+
+
+class _NotFound(CmlInfraError):
+    pass
+
+
+def _rate_limit_wait(exc: Any) -> float | None:
+    """Seconds until the limit resets, when the error is GitHub's rate limit."""
+    headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+    if exc.status not in (403, 429):
+        return None
+    if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
+        return float(headers["x-ratelimit-reset"]) - time.time()
+    if "retry-after" in headers:
+        return float(headers["retry-after"])
+    return None
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "***") if token else text

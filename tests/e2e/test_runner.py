@@ -1,0 +1,165 @@
+"""GitHub Actions runners on the local cloud, end to end: real Terraform, the runner double, and a
+loopback GitHub whose traffic is checked against GitHub's OpenAPI description."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Cli, processes_in
+from tests.fakes.github import FakeGitHub
+from tests.fakes.runner_double import build_archive
+
+pytestmark = pytest.mark.e2e
+TOKEN = "ghp_CANARY0leak0test0token0d41d8cd98f"
+SCOPE = "repos/octo/repo"
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub(token=TOKEN, repos=("octo/repo",), orgs=("octo",)) as fake:
+        yield fake
+        assert fake.violations == [], fake.violations
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return build_archive(tmp_path / "archive")
+
+
+@pytest.fixture
+def runner_cli(cli: Cli) -> Cli:
+    # The double's scripts run with the first python3 on PATH: the test interpreter's.
+    cli.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{cli.env['PATH']}"
+    cli.env["CML_INFRA_TOKEN"] = TOKEN
+    return cli
+
+
+def wait_for(predicate, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def our_runner(github: FakeGitHub, name: str) -> dict | None:
+    return next((r for r in github.runners(SCOPE) if r["name"] == name), None)
+
+
+def test_runner_runs_a_job_then_idles_out(runner_cli: Cli, github, archive) -> None:
+    up = runner_cli.run("up", "--name", "gpu1", "--repo", "octo/repo", "--github-url", github.url,
+                        "--runner-archive", str(archive), "--labels", "gpu,t4",
+                        "--idle-timeout", "4s")  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.strip() == "gpu1"
+    runner = our_runner(github, "gpu1")
+    assert runner is not None and runner["status"] == "online", "up returned before online"
+    assert {label["name"] for label in runner["labels"]} >= {"gpu", "t4", "cml-infra-gpu1"}
+
+    job = github.queue_job(["self-hosted", "cml-infra-gpu1"], seconds=3)
+    wait_for(lambda: github.job(job)["status"] == "in_progress", "the job to start")
+    wait_for(lambda: runner_cli.status()["gpu1"]["state"] == "running", "the agent to see busy")
+    wait_for(lambda: github.job(job)["status"] == "completed", "the job to end")
+    assert github.job(job)["runner_name"] == "gpu1"
+
+    row = runner_cli.wait_state("gpu1", {"destroyed"}, timeout=40)
+    assert row["end_reason"] == "idle for 4s"
+    assert not runner_cli.sandbox("gpu1").exists()
+    assert processes_in(runner_cli.state_dir) == []
+    log = runner_cli.ok("logs", "gpu1")
+    assert "Listening for Jobs" in log and "Running job" in log
+
+
+def test_single_runner_takes_one_job_and_is_removed(runner_cli: Cli, github, archive) -> None:
+    up = runner_cli.run("up", "--name", "once", "--repo", "octo/repo", "--github-url", github.url,
+                        "--runner-archive", str(archive), "--single")  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert our_runner(github, "once")["status"] == "online"
+    job = github.queue_job(["cml-infra-once"], seconds=1)
+    wait_for(lambda: github.job(job)["status"] == "completed", "the job to end")
+    row = runner_cli.wait_state("once", {"destroyed"}, timeout=40)
+    assert row["end_reason"] == "runner finished its job"
+    assert our_runner(github, "once") is None, "a single-job runner outlived its job"
+    assert processes_in(runner_cli.state_dir) == []
+
+
+def test_down_removes_the_registration(runner_cli: Cli, github, archive) -> None:
+    runner_cli.ok("up", "--name", "multi", "--repo", "octo/repo", "--github-url", github.url,
+                  "--runner-archive", str(archive), "--idle-timeout", "1h")  # fmt: skip
+    assert our_runner(github, "multi") is not None
+    done = runner_cli.run("down", "multi")
+    assert done.returncode == 0, done.stderr
+    assert our_runner(github, "multi") is None
+    assert "runner registration removed" in done.stderr
+    again = runner_cli.run("down", "multi")
+    assert again.returncode == 0
+
+
+def test_runner_never_online_is_rolled_back(runner_cli: Cli, github, tmp_path: Path) -> None:
+    # A runner whose listener never connects: up must not leave its instance behind.
+    mute = tmp_path / "mute"
+    mute.mkdir()
+    for script in ("run.sh", "config.sh"):
+        (mute / script).write_text("#!/bin/sh\nexec sleep 600\n")
+        (mute / script).chmod(0o755)
+    broken = tmp_path / "mute.tar.gz"
+    with tarfile.open(broken, "w:gz") as tar:
+        for script in ("run.sh", "config.sh"):
+            tar.add(mute / script, arcname=script)
+    done = runner_cli.run("up", "--name", "mute", "--repo", "octo/repo", "--github-url",
+                          github.url, "--runner-archive", str(broken), "--single",
+                          "--startup-timeout", "5s")  # fmt: skip
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did not come online" in errors[0], done.stderr
+    assert not runner_cli.sandbox("mute").exists()
+    assert processes_in(runner_cli.state_dir) == []
+    assert our_runner(github, "mute") is None
+    assert runner_cli.status()["mute"]["state"] == "destroyed"
+
+
+def test_the_token_leaks_nowhere(runner_cli: Cli, github, archive, tmp_path: Path) -> None:
+    seen_in_processes: list[str] = []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cml_infra", "up", "--name", "leak", "--repo", "octo/repo",
+         "--github-url", github.url, "--runner-archive", str(archive), "--idle-timeout", "1h"],
+        env=runner_cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    while proc.poll() is None:
+        seen_in_processes += processes_holding(TOKEN, exclude={proc.pid, os.getpid()})
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    seen_in_processes += processes_holding(TOKEN, exclude={os.getpid()})
+    logs = runner_cli.ok("logs", "leak")
+    status = runner_cli.ok("status", "--all", "--json")
+    down = runner_cli.run("down", "leak")
+    assert down.returncode == 0
+    assert seen_in_processes == []
+    for text in (out, err, logs, status, down.stdout, down.stderr):
+        assert TOKEN not in text
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def processes_holding(secret: str, exclude: set[int]) -> list[str]:
+    """Processes whose arguments or environment carry `secret` (the launcher's own excepted)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                data = (entry / part).read_bytes()
+            except OSError:
+                continue
+            if secret.encode() in data:
+                found.append(f"{entry.name} {part}: {data[:120]!r}")
+    return found

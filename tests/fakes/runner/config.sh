@@ -1,0 +1,9 @@
+#!/bin/bash
+# config.sh of the actions/runner test double: registers with the fake GitHub's /_fake/ API
+# and writes .runner here, through bin/Runner.Listener configure (as the real config.sh does).
+#   ./config.sh --url URL --token TOKEN [--name NAME] [--labels a,b] [--unattended]
+#               [--ephemeral] [--runnergroup G] [--work DIR] [--replace] [--disableupdate]
+set -euo pipefail
+
+runner_root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+exec "$runner_root/bin/Runner.Listener" configure "$@"
