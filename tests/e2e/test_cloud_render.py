@@ -179,3 +179,29 @@ def test_azure_module_settings(rendered) -> None:
     assert "azurerm_resource_group" in json.dumps(assignment["scope"])
     nsg_text = json.dumps(resources["azurerm_network_security_group"])
     assert '"access": "Deny"' in nsg_text and '"Allow"' not in nsg_text
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_runner_mode_renders_within_user_data_limits(cloud: str, tmp_path: Path) -> None:
+    """A runner instance carries more (the runner config, the user, Docker for GPUs) and must
+    still fit the cloud's user data and pass shellcheck."""
+    dest = tmp_path / "out"
+    args = ["render", "--cloud", cloud, "--gpu", "t4", "--spot", "--repo", "octo/repo",
+            "--single", "--name", f"r-{cloud}", "-o", str(dest)]  # fmt: skip
+    env = {**clean_env(), "CML_INFRA_HOME": str(tmp_path / "state")}
+    done = subprocess.run([sys.executable, "-m", "cml_infra", *args], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    script = (dest / "startup.sh").read_text()
+    assert "useradd --create-home --shell /bin/bash cml-runner" in script
+    assert "nvidia-ctk" in script
+    config = json.loads(
+        script.split("<<'CML_INFRA_CONFIG_EOF'\n")[1].split("\nCML_INFRA_CONFIG_EOF")[0]
+    )
+    assert config["runner"]["user"] == "cml-runner"
+    assert config["runner"]["preemption"] == cloud
+    assert (
+        config["runner"]["archive"]["sha256"] and config["runner"]["registration"]["kind"] == "jit"
+    )
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
+    assert subprocess.run([shellcheck, str(dest / "startup.sh")], check=False).returncode == 0
