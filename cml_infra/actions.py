@@ -129,3 +129,37 @@ def doctor(*, cloud: str | None, terraform: str | None) -> None:
         ui.result(f"{subject}: {'ok' if ready else 'NOT READY'}: {detail}")
     if not all(ready for _, ready, _ in results):
         raise typer.Exit(1)
+
+
+CLEANUP_COLUMNS = ("kind", "cloud", "region", "name", "rule", "reason", "result", "hourly_price")
+
+
+@reported
+def cleanup(
+    *, cloud: str | None, regions: Sequence[str], max_age: str | None, idle: str,
+    orphan_grace: str, rules: Sequence[str], dry_run: bool, yes: bool, repo: str | None,
+    org: str | None, token: str | None, github_url: str | None, state_dir: Path | None,
+    json_output: bool,
+) -> None:  # fmt: skip
+    from cml_infra import cleanup as reaper
+
+    state = StateDir(resolve_state_dir(state_dir))
+    settings = reaper.settings(cloud, regions, max_age, idle, orphan_grace, dry_run, rules, state)
+    forge = reaper.forge(repo, org, token, github_url)
+
+    def confirm(count: int) -> bool:
+        if yes or not reaper.interactive():
+            return True
+        return typer.confirm(f"destroy or deregister the {count} item(s) above?")
+
+    rows = reaper.run(settings, state, forge, confirm)
+    report = [row.as_dict() for row in rows]
+    if json_output:
+        ui.emit_json(report)
+    elif report:
+        ui.table(report, CLEANUP_COLUMNS, money=("hourly_price",))
+    stopped = sum(row.hourly_price or 0.0 for row in rows if row.result.startswith("destroyed"))
+    failed = [row for row in rows if row.result.startswith("failed")]
+    ui.info(f"cleanup: {len(rows)} matched, {len(failed)} failed, ${stopped:.4f}/h stopped")
+    if failed:
+        raise CmlInfraError("; ".join(f"{row.name}: {row.result}" for row in failed))

@@ -339,5 +339,60 @@ def doctor(
     actions.doctor(cloud=cloud, terraform=terraform)
 
 
+# Kept in step with cleanup.RULES by a test; written out so that --help imports nothing.
+CLEANUP_RULES_HELP = (
+    "Rule to apply (repeatable; default: every rule that applies to the inputs given): "
+    "expired (past its cml-infra-expires tag or older than --max-age); "
+    "orphan (forge: a runner instance older than --orphan-grace that no online registration "
+    "labels); idle (forge: its runner is not busy and its last job ended over --idle ago); "
+    "stale-state (a record or workspace whose instance is gone); "
+    "stale-registration (forge: an offline cml-infra registration with no live instance); "
+    "untracked (opt-in: an instance no state record knows)."
+)
+
+
+@app.command()
+def cleanup(
+    *,
+    cloud: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Clouds to search, comma-separated (aws,gcp,azure,local); "
+            "default: local and the clouds of this state dir's runners.",
+            envvar="CML_INFRA_CLOUD",
+        ),
+    ] = None,
+    region: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--region", help="Only these regions (repeatable); default: all."),
+    ] = None,
+    max_age: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Also destroy instances older than this (6h), expired or not."),
+    ] = None,
+    idle: Annotated[str, typer.Option(help="The idle rule's threshold.")] = "30m",
+    orphan_grace: Annotated[str, typer.Option(help="The orphan rule's grace period.")] = "10m",
+    rule: Annotated[Optional[list[str]], typer.Option("--rule", help=CLEANUP_RULES_HELP)] = None,  # noqa: UP045
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report only; change nothing.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask on a terminal.")] = False,
+    repo: Repo = None,
+    org: Org = None,
+    token: Token = None,
+    github_url: GithubUrl = None,
+    state_dir: StateDirOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Destroy what outlived its rules: expired, orphaned or idle instances, stale state and
+    registrations, found by tags and labels; never anything without our tag."""
+    from cml_infra import actions
+
+    actions.cleanup(cloud=cloud, regions=region or [], max_age=max_age, idle=idle,
+                    orphan_grace=orphan_grace, rules=rule or [], dry_run=dry_run, yes=yes,
+                    repo=repo, org=org, token=token, github_url=github_url,
+                    state_dir=state_dir, json_output=json_output)  # fmt: skip
+
+
 def main() -> None:
     app()

@@ -167,6 +167,11 @@ class RunnerSpec(BaseModel):
         return self.repo is not None or self.org is not None
 
     @property
+    def resource_tags(self) -> dict[str, str]:
+        """The user's tags, plus a mark on runners: cleanup's runner rules look only at those."""
+        return {**self.tags, **({"cml-infra-forge": "github"} if self.runner_mode else {})}
+
+    @property
     def all_labels(self) -> tuple[str, ...]:
         """The user's labels plus the unique one a workflow's `runs-on` can target."""
         return (*self.labels, AUTO_LABEL_PREFIX + self.name)

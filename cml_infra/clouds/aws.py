@@ -68,14 +68,14 @@ class AwsCloud(VmCloud):
             "image_id": spec.image,
             "user_data_base64": user_data,
             "expires_at": int(context.expires_at.timestamp()),
-            "tags": dict(spec.tags),
+            "tags": spec.resource_tags,
         }
 
     def sensitive_vars(self) -> frozenset[str]:
         return frozenset({"user_data_base64"})
 
-    def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
-        regions = list(regions)
+    def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
+        regions = enabled_regions() if regions is None else list(regions)
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions)))) as pool:
             found = pool.map(self._list_region, regions)
         return [instance for batch in found for instance in batch]
@@ -123,6 +123,20 @@ class AwsCloud(VmCloud):
         return found
 
 
+def enabled_regions() -> list[str]:
+    """The regions this account has enabled (opt-in regions only once opted in)."""
+    import os
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    home = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    try:
+        answer = _ec2(home).describe_regions(AllRegions=False)
+    except (BotoCoreError, ClientError) as exc:
+        raise CmlInfraError(f"aws: could not list regions: {exc}") from None
+    return sorted(region["RegionName"] for region in answer["Regions"])
+
+
 def _terminate_batch(client: Any, region: str, instance_ids: list[str]) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -163,4 +177,13 @@ def _managed(region: str, raw: dict[str, Any]) -> ManagedInstance:
         if expires.isdigit()
         else None,
         tags=tags,
+        instance_type=raw.get("InstanceType"),
+        hourly_price=_price(raw.get("InstanceType"), raw.get("InstanceLifecycle") == "spot"),
     )
+
+
+def _price(instance_type: str | None, spot: bool) -> float | None:
+    from cml_infra.catalog import load
+
+    offer = load("aws").for_type(instance_type) if instance_type else None
+    return offer.hourly(spot) if offer else None

@@ -79,21 +79,21 @@ class AzureCloud(VmCloud):
             "source_image_id": spec.image,
             "custom_data_base64": custom_data,
             "expires_at": int(context.expires_at.timestamp()),
-            "tags": dict(spec.tags),
+            "tags": spec.resource_tags,
         }
 
     def sensitive_vars(self) -> frozenset[str]:
         return frozenset({"custom_data_base64"})
 
-    def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
+    def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
         from azure.core.exceptions import AzureError
 
-        wanted = set(regions)
+        wanted = None if regions is None else set(regions)
         try:
             groups = list(_resources().resource_groups.list(filter=MANAGED_FILTER))
         except AzureError as exc:
             raise CmlInfraError(f"azure: could not list resource groups: {exc}") from None
-        return [_managed(group) for group in groups if group.location in wanted]
+        return [_managed(g) for g in groups if wanted is None or g.location in wanted]
 
     def terminate(self, ids: Iterable[str]) -> None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -139,10 +139,15 @@ def _credential() -> Any:
     return DefaultAzureCredential()
 
 
+# An azure-core HttpTransport to send requests through instead of the network: the tests' fake.
+transport: Any = None
+
+
 def _resources() -> Any:
     from azure.mgmt.resource import ResourceManagementClient
 
-    return ResourceManagementClient(_credential(), _subscription())
+    options = {"transport": transport} if transport is not None else {}
+    return ResourceManagementClient(_credential(), _subscription(), **options)
 
 
 def _managed(group: Any) -> ManagedInstance:

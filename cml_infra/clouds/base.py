@@ -58,7 +58,8 @@ class ManagedInstance:
     expires_at: datetime | None
     tags: Mapping[str, str] = field(default_factory=dict)
     idle_seconds: float | None = None
-    hourly_price: float = 0.0
+    hourly_price: float | None = None
+    instance_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class RenderContext:
 
     def tags(self, spec: RunnerSpec) -> dict[str, str]:
         return {
-            **spec.tags,
+            **spec.resource_tags,
             "cml-infra-managed": "true",
             "cml-infra-name": spec.name,
             "cml-infra-expires": str(int(self.expires_at.timestamp())),
@@ -122,8 +123,8 @@ class Cloud(ABC):
         return ErrorClass.OTHER
 
     @abstractmethod
-    def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
-        """Every instance tagged `cml-infra-managed = "true"` in `regions`."""
+    def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
+        """Every instance tagged `cml-infra-managed = "true"` in `regions` (None: in all)."""
 
     @abstractmethod
     def terminate(self, ids: Iterable[str]) -> None:

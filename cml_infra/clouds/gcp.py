@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from cml_infra.catalog import Offer
 from cml_infra.clouds import register
@@ -100,19 +101,19 @@ class GcpCloud(VmCloud):
             "startup_script": metadata_script(context.startup_script),
             "max_run_duration_seconds": spec.ttl,
             "expires_at": int(context.expires_at.timestamp()),
-            "labels": dict(spec.tags),
+            "labels": spec.resource_tags,
         }
 
-    def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
+    def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
         from google.api_core.exceptions import GoogleAPIError
         from google.auth.exceptions import GoogleAuthError
 
         try:
-            return self._list(set(regions))
+            return self._list(None if regions is None else set(regions))
         except (GoogleAPIError, GoogleAuthError) as exc:
             raise CmlInfraError(f"gcp: could not list instances: {exc}") from None
 
-    def _list(self, wanted: set[str]) -> list[ManagedInstance]:
+    def _list(self, wanted: set[str] | None) -> list[ManagedInstance]:
         from google.cloud import compute_v1
 
         project = _project()
@@ -120,10 +121,10 @@ class GcpCloud(VmCloud):
             project=project, filter='labels.cml-infra-managed = "true"'
         )
         found = []
-        for scope, scoped in compute_v1.InstancesClient().aggregated_list(request=request):
+        for scope, scoped in _client("Instances").aggregated_list(request=request):
             zone = scope.rpartition("/")[2]
             region = zone.rpartition("-")[0]
-            if region not in wanted:
+            if wanted is not None and region not in wanted:
                 continue
             for instance in scoped.instances:
                 found.append(_managed(zone, region, instance))
@@ -131,17 +132,16 @@ class GcpCloud(VmCloud):
 
     def terminate(self, ids: Iterable[str]) -> None:
         from google.api_core.exceptions import GoogleAPIError, NotFound
-        from google.cloud import compute_v1
 
-        client = compute_v1.InstancesClient()
+        instances = _client("Instances")
         project = _project()
         for full_id in ids:
             zone, _, name = full_id.partition("/")
             try:
-                operation: Any = client.delete(project=project, zone=zone, instance=name)
+                operation: Any = instances.delete(project=project, zone=zone, instance=name)
                 operation.result()
             except NotFound:
-                continue
+                pass
             except GoogleAPIError as exc:
                 raise CmlInfraError(f"gcp {full_id}: delete failed: {exc}") from None
 
@@ -167,8 +167,30 @@ def metadata_script(script: str) -> str:
     return wrapper
 
 
+def _client(kind: str) -> Any:
+    """A Compute client; CML_INFRA_GCP_API_ENDPOINT (http(s)://host:port) points it elsewhere,
+    anonymously: a private endpoint or the loopback fake the tests use."""
+    from google.cloud import compute_v1
+
+    cls = getattr(compute_v1, f"{kind}Client")
+    endpoint = os.environ.get("CML_INFRA_GCP_API_ENDPOINT")
+    if not endpoint:
+        return cls()
+    from google.auth.credentials import AnonymousCredentials
+
+    parts = urlsplit(endpoint)
+    transport = cls.get_transport_class("rest")(
+        host=parts.netloc,
+        url_scheme=parts.scheme or "https",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+    )
+    return cls(transport=transport)
+
+
 def _project() -> str:
     """The project of the default credentials (or GOOGLE_CLOUD_PROJECT)."""
+    if os.environ.get("CML_INFRA_GCP_API_ENDPOINT") and os.environ.get("GOOGLE_CLOUD_PROJECT"):
+        return os.environ["GOOGLE_CLOUD_PROJECT"]
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
 
@@ -200,4 +222,5 @@ def _managed(zone: str, region: str, instance: Any) -> ManagedInstance:
         if expires.isdigit()
         else None,
         tags=labels,
+        instance_type=str(instance.machine_type).rpartition("/")[2] or None,
     )

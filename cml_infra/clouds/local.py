@@ -88,8 +88,8 @@ class LocalCloud(Cloud):
             "ready_timeout_seconds": READY_TIMEOUT_SECONDS,
         }
 
-    def list_managed(self, regions: Iterable[str]) -> list[ManagedInstance]:
-        if REGION not in set(regions) or not self.instances_root.is_dir():
+    def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
+        if (regions is not None and REGION not in set(regions)) or not self.instances_root.is_dir():
             return []
         found = []
         for sandbox in sorted(self.instances_root.iterdir()):

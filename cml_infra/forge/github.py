@@ -101,16 +101,50 @@ class GitHubForge:
         return Registration("token", str(data["token"]), self.scope.html_url(self.api_url))
 
     def runner(self, name: str) -> dict[str, Any] | None:
+        return next((r for r in self.runners() if r.get("name") == name), None)
+
+    def runners(self) -> list[dict[str, Any]]:
+        """Every self-hosted runner registered in the scope."""
+        found: list[dict[str, Any]] = []
         page = 1
         while True:
             data = self._call("GET", "actions/runners", params={"per_page": 100, "page": page})
-            runners = data.get("runners", [])
-            for runner in runners:
-                if runner.get("name") == name:
-                    return dict(runner)
-            if len(runners) < 100:
-                return None
+            batch = [dict(runner) for runner in data.get("runners", [])]
+            found.extend(batch)
+            if len(batch) < 100:
+                return found
             page += 1
+
+    def delete_id(self, runner_id: int) -> bool:
+        try:
+            self._call("DELETE", f"actions/runners/{runner_id}")
+        except _NotFound:
+            return False
+        return True
+
+    def last_jobs(self, runs: int = 100) -> dict[str, datetime | None]:
+        """runner name → when its latest job completed (None: a job of it is still running),
+        from the repository's most recent workflow runs. Organizations have no such listing."""
+        if self.scope.repo is None:
+            return {}
+        latest: dict[str, datetime | None] = {}
+        data = self._call("GET", "actions/runs", params={"per_page": runs})
+        for run in data.get("workflow_runs", []):
+            jobs = self._call("GET", f"actions/runs/{run['id']}/jobs", params={"per_page": 100})
+            for job in jobs.get("jobs", []):
+                runner = job.get("runner_name")
+                if not runner:
+                    continue
+                done = _parse_time(job.get("completed_at"))
+                if done is None or job.get("status") != "completed":
+                    latest[runner] = None  # running now: busy whatever came before
+                elif runner not in latest:
+                    latest[runner] = done
+                else:
+                    previous = latest[runner]
+                    if previous is not None and done > previous:
+                        latest[runner] = done
+        return latest
 
     def wait_online(self, name: str, timeout: float) -> dict[str, Any]:
         """Poll with backoff until the runner shows `online`; GitHub's view, not the VM's."""
@@ -131,13 +165,7 @@ class GitHubForge:
     def delete(self, name: str) -> bool:
         """Remove the registration; False when it was already gone."""
         runner = self.runner(name)
-        if runner is None:
-            return False
-        try:
-            self._call("DELETE", f"actions/runners/{runner['id']}")
-        except _NotFound:
-            return False
-        return True
+        return runner is not None and self.delete_id(int(runner["id"]))
 
     def _runner_group_id(self) -> int:
         if self.runner_group is None:
@@ -237,6 +265,12 @@ def _rate_limit_wait(exc: Any) -> float | None:
     if "retry-after" in headers:
         return float(headers["retry-after"])
     return None
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _scrub(text: str, token: str) -> str:
