@@ -21,6 +21,7 @@ itself for the launcher to read, and logs one line per event to standard output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -392,7 +393,10 @@ class Runner:
         try:
             self.process.wait(grace)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            # The listener ignored Ctrl-C: nothing of it may go on working.
+            for pid in [*_descendants(self.process.pid), self.process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.process.wait()
 
     def preemption_notice(self, now: float) -> str | None:

@@ -143,8 +143,8 @@ def up(
             state.remove_workspace(spec.name)
             shutil.rmtree(state.log_dir(spec.name), ignore_errors=True)
             if forge is not None:
-                registered = True
                 registration = forge.register(spec.name, spec.all_labels, spec.single)
+                registered = True
                 prepared = prepare(spec, state, registration, created)
             render.write_workspace(
                 workspace, cloud, spec, placement, prepared.context, prepared.variables

@@ -219,6 +219,13 @@ def build_spec(
         from cml_infra.forge.github import Scope
 
         Scope.parse(repo, org)
+        if runner_group is not None and not org:
+            raise UsageError("--runner-group", "runner groups belong to organizations: use --org")
+        if runner_group is not None and single and not runner_group.isdigit():
+            raise UsageError(
+                "--runner-group",
+                "single-job (JIT) runners need the group's numeric id, e.g. --runner-group 3",
+            )
         if command:
             raise UsageError("--repo", "a runner takes jobs from the forge; drop the task after --")
     elif runner_group or runner_archive:

@@ -87,9 +87,12 @@ class AwsCloud(VmCloud):
             by_region.setdefault(region, []).append(instance_id)
         for region, instance_ids in by_region.items():
             client = _ec2(region)
+            names = _names(client, instance_ids)
             # Batches of 100 keep each call under EC2's request size limits.
             for start in range(0, len(instance_ids), 100):
                 _terminate_batch(client, region, instance_ids[start : start + 100])
+                _wait_terminated(client, region, instance_ids[start : start + 100])
+            _delete_security_groups(client, region, names)
 
     def check(self) -> tuple[bool, str]:
         import boto3
@@ -135,6 +138,54 @@ def enabled_regions() -> list[str]:
     except (BotoCoreError, ClientError) as exc:
         raise CmlInfraError(f"aws: could not list regions: {exc}") from None
     return sorted(region["RegionName"] for region in answer["Regions"])
+
+
+def _names(client: Any, instance_ids: list[str]) -> set[str]:
+    """The cml-infra names of these instances (their security groups carry the same)."""
+    names: set[str] = set()
+    for instance_id in instance_ids:
+        try:
+            answer = client.describe_instances(InstanceIds=[instance_id])
+        except Exception:  # an unknown id: nothing of it to clean
+            continue
+        for reservation in answer["Reservations"]:
+            for raw in reservation["Instances"]:
+                tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+                if tags.get("cml-infra-managed") == "true" and "cml-infra-name" in tags:
+                    names.add(tags["cml-infra-name"])
+    return names
+
+
+def _wait_terminated(client: Any, region: str, instance_ids: list[str]) -> None:
+    """Until EC2 says terminated: only then is the security group free to delete."""
+    from botocore.exceptions import WaiterError
+
+    try:
+        client.get_waiter("instance_terminated").wait(
+            InstanceIds=instance_ids, WaiterConfig={"Delay": 5, "MaxAttempts": 120}
+        )
+    except WaiterError as exc:
+        if "InvalidInstanceID.NotFound" not in str(exc):
+            raise CmlInfraError(f"aws {region}: instances not terminated: {exc}") from None
+
+
+def _delete_security_groups(client: Any, region: str, names: set[str]) -> None:
+    """The module's security group outlives an instance terminated outside Terraform."""
+    from botocore.exceptions import ClientError
+
+    if not names:
+        return
+    groups = client.describe_security_groups(
+        Filters=[MANAGED_FILTER, {"Name": "tag:cml-infra-name", "Values": sorted(names)}]
+    )["SecurityGroups"]
+    for group in groups:
+        try:
+            client.delete_security_group(GroupId=group["GroupId"])
+        except ClientError as exc:
+            if "InvalidGroup.NotFound" not in str(exc):
+                raise CmlInfraError(
+                    f"aws {region}: security group {group['GroupId']}: {exc}"
+                ) from None
 
 
 def _terminate_batch(client: Any, region: str, instance_ids: list[str]) -> None:

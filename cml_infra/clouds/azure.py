@@ -144,7 +144,8 @@ transport: Any = None
 
 
 def _resources() -> Any:
-    from azure.mgmt.resource import ResourceManagementClient
+    # azure-mgmt-resource 26 keeps the client only in its `resources` subpackage.
+    from azure.mgmt.resource.resources import ResourceManagementClient
 
     options = {"transport": transport} if transport is not None else {}
     return ResourceManagementClient(_credential(), _subscription(), **options)

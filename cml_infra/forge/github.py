@@ -7,6 +7,7 @@ JIT runner config (single use) or a registration token (valid for an hour).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,6 +17,8 @@ from urllib.parse import urlsplit
 from cml_infra.errors import CmlInfraError, UsageError
 
 PUBLIC_API = "https://api.github.com"
+_OWNER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
+_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
 # Waiting for a rate-limit reset is worth it only when the reset is this close.
 RATE_LIMIT_WAIT_MAX = 60.0
 
@@ -32,12 +35,11 @@ class Scope:
         if bool(repo) == bool(org):
             raise UsageError("--repo", "give --repo OWNER/NAME or --org ORG (one of them)")
         if repo is not None:
-            owner, _, name = repo.partition("/")
-            if not owner or not name or "/" in name:
+            if not _REPO.fullmatch(repo):
                 raise UsageError("--repo", f"{repo!r} is not OWNER/NAME")
             return cls(repo=repo)
         assert org is not None
-        if "/" in org or not org:
+        if not _OWNER.fullmatch(org):
             raise UsageError("--org", f"{org!r} is not an organization name")
         return cls(org=org)
 
@@ -52,7 +54,10 @@ class Scope:
     def html_url(self, api_url: str) -> str:
         """The URL `config.sh --url` takes: github.com/OWNER/NAME, or the GHES host's."""
         parts = urlsplit(api_url.rstrip("/"))
-        host = "github.com" if parts.netloc == "api.github.com" else parts.netloc
+        host = parts.netloc
+        # GitHub.com and GHE.com data residency serve the API on api.<host>; GHES on /api/v3.
+        if host == "api.github.com" or (host.startswith("api.") and host.endswith(".ghe.com")):
+            host = host.removeprefix("api.")
         return f"{parts.scheme}://{host}/{self.slug}"
 
 
@@ -263,7 +268,15 @@ def _rate_limit_wait(exc: Any) -> float | None:
     if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
         return float(headers["x-ratelimit-reset"]) - time.time()
     if "retry-after" in headers:
-        return float(headers["retry-after"])
+        value = headers["retry-after"]
+        if value.strip().isdigit():
+            return float(value)
+        from email.utils import parsedate_to_datetime
+
+        try:  # Retry-After may also be an HTTP date
+            return parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
     return None
 
 

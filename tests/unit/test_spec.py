@@ -401,3 +401,53 @@ def test_build_spec_tag_errors_name_the_flag():
     with pytest.raises(UsageError) as caught:
         _build(tags=["no-equals-sign"])
     assert caught.value.source == "--tag"
+
+
+# --- runner mode: --repo / --org and the flags that go with them ------------------------------
+
+
+def test_build_spec_runner_flags():
+    built = _build(
+        org="octo",
+        runner_group="3",
+        github_url="https://ghe.example/api/v3/",
+        startup_timeout="2m",
+        wait=False,
+        runner_archive="https://mirror.example/r.tgz",
+    )
+    assert built.runner_mode
+    assert (built.repo, built.org, built.runner_group) == (None, "octo", "3")
+    assert built.github_url == "https://ghe.example/api/v3"
+    assert built.startup_timeout == 120
+    assert built.wait is False
+    assert built.runner_archive == "https://mirror.example/r.tgz"
+
+
+def test_build_spec_defaults_outside_runner_mode():
+    built = _build()
+    assert not built.runner_mode
+    assert built.github_url == "https://api.github.com"
+    assert built.startup_timeout == 900 and built.wait is True
+    assert _build(org="octo").runner_mode
+
+
+@pytest.mark.parametrize(
+    ("changes", "flag", "fragment"),
+    [
+        ({"repo": "octo/repo", "org": "octo"}, "--repo", "one of them"),
+        ({"repo": "noslash"}, "--repo", "is not OWNER/NAME"),
+        ({"repo": "a/b/c"}, "--repo", "is not OWNER/NAME"),
+        ({"org": "a/b"}, "--org", "is not an organization name"),
+        ({"repo": "octo/repo", "command": ["echo", "hi"]}, "--repo", "drop the task"),
+        ({"runner_group": "3"}, "--runner-group", "add --repo"),
+        ({"runner_archive": "x.tgz"}, "--runner-archive", "add --repo"),
+        ({"repo": "o/r", "github_url": "api.github.com"}, "--github-url", "not an http(s) URL"),
+        ({"repo": "o/r", "github_url": "https://a b"}, "--github-url", "not an http(s) URL"),
+        ({"repo": "o/r", "startup_timeout": "0"}, "--startup-timeout", "longer than zero"),
+    ],
+)
+def test_build_spec_runner_flag_errors(changes, flag, fragment):
+    with pytest.raises(UsageError) as caught:
+        _build(**changes)
+    assert caught.value.source == flag
+    assert fragment in str(caught.value)

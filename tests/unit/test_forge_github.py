@@ -1,0 +1,394 @@
+"""cml_infra.forge.github: GitHubForge against the loopback FakeGitHub (tests/fakes/github.py),
+whose traffic is checked against GitHub's OpenAPI description. Only 127.0.0.1 is ever contacted."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import time
+import types
+
+import pytest
+import requests
+
+from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.forge import github as forge_module
+from cml_infra.forge.github import GitHubForge, Registration, Scope
+from tests.fakes.github import FakeGitHub
+
+TOKEN = "ghp_unit_CANARY_123"
+WRONG_TOKEN = "ghp_wrong_CANARY_456"
+REPO = Scope(repo="octo/repo")
+ORG = Scope(org="octo")
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """requests (under PyGithub) must not send loopback traffic through a proxy."""
+    for key in list(os.environ):
+        if key.lower().endswith("_proxy"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+
+
+@pytest.fixture
+def gh():
+    with FakeGitHub(TOKEN, repos=("octo/repo",), orgs=("octo",)) as fake:
+        yield fake
+        assert fake.violations == [], fake.violations
+
+
+class Clock:
+    """Stands in for the forge module's `time`: sleeps are recorded and advance monotonic()."""
+
+    def __init__(self, on_sleep=None):
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(len(self.sleeps))
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    namespace = types.SimpleNamespace(monotonic=fake.monotonic, sleep=fake.sleep, time=time.time)
+    monkeypatch.setattr(forge_module, "time", namespace)
+    return fake
+
+
+def forge(gh, scope=REPO, token=TOKEN, runner_group=None):
+    return GitHubForge(scope, token, gh.url, runner_group)
+
+
+def assert_clean_error(exc: CmlInfraError, *tokens: str, api: bool = True) -> str:
+    """A runtime error (exit 1) without the token; API failures lead with `github: `."""
+    message = str(exc)
+    assert type(exc) is not UsageError
+    assert exc.exit_code == 1
+    for token in tokens or (TOKEN,):
+        assert token not in message
+    assert message.startswith("github: ") == api, message
+    return message
+
+
+def control(gh, path: str) -> None:
+    """The fake's control API (what the runner double uses), not GitHub's REST API."""
+    with requests.Session() as session:
+        session.trust_env = False
+        assert session.post(f"{gh.url}/_fake{path}", timeout=5).status_code == 200
+
+
+# --- Scope ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("repo", "org", "flag"),
+    [
+        ("octo/repo", "octo", "--repo"),
+        (None, None, "--repo"),
+        ("", "", "--repo"),
+        ("noslash", None, "--repo"),
+        ("a/b/c", None, "--repo"),
+        ("a/", None, "--repo"),
+        ("/b", None, "--repo"),
+        (None, "a/b", "--org"),
+    ],
+)
+def test_scope_parse_rejects(repo, org, flag):
+    with pytest.raises(UsageError) as raised:
+        Scope.parse(repo, org)
+    assert raised.value.source == flag
+    assert str(raised.value).startswith(f"{flag}: ")
+    assert raised.value.exit_code == 2
+
+
+def test_scope_parse_both_or_neither_names_both_flags():
+    for repo, org in (("octo/repo", "octo"), (None, None)):
+        with pytest.raises(UsageError) as raised:
+            Scope.parse(repo, org)
+        assert "--repo" in str(raised.value) and "--org" in str(raised.value)
+
+
+def test_scope_parse_accepts_a_repo_or_an_org():
+    repo = Scope.parse("octo/repo", None)
+    assert (repo.path, repo.slug) == ("repos/octo/repo", "octo/repo")
+    org = Scope.parse(None, "octo")
+    assert (org.path, org.slug) == ("orgs/octo", "octo")
+
+
+@pytest.mark.parametrize(
+    ("api_url", "expected"),
+    [
+        ("https://api.github.com", "https://github.com/o/r"),
+        ("https://api.github.com/", "https://github.com/o/r"),
+        ("https://ghe.example/api/v3", "https://ghe.example/o/r"),
+        ("https://ghe.example/api/v3/", "https://ghe.example/o/r"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/o/r"),
+    ],
+)
+def test_scope_html_url(api_url, expected):
+    assert Scope(repo="o/r").html_url(api_url) == expected
+
+
+def test_scope_html_url_of_an_org():
+    assert Scope(org="octo").html_url("https://api.github.com") == "https://github.com/octo"
+
+
+# --- construction ---------------------------------------------------------------------------
+
+
+def test_a_forge_needs_a_token():
+    with pytest.raises(UsageError) as raised:
+        GitHubForge(REPO, "", "https://api.github.com")
+    assert raised.value.source == "--token"
+
+
+def test_describe_keeps_no_token():
+    described = GitHubForge(ORG, TOKEN, "https://ghe.example/api/v3/", "3").describe()
+    assert described == {
+        "kind": "github",
+        "scope": "orgs/octo",
+        "api_url": "https://ghe.example/api/v3",
+        "runner_group": "3",
+    }
+    assert TOKEN not in json.dumps(described)
+
+
+# --- register / runner / wait_online / delete ------------------------------------------------
+
+
+def test_register_single_mints_a_jit_config(gh):
+    registration = forge(gh).register("box-1", ("gpu", "cml-infra-box-1"), single=True)
+    assert isinstance(registration, Registration)
+    assert registration.kind == "jit"
+    assert registration.url == f"{gh.url}/octo/repo"
+    jit = json.loads(base64.b64decode(registration.secret))
+    assert jit["name"] == "box-1" and jit["ephemeral"] is True
+
+    [runner] = gh.runners("octo/repo")
+    assert runner["name"] == "box-1"
+    assert runner["status"] == "offline"
+    assert runner["ephemeral"] is True
+    assert runner["runner_group_id"] == 1
+    names = [label["name"] for label in runner["labels"]]
+    assert {"self-hosted", "gpu", "cml-infra-box-1"} <= set(names)
+    [sent] = [e for e in gh.request_log if e["path"].endswith("/generate-jitconfig")]
+    assert sent["json"] == {
+        "name": "box-1",
+        "runner_group_id": 1,
+        "labels": ["self-hosted", "gpu", "cml-infra-box-1"],
+        "work_folder": "_work",
+    }
+
+
+def test_register_single_in_an_org_runner_group(gh):
+    registration = forge(gh, ORG, runner_group="3").register("org-1", ("x",), single=True)
+    assert registration.url == f"{gh.url}/octo"
+    [runner] = gh.runners("orgs/octo")
+    assert runner["runner_group_id"] == 3
+
+
+def test_register_multi_mints_a_registration_token(gh):
+    registration = forge(gh).register("box-2", ("gpu",), single=False)
+    assert registration.kind == "token"
+    assert registration.url == f"{gh.url}/octo/repo"
+    minted = gh.tokens[registration.secret]
+    assert (minted["kind"], minted["scope"]) == ("registration", "repos/octo/repo")
+    assert gh.runners() == [], "a registration token registers nothing by itself"
+
+
+def test_a_runner_group_name_with_single_is_a_usage_error(gh):
+    with pytest.raises(UsageError) as raised:
+        forge(gh, ORG, runner_group="gpu-pool").register("org-2", (), single=True)
+    assert raised.value.source == "--runner-group"
+    assert gh.requests == [], "nothing is asked of GitHub for bad input"
+    # A multi-job runner takes the group by name (config.sh --runnergroup).
+    assert forge(gh, ORG, runner_group="gpu-pool").register("org-2", (), single=False).secret
+
+
+def test_runner_is_found_beyond_the_first_page(gh):
+    for number in range(130):
+        gh.add_runner("octo/repo", f"r-{number:03}", ["gpu"])
+    found = forge(gh).runner("r-125")
+    assert found is not None and found["name"] == "r-125"
+    assert forge(gh).runner("r-005")["name"] == "r-005"
+    assert forge(gh).runner("missing") is None
+    pages = [e["query"] for e in gh.request_log if e["path"] == "/repos/octo/repo/actions/runners"]
+    assert pages[:2] == [{"per_page": "100", "page": "1"}, {"per_page": "100", "page": "2"}]
+
+
+def test_runner_with_exactly_a_full_page_asks_once_more(gh):
+    for number in range(100):
+        gh.add_runner("octo/repo", f"r-{number:03}")
+    assert forge(gh).runner("missing") is None
+    assert len(gh.requests) == 2
+
+
+def test_wait_online_times_out_naming_the_runner(gh):
+    started = time.monotonic()
+    with pytest.raises(CmlInfraError) as raised:
+        forge(gh).wait_online("ghost-1", timeout=0.5)
+    assert time.monotonic() - started < 3
+    message = assert_clean_error(raised.value, api=False)
+    assert "ghost-1" in message and "never registered" in message
+
+
+def test_wait_online_backs_off_then_says_still_offline(gh, clock):
+    forge(gh).register("slow-1", (), single=True)
+    with pytest.raises(CmlInfraError) as raised:
+        forge(gh).wait_online("slow-1", timeout=10)
+    message = assert_clean_error(raised.value, api=False)
+    assert "slow-1" in message and "still offline" in message and "10s" in message
+    assert clock.sleeps == [1.0, 1.5, 2.25, 3.375]
+
+
+def test_wait_online_returns_once_the_runner_is_online(gh, clock):
+    forge(gh).register("soon-1", ("gpu",), single=True)
+    [runner] = gh.runners()
+    clock.on_sleep = lambda count: control(gh, f"/runners/{runner['id']}/online")
+    online = forge(gh).wait_online("soon-1", timeout=60)
+    assert online["status"] == "online" and online["name"] == "soon-1"
+    assert clock.sleeps == [1.0]
+
+
+def test_delete_removes_then_reports_already_gone(gh):
+    forge(gh).register("gone-1", (), single=True)
+    assert forge(gh).delete("gone-1") is True
+    assert gh.runners() == []
+    assert forge(gh).delete("gone-1") is False
+    assert [r for r in gh.requests if r[0] == "DELETE"] == [
+        ("DELETE", "/repos/octo/repo/actions/runners/1", 204)
+    ]
+
+
+def test_delete_of_a_runner_gone_between_lookup_and_delete(gh, monkeypatch):
+    forge_ = forge(gh)
+    forge_.register("race-1", (), single=True)
+    real_runner = forge_.runner
+
+    def runner_then_vanish(name):
+        found = real_runner(name)
+        gh.fail_with = (404, {"message": "Not Found"}, None)
+        return found
+
+    monkeypatch.setattr(forge_, "runner", runner_then_vanish)
+    assert forge_.delete("race-1") is False
+
+
+# --- errors: one clear line, exit code 1, never the token --------------------------------------
+
+
+def test_wrong_token_is_rejected(gh):
+    with pytest.raises(CmlInfraError) as raised:
+        forge(gh, token=WRONG_TOKEN).register("box-3", (), single=True)
+    message = assert_clean_error(raised.value, TOKEN, WRONG_TOKEN)
+    assert "rejected" in message and "401" in message and "--token" in message
+
+
+def test_unknown_repo_is_not_found(gh):
+    with pytest.raises(CmlInfraError) as raised:
+        forge(gh, Scope(repo="octo/nope")).register("box-4", (), single=False)
+    message = assert_clean_error(raised.value)
+    assert "not found" in message and "octo/nope" in message
+
+
+def test_unknown_org_is_not_found(gh):
+    with pytest.raises(CmlInfraError) as raised:
+        forge(gh, Scope(org="nope")).runner("x")
+    assert "not found" in assert_clean_error(raised.value)
+
+
+def test_forbidden_is_permission_denied(gh):
+    gh.fail_with = (403, {"message": "Resource not accessible by integration"}, None)
+    with pytest.raises(CmlInfraError) as raised:
+        forge(gh).register("box-5", (), single=True)
+    message = assert_clean_error(raised.value)
+    assert "permission denied" in message
+    assert "Resource not accessible by integration" in message
+    assert gh.runners() == []
+
+
+def _rate_limited(reset: float) -> tuple[int, dict[str, str], dict[str, str]]:
+    return (
+        403,
+        {"message": "API rate limit exceeded", "documentation_url": "https://docs.github.com"},
+        {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(reset))},
+    )
+
+
+def test_rate_limit_far_away_is_reported_without_waiting(gh, clock):
+    gh.fail_with = _rate_limited(time.time() + 3600)
+    with pytest.raises(CmlInfraError) as raised:
+        forge(gh).register("box-6", (), single=True)
+    message = assert_clean_error(raised.value)
+    assert "rate limited until" in message and "UTC" in message
+    assert clock.sleeps == []
+    assert len(gh.requests) == 1
+
+
+def test_rate_limit_resetting_soon_is_waited_out(gh, clock):
+    gh.fail_with = _rate_limited(time.time() + 1)
+    registration = forge(gh).register("box-7", (), single=True)
+    assert registration.kind == "jit"
+    assert len(clock.sleeps) == 1 and 1.0 <= clock.sleeps[0] <= 2.5, clock.sleeps
+    assert [status for _, _, status in gh.requests] == [403, 201]
+    assert [r["name"] for r in gh.runners()] == ["box-7"]
+
+
+def test_rate_limit_is_waited_out_once_only(gh, clock):
+    gh.fail_with = _rate_limited(time.time() + 1)
+    gh.fail_count = 2
+    with pytest.raises(CmlInfraError) as raised:
+        forge(gh).runner("x")
+    assert "rate limited until" in assert_clean_error(raised.value)
+    assert len(clock.sleeps) == 1
+    assert len(gh.requests) == 2
+
+
+def test_secondary_rate_limit_retry_after_is_waited_out(gh, clock):
+    gh.fail_with = (
+        403,
+        {"message": "You have exceeded a secondary rate limit."},
+        {"retry-after": "2"},
+    )
+    assert forge(gh).runner("nobody") is None
+    assert clock.sleeps == [3.0]
+
+
+def test_retry_after_as_an_http_date_is_understood(gh, clock):
+    # A date already past: nothing to wait for but the usual second, then the retry succeeds.
+    gh.fail_with = (429, {"message": "slow down"}, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert forge(gh).runner("x") is None
+
+
+def test_server_error_echoing_the_token_is_scrubbed(gh):
+    gh.fail_with = (500, {"message": f"boom for token {TOKEN}"}, None)
+    with pytest.raises(CmlInfraError) as raised:
+        forge(gh).register("box-8", (), single=False)
+    message = assert_clean_error(raised.value)
+    assert "500" in message and "***" in message
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_api(clock):
+    url = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(CmlInfraError) as raised:
+        GitHubForge(ORG, TOKEN, url).register("box-9", (), single=True)
+    message = assert_clean_error(raised.value)
+    assert "unreachable" in message and url in message
+    assert clock.sleeps == []
