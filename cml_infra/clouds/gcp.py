@@ -121,7 +121,8 @@ class GcpCloud(VmCloud):
             project=project, filter='labels.cml-infra-managed = "true"'
         )
         found = []
-        for scope, scoped in _client("Instances").aggregated_list(request=request):
+        pages = _client("Instances").aggregated_list(request=request, retry=_retry())
+        for scope, scoped in pages:
             zone = scope.rpartition("/")[2]
             region = zone.rpartition("-")[0]
             if wanted is not None and region not in wanted:
@@ -138,7 +139,9 @@ class GcpCloud(VmCloud):
         for full_id in ids:
             zone, _, name = full_id.partition("/")
             try:
-                operation: Any = instances.delete(project=project, zone=zone, instance=name)
+                operation: Any = instances.delete(
+                    project=project, zone=zone, instance=name, retry=_retry()
+                )
                 operation.result()
             except NotFound:
                 pass
@@ -185,6 +188,18 @@ def _client(kind: str) -> Any:
         credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
     )
     return cls(transport=transport)
+
+
+def _retry() -> Any:
+    """google-api-core's backoff for throttling and passing server errors."""
+    from google.api_core import exceptions, retry
+
+    transient = retry.if_exception_type(
+        exceptions.TooManyRequests, exceptions.ServiceUnavailable, exceptions.InternalServerError
+    )
+    return retry.Retry(
+        predicate=transient, initial=1.0, maximum=30.0, multiplier=2.0, timeout=300.0
+    )
 
 
 def _project() -> str:
