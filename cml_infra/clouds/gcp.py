@@ -11,6 +11,7 @@ import base64
 import gzip
 import os
 import re
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ from cml_infra.spec import RunnerSpec
 
 METADATA_LIMIT = 256 * 1024
 MIN_RUN_SECONDS, MAX_RUN_SECONDS = 30, 120 * 86400
+OPERATION_TIMEOUT = 600
 # GPUs that attach to n1 machine types, by our name.
 ATTACHABLE = {"t4": "nvidia-tesla-t4", "v100": "nvidia-tesla-v100"}
 _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -107,10 +109,11 @@ class GcpCloud(VmCloud):
     def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
         from google.api_core.exceptions import GoogleAPIError
         from google.auth.exceptions import GoogleAuthError
+        from requests.exceptions import RequestException
 
         try:
             return self._list(None if regions is None else set(regions))
-        except (GoogleAPIError, GoogleAuthError) as exc:
+        except (GoogleAPIError, GoogleAuthError, RequestException) as exc:
             raise CmlInfraError(f"gcp: could not list instances: {exc}") from None
 
     def _list(self, wanted: set[str] | None) -> list[ManagedInstance]:
@@ -133,19 +136,20 @@ class GcpCloud(VmCloud):
 
     def terminate(self, ids: Iterable[str]) -> None:
         from google.api_core.exceptions import GoogleAPIError, NotFound
+        from requests.exceptions import RequestException
 
-        instances = _client("Instances")
+        instances, operations = _client("Instances"), _client("ZoneOperations")
         project = _project()
         for full_id in ids:
             zone, _, name = full_id.partition("/")
             try:
-                operation: Any = instances.delete(
+                operation: Any = instances.delete_unary(
                     project=project, zone=zone, instance=name, retry=_retry()
                 )
-                operation.result()
+                _wait_done(operations, project, zone, operation, full_id)
             except NotFound:
                 pass
-            except GoogleAPIError as exc:
+            except (GoogleAPIError, RequestException) as exc:
                 raise CmlInfraError(f"gcp {full_id}: delete failed: {exc}") from None
 
     def check(self) -> tuple[bool, str]:
@@ -188,6 +192,22 @@ def _client(kind: str) -> Any:
         credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
     )
     return cls(transport=transport)
+
+
+def _wait_done(operations: Any, project: str, zone: str, operation: Any, what: str) -> None:
+    """Until the zone operation is DONE, through the same endpoint as the call that made it
+    (the client library's own waiting always asks Google's public endpoint)."""
+    from google.cloud import compute_v1
+
+    deadline = time.monotonic() + OPERATION_TIMEOUT
+    while operation.status != compute_v1.Operation.Status.DONE:
+        if time.monotonic() > deadline:
+            raise CmlInfraError(f"gcp {what}: still deleting after {OPERATION_TIMEOUT}s")
+        operation = operations.wait(project=project, zone=zone, operation=operation.name)
+    if operation.error and operation.error.errors:
+        details = "; ".join(f"{e.code}: {e.message}" for e in operation.error.errors)
+        status = operation.http_error_status_code or ""
+        raise CmlInfraError(f"gcp {what}: delete failed: {status} {details}".replace("  ", " "))
 
 
 def _retry() -> Any:
