@@ -147,10 +147,17 @@ def cleanup(
     settings = reaper.settings(cloud, regions, max_age, idle, orphan_grace, dry_run, rules, state)
     forge = reaper.forge(repo, org, token, github_url)
 
-    def confirm(count: int) -> bool:
+    def confirm(found: reaper.Plan) -> bool:
         if yes or not reaper.interactive():
             return True
-        return typer.confirm(f"destroy or deregister the {count} item(s) above?")
+        # On a terminal: show what would go, then ask (on stderr, so --json stays clean).
+        ui.table(
+            [r.as_dict() for r in found.rows("to do")],
+            CLEANUP_COLUMNS,
+            money=("hourly_price",),
+            err=True,
+        )
+        return typer.confirm(f"destroy or deregister these {len(found.matched)}?", err=True)
 
     rows = reaper.run(settings, state, forge, confirm)
     report = [row.as_dict() for row in rows]
@@ -159,7 +166,7 @@ def cleanup(
     elif report:
         ui.table(report, CLEANUP_COLUMNS, money=("hourly_price",))
     stopped = sum(row.hourly_price or 0.0 for row in rows if row.result.startswith("destroyed"))
-    failed = [row for row in rows if row.result.startswith("failed")]
+    failed = [row for row in rows if "failed" in row.result]
     ui.info(f"cleanup: {len(rows)} matched, {len(failed)} failed, ${stopped:.4f}/h stopped")
     if failed:
         raise CmlInfraError("; ".join(f"{row.name}: {row.result}" for row in failed))

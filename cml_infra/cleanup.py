@@ -25,6 +25,8 @@ from cml_infra.workspace import LIVE_STATES, RunnerRecord, StateDir, utcnow
 
 Kind = Literal["instance", "registration", "state"]
 FORGE_TAG = "cml-infra-forge"
+SCOPE_TAG = "cml-infra-scope"
+CLOUD_LABEL = AUTO_LABEL_PREFIX + "on-"
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,15 @@ def register(cls: type[Rule]) -> type[Rule]:
     return cls
 
 
+def _our_runner(instance: ManagedInstance, world: World) -> bool:
+    """A runner instance registered in the scope this cleanup was given."""
+    return (
+        world.forge is not None
+        and instance.tags.get(FORGE_TAG) == "github"
+        and instance.tags.get(SCOPE_TAG) == world.forge.scope.tag
+    )
+
+
 def _age(instance: ManagedInstance, now: datetime) -> timedelta | None:
     return None if instance.created_at is None else now - instance.created_at
 
@@ -132,7 +143,7 @@ class Orphan(Rule):
     def match(self, item: Item, world: World) -> str | None:
         instance = item.instance
         assert instance is not None
-        if instance.tags.get(FORGE_TAG) != "github":
+        if not _our_runner(instance, world):
             return None
         age = _age(instance, world.now)
         if age is None or age <= world.settings.orphan_grace:
@@ -153,7 +164,12 @@ class Idle(Rule):
     def match(self, item: Item, world: World) -> str | None:
         instance = item.instance
         assert instance is not None
-        if instance.tags.get(FORGE_TAG) != "github":
+        # Only a repository lists its jobs; for an organization "never ran a job" is unknowable.
+        if (
+            not _our_runner(instance, world)
+            or world.forge is None
+            or world.forge.scope.repo is None
+        ):
             return None
         runner = next((r for r in world.runners if r.get("name") == instance.name), None)
         if runner is None or runner.get("busy"):
@@ -182,6 +198,9 @@ class StaleState(Rule):
         assert record is not None
         if record.cloud not in world.listed_clouds or record.state == "provisioning":
             return None
+        regions = world.settings.regions
+        if regions is not None and record.cloud != "local" and record.region not in regions:
+            return None
         alive = {(i.cloud, i.name) for i in world.instances}
         if (record.cloud, record.name) in alive:
             return None
@@ -200,14 +219,24 @@ class StaleRegistration(Rule):
         assert runner is not None
         if runner.get("status") != "offline":
             return None
+        labels = [label["name"] for label in runner.get("labels", [])]
         ours = [
-            label["name"][len(AUTO_LABEL_PREFIX) :]
-            for label in runner.get("labels", [])
-            if label["name"].startswith(AUTO_LABEL_PREFIX)
+            label[len(AUTO_LABEL_PREFIX) :]
+            for label in labels
+            if label.startswith(AUTO_LABEL_PREFIX) and not label.startswith(CLOUD_LABEL)
         ]
         if not ours:
             return None
         if any(i.name in ours for i in world.instances):
+            return None
+        # Its instance may live on a cloud this run did not search.
+        on = [label[len(CLOUD_LABEL) :] for label in labels if label.startswith(CLOUD_LABEL)]
+        if any(cloud not in world.listed_clouds for cloud in on):
+            return None
+        if any(
+            r.name in ours and r.state in LIVE_STATES and r.cloud not in world.listed_clouds
+            for r in world.records
+        ):
             return None
         return "offline, and no instance carries its name"
 
@@ -303,30 +332,46 @@ class Row:
         return dict(self.__dict__)
 
 
+@dataclass
+class Plan:
+    world: World
+    matched: list[tuple[Item, Rule, str]]
+
+    def rows(self, result: str) -> list[Row]:
+        return [_row(item, rule, reason, result) for item, rule, reason in self.matched]
+
+
+def plan(settings: Settings, state: StateDir, forge: GitHubForge | None) -> Plan:
+    """Find everything and match the rules; changes nothing."""
+    rules = choose_rules(settings.rules, forge is not None)
+    world = gather(settings, state, forge)
+    candidates = items(world)
+    matched = match_all(rules, candidates, world)
+    for rule in rules:
+        count = sum(1 for _, r, _ in matched if r is rule)
+        total = sum(1 for item in candidates if item.kind == rule.kind)
+        ui.info(f"cleanup: rule {rule.name} matched {count} of {total}")
+    return Plan(world, matched)
+
+
+def execute(found: Plan, state: StateDir) -> list[Row]:
+    """Act on every match; the rows say what came of each."""
+    return [_act(item, rule, reason, found.world, state) for item, rule, reason in found.matched]
+
+
 def run(
     settings: Settings,
     state: StateDir,
     forge: GitHubForge | None,
-    confirm: Callable[[int], bool],
+    confirm: Callable[[Plan], bool],
 ) -> list[Row]:
-    """Find, match, act; the rows say what matched and what came of it."""
-    rules = choose_rules(settings.rules, forge is not None)
-    world = gather(settings, state, forge)
-    matched = match_all(rules, items(world), world)
-    for rule in rules:
-        count = sum(1 for _, r, _ in matched if r is rule)
-        total = sum(1 for item in items(world) if item.kind == rule.kind)
-        ui.info(f"cleanup: rule {rule.name} matched {count} of {total}")
-    if settings.dry_run or not matched:
-        return [
-            _row(item, rule, reason, "dry run" if settings.dry_run else "")
-            for item, rule, reason in matched
-        ]
-    if not confirm(len(matched)):
-        return [
-            _row(item, rule, reason, "skipped: not confirmed") for item, rule, reason in matched
-        ]
-    return [_act(item, rule, reason, world, state) for item, rule, reason in matched]
+    """Plan, then act unless this is a dry run or `confirm` (shown the plan) says no."""
+    found = plan(settings, state, forge)
+    if settings.dry_run or not found.matched:
+        return found.rows("dry run")
+    if not confirm(found):
+        return found.rows("skipped: not confirmed")
+    return execute(found, state)
 
 
 def gather(settings: Settings, state: StateDir, forge: GitHubForge | None) -> World:
@@ -386,9 +431,13 @@ def match_all(
 def _act(item: Item, rule: Rule, reason: str, world: World, state: StateDir) -> Row:
     try:
         if item.kind == "instance":
-            action = _destroy_instance(item, state)
-            if world.forge is not None and item.instance and item.instance.tags.get(FORGE_TAG):
-                world.forge.delete(item.name)
+            action = _destroy_instance(item, rule, state)
+            if item.instance is not None and _our_runner(item.instance, world):
+                assert world.forge is not None
+                try:
+                    world.forge.delete(item.name)
+                except CmlInfraError as exc:
+                    action += f"; deregistration failed: {exc}"
         elif item.kind == "registration":
             assert world.forge is not None
             action = "deregistered" if world.forge.delete_id(int(item.id)) else "already gone"
@@ -399,13 +448,13 @@ def _act(item: Item, rule: Rule, reason: str, world: World, state: StateDir) -> 
     return _row(item, rule, reason, action)
 
 
-def _destroy_instance(item: Item, state: StateDir) -> str:
+def _destroy_instance(item: Item, rule: Rule, state: StateDir) -> str:
     """Through Terraform where this state dir has the runner's workspace, else the cloud API."""
     from cml_infra import lifecycle
 
     record = state.load(item.name)
     if record is not None and record.cloud == item.cloud and state.workspace(item.name).is_dir():
-        lifecycle.down([item.name], state, None, f"cleanup: {item.kind}")
+        lifecycle.down([item.name], state, None, f"cleanup: {rule.name}")
         return "destroyed (terraform)"
     clouds.get(item.cloud, state.root).terminate([item.id])
     return "destroyed (cloud API)"

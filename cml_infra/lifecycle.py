@@ -143,7 +143,7 @@ def up(
             state.remove_workspace(spec.name)
             shutil.rmtree(state.log_dir(spec.name), ignore_errors=True)
             if forge is not None:
-                registration = forge.register(spec.name, spec.all_labels, spec.single)
+                registration = forge.register(spec.name, spec.runner_labels(), spec.single)
                 registered = True
                 prepared = prepare(spec, state, registration, created)
             render.write_workspace(

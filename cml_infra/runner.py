@@ -60,7 +60,7 @@ def agent_config(spec: RunnerSpec, cloud: str, registration: Registration) -> di
             "url": registration.url,
         },
         "name": spec.name,
-        "labels": list(spec.all_labels),
+        "labels": list(spec.runner_labels()),
         "ephemeral": spec.single,
         "group": spec.runner_group,
         # VMs run it as an unprivileged user made at boot; the local cloud as the launcher's user.

@@ -168,8 +168,18 @@ class RunnerSpec(BaseModel):
 
     @property
     def resource_tags(self) -> dict[str, str]:
-        """The user's tags, plus a mark on runners: cleanup's runner rules look only at those."""
-        return {**self.tags, **({"cml-infra-forge": "github"} if self.runner_mode else {})}
+        """The user's tags, plus marks on runners: cleanup's runner rules look only at those of
+        the repository or organization it was given."""
+        if not self.runner_mode:
+            return dict(self.tags)
+        from cml_infra.forge.github import Scope
+
+        scope = Scope.parse(self.repo, self.org)
+        return {**self.tags, "cml-infra-forge": "github", "cml-infra-scope": scope.tag}
+
+    def runner_labels(self) -> tuple[str, ...]:
+        """Registration labels: ours, and where the runner runs (for cleanup's eyes)."""
+        return (*self.all_labels, f"{AUTO_LABEL_PREFIX}on-{self.cloud}")
 
     @property
     def all_labels(self) -> tuple[str, ...]:

@@ -135,14 +135,17 @@ def github_step_outputs(record: RunnerRecord) -> None:
 
 
 def table(
-    rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str] = ()
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    money: Sequence[str] = (),
+    err: bool = False,
 ) -> None:
     from rich.table import Table
 
     grid = Table(*columns, box=None, pad_edge=False, header_style="bold")
     for row in rows:
         grid.add_row(*(_cell(row.get(column), column in money) for column in columns))
-    stdout().print(grid)
+    (stderr() if err else stdout()).print(grid)
 
 
 def _cell(value: Any, money: bool = False) -> str:

@@ -7,6 +7,7 @@ JIT runner config (single use) or a registration token (valid for an hour).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ class Scope:
     @property
     def slug(self) -> str:
         return self.repo or self.org or ""
+
+    @property
+    def tag(self) -> str:
+        """A label-safe mark of the scope (GCP labels allow no '/', '.' or capitals)."""
+        return hashlib.sha256(self.path.lower().encode()).hexdigest()[:16]
 
     def html_url(self, api_url: str) -> str:
         """The URL `config.sh --url` takes: github.com/OWNER/NAME, or the GHES host's."""
