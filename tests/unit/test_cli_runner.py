@@ -126,7 +126,7 @@ def test_render_a_runner_needs_no_token_and_carries_the_placeholder(tmp_path, st
         "url": pinned()["platforms"]["linux-x64"]["url"],
         "sha256": pinned()["platforms"]["linux-x64"]["sha256"],
     }
-    assert config["runner"]["labels"] == ["cml-infra-rend-1"]
+    assert config["runner"]["labels"] == ["cml-infra-rend-1", "cml-infra-on-local"]
     assert config["command"] == []
 
 

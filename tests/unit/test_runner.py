@@ -101,7 +101,7 @@ def test_agent_config_on_the_local_cloud():
         "url": "https://github.com/octo/repo",
     }
     assert config["name"] == "gpu-box"
-    assert config["labels"] == ["gpu", "cml-infra-gpu-box"]
+    assert config["labels"] == ["gpu", "cml-infra-gpu-box", "cml-infra-on-local"]
     assert config["ephemeral"] is False
     assert config["group"] is None
     assert config["startup_timeout"] == 120
