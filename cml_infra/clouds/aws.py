@@ -6,6 +6,7 @@ terminate), so it needs no AWS credentials at all.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -128,8 +129,6 @@ def _list_region(client: Any, region: str) -> list[ManagedInstance]:
 
 def enabled_regions() -> list[str]:
     """The regions this account has enabled (opt-in regions only once opted in)."""
-    import os
-
     from botocore.exceptions import BotoCoreError, ClientError
 
     home = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -142,11 +141,13 @@ def enabled_regions() -> list[str]:
 
 def _names(client: Any, instance_ids: list[str]) -> set[str]:
     """The cml-infra names of these instances (their security groups carry the same)."""
+    from botocore.exceptions import ClientError
+
     names: set[str] = set()
     for instance_id in instance_ids:
         try:
             answer = client.describe_instances(InstanceIds=[instance_id])
-        except Exception:  # an unknown id: nothing of it to clean
+        except ClientError:  # an unknown id: nothing of it to clean
             continue
         for reservation in answer["Reservations"]:
             for raw in reservation["Instances"]:
