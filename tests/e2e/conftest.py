@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -13,6 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.fakes.github import FakeGitHub
+from tests.fakes.runner_double import build_archive
 
 pytestmark = pytest.mark.e2e
 
@@ -110,3 +114,30 @@ def fake_bash(tmp_path: Path) -> Callable[[str], dict[str, str]]:
         return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
     return make
+
+
+# --- GitHub runners: a loopback GitHub and the runner double -----------------------------------
+
+# Unique per run, so that no other test process can be mistaken for a leak.
+TOKEN = f"ghp_CANARY{secrets.token_hex(12)}"
+SCOPE = "repos/octo/repo"
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub(token=TOKEN, repos=("octo/repo",), orgs=("octo",)) as fake:
+        yield fake
+        assert fake.violations == [], fake.violations
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return build_archive(tmp_path / "archive")
+
+
+@pytest.fixture
+def runner_cli(cli: Cli) -> Cli:
+    # The double's scripts run with the first python3 on PATH: the test interpreter's.
+    cli.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{cli.env['PATH']}"
+    cli.env["CML_INFRA_TOKEN"] = TOKEN
+    return cli

@@ -11,41 +11,18 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli, processes_in
-from tests.e2e.test_runner import SCOPE, TOKEN, our_runner, wait_for
+from tests.e2e.conftest import SCOPE, TOKEN, Cli, processes_in
+from tests.e2e.test_runner import our_runner, wait_for
 from tests.fakes.github import FakeGitHub
-from tests.fakes.runner_double import build_archive
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def github() -> Iterator[FakeGitHub]:
-    with FakeGitHub(token=TOKEN, repos=("octo/repo",), orgs=("octo",)) as fake:
-        yield fake
-        assert fake.violations == [], fake.violations
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Path:
-    return build_archive(tmp_path / "archive")
-
-
-@pytest.fixture
-def runner_cli(cli: Cli) -> Cli:
-    # The double's scripts run with the first python3 on PATH: the test interpreter's.
-    cli.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{cli.env['PATH']}"
-    cli.env["CML_INFRA_TOKEN"] = TOKEN
-    return cli
 
 
 def cleanup(cli: Cli, *args: str) -> list[dict[str, object]]:

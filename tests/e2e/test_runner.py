@@ -3,45 +3,18 @@ loopback GitHub whose traffic is checked against GitHub's OpenAPI description.""
 
 from __future__ import annotations
 
-import os
-import secrets
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli, processes_in
+from tests.e2e.conftest import SCOPE, TOKEN, Cli, processes_in
 from tests.fakes.github import FakeGitHub
-from tests.fakes.runner_double import build_archive
 
 pytestmark = pytest.mark.e2e
-# Unique per run, so that no other test process can be mistaken for a leak.
-TOKEN = f"ghp_CANARY{secrets.token_hex(12)}"
-SCOPE = "repos/octo/repo"
-
-
-@pytest.fixture
-def github() -> Iterator[FakeGitHub]:
-    with FakeGitHub(token=TOKEN, repos=("octo/repo",), orgs=("octo",)) as fake:
-        yield fake
-        assert fake.violations == [], fake.violations
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Path:
-    return build_archive(tmp_path / "archive")
-
-
-@pytest.fixture
-def runner_cli(cli: Cli) -> Cli:
-    # The double's scripts run with the first python3 on PATH: the test interpreter's.
-    cli.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{cli.env['PATH']}"
-    cli.env["CML_INFRA_TOKEN"] = TOKEN
-    return cli
 
 
 def wait_for(predicate, what: str, timeout: float = 30) -> None:
