@@ -81,6 +81,7 @@ class Agent:
         self.runner = Runner(config["runner"], home, self.endpoints) if "runner" in config else None
         self.startup_timeout = float(config.get("runner", {}).get("startup_timeout", 900))
         self._listening_seen = False
+        self.preempted = False
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
@@ -141,9 +142,15 @@ class Agent:
         if now >= self.expires_at:
             runner.stop()
             return "ttl reached"
-        notice = runner.preemption_notice(now)
+        notice = None if self.preempted else runner.preemption_notice(now)
         if notice:
-            log(f"spot interruption notice ({notice}); the runner stops taking jobs")
+            self.preempted = True
+            log(f"spot interruption notice ({notice}); the runner takes no further job")
+        if self.preempted:
+            # A running job may still finish before the cloud takes the VM; no new one starts.
+            if runner.busy():
+                self.state = "busy"
+                return None
             runner.stop()
             return "spot interruption"
         code = runner.exit_code()

@@ -425,13 +425,22 @@ def test_ttl_stops_even_a_busy_runner(tmp_path, quiet_log):
     assert runner.stops == 1
 
 
-def test_a_spot_notice_stops_the_runner(tmp_path, quiet_log):
-    runner = ScriptedRunner(busy=(True,), notice="aws spot instance-action {}")
+def test_a_spot_notice_lets_the_running_job_go_on_then_stops_the_runner(tmp_path, quiet_log):
+    runner = ScriptedRunner(busy=(True, False), notice="aws spot instance-action {}")
+    made = runner_agent(tmp_path, runner)
+    assert made._tick_runner(NOW + 5) is None, "a running job is not cut short"
+    assert runner.stops == 0
+    assert made._tick_runner(NOW + 6) == "spot interruption"
+    assert runner.stops == 1
+    assert runner.notice_calls == [NOW + 5], "the notice is read once"
+    assert sum("aws spot instance-action" in line for line in quiet_log) == 1
+
+
+def test_a_spot_notice_on_an_idle_runner_stops_it_at_once(tmp_path, quiet_log):
+    runner = ScriptedRunner(busy=(False,), notice="gcp instance/preempted is TRUE")
     made = runner_agent(tmp_path, runner)
     assert made._tick_runner(NOW + 5) == "spot interruption"
     assert runner.stops == 1
-    assert runner.notice_calls == [NOW + 5]
-    assert any("aws spot instance-action" in line for line in quiet_log)
 
 
 # --- preemption probes against a loopback metadata server --------------------------------------
