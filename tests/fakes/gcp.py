@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.fakes.loopback import Loopback
+
 SPEC_PATH = Path(__file__).resolve().parent.parent / "data" / "gcp-compute-subset.json"
 # Links in resources name the public API, whatever address the fake listens on (as a private
 # endpoint would, too).
@@ -446,7 +448,7 @@ class _Server(ThreadingHTTPServer):
     fake: FakeCompute
 
 
-class FakeCompute:
+class FakeCompute(Loopback):
     """A fake Compute Engine v1 API server; see the module docstring.
 
     Public: url, project, zones, violations [str], requests [dicts: method, path, query
@@ -477,29 +479,7 @@ class FakeCompute:
         self._op_numbers = itertools.count(1)
         for name in ("Instance", "InstanceAggregatedList", "Operation"):
             schema_validator(name)  # convert the description before the first request needs it
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-compute", daemon=True
-        )
-        self._thread.start()
-        self._closed = False
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeCompute:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
+        self._start_server(_Server, _Handler, "fake-compute")
 
     # -- helpers for tests ----------------------------------------------------------------
 

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from tests.fakes.loopback import Loopback
+
 SPEC_PATH = Path(__file__).resolve().parent.parent / "data" / "github-subset.json"
 # The validator sees every request as sent to the description's own server, so that the spec is
 # built once per process whatever port a fake listens on.
@@ -319,7 +321,7 @@ class _Server(ThreadingHTTPServer):
     fake: FakeGitHub
 
 
-class FakeGitHub:
+class FakeGitHub(Loopback):
     """A fake GitHub API server; see the module docstring.
 
     Public attributes: url, token, repos, orgs, requests [(method, path, status)], request_log
@@ -357,29 +359,7 @@ class FakeGitHub:
         self._run_ids = itertools.count(501)
         self._repo_ids = {r.lower(): 1000 + i for i, r in enumerate(self.repos, 1)}
         openapi()  # build the description before the first request needs it
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-github", daemon=True
-        )
-        self._thread.start()
-        self._closed = False
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeGitHub:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
+        self._start_server(_Server, _Handler, "fake-github")
 
     # -- helpers for tests ----------------------------------------------------------------
 
