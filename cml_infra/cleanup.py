@@ -296,12 +296,6 @@ def forge(
     return GitHubForge(Scope.parse(repo, org), token or "", github_url or PUBLIC_API)
 
 
-def rules_help() -> str:
-    return "; ".join(
-        f"{cls.name}{' (opt-in)' if not cls.default else ''}: {cls.help}" for cls in RULES.values()
-    )
-
-
 def choose_rules(names: Iterable[str] | None, forge: bool) -> list[Rule]:
     if names:
         chosen = []

@@ -411,7 +411,6 @@ def test_every_rule_is_in_the_cli_help():
     for name in RULES:
         assert f"{name} (" in cli.CLEANUP_RULES_HELP, name
     assert "untracked (opt-in" in cli.CLEANUP_RULES_HELP
-    assert "untracked (opt-in)" in cleanup.rules_help()
 
 
 def test_one_item_is_matched_once_by_the_first_rule():
