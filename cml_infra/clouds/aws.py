@@ -91,7 +91,7 @@ class AwsCloud(VmCloud):
             by_region.setdefault(region, []).append(instance_id)
         for region, instance_ids in by_region.items():
             client = _ec2(region)
-            names = _names(client, instance_ids)
+            names = _names(client, region, instance_ids)
             # Batches of 100 keep each call under EC2's request size limits.
             for start in range(0, len(instance_ids), 100):
                 _terminate_batch(client, region, instance_ids[start : start + 100])
@@ -139,9 +139,9 @@ def enabled_regions() -> list[str]:
     return sorted(region["RegionName"] for region in answer["Regions"])
 
 
-def _names(client: Any, instance_ids: list[str]) -> set[str]:
+def _names(client: Any, region: str, instance_ids: list[str]) -> set[str]:
     """The cml-infra names of these instances (their security groups carry the same)."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     names: set[str] = set()
     for instance_id in instance_ids:
@@ -149,6 +149,8 @@ def _names(client: Any, instance_ids: list[str]) -> set[str]:
             answer = client.describe_instances(InstanceIds=[instance_id])
         except ClientError:  # an unknown id: nothing of it to clean
             continue
+        except BotoCoreError as exc:  # no credentials, no endpoint
+            raise CmlInfraError(f"aws {region}: terminate failed: {exc}") from None
         for reservation in answer["Reservations"]:
             for raw in reservation["Instances"]:
                 tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
