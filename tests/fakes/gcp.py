@@ -45,12 +45,11 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.fakes.loopback import Loopback
+from tests.fakes.loopback import Handler, Loopback
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "data" / "gcp-compute-subset.json"
 # Links in resources name the public API, whatever address the fake listens on (as a private
@@ -431,23 +430,6 @@ def _error(status: int, message: str, reason: str | None = None) -> _Reply:
     return _Reply(status, google_error(status, message, reason))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _dispatch(self) -> None:
-        self.server.fake._serve(self)
-
-    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = do_HEAD = _dispatch
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeCompute
-
-
 class FakeCompute(Loopback):
     """A fake Compute Engine v1 API server; see the module docstring.
 
@@ -479,7 +461,7 @@ class FakeCompute(Loopback):
         self._op_numbers = itertools.count(1)
         for name in ("Instance", "InstanceAggregatedList", "Operation"):
             schema_validator(name)  # convert the description before the first request needs it
-        self._start_server(_Server, _Handler, "fake-compute")
+        self._start_server("fake-compute")
 
     # -- helpers for tests ----------------------------------------------------------------
 
@@ -606,7 +588,7 @@ class FakeCompute(Loopback):
 
     # -- HTTP -----------------------------------------------------------------------------
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: Handler) -> None:
         split = urlsplit(handler.path)
         path, query = split.path, parse_qs(split.query, keep_blank_values=True)
         method = handler.command.upper()

@@ -27,12 +27,11 @@ import secrets
 import threading
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from tests.fakes.loopback import Loopback
+from tests.fakes.loopback import Handler, Loopback
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "data" / "github-subset.json"
 # The validator sees every request as sent to the description's own server, so that the spec is
@@ -304,23 +303,6 @@ def _error(status: int, message: str, **extra: Any) -> _Reply:
     return _Reply(status, {"message": message, "documentation_url": DOCS_URL, **extra})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _dispatch(self) -> None:
-        self.server.fake._serve(self)
-
-    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = do_HEAD = _dispatch
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeGitHub
-
-
 class FakeGitHub(Loopback):
     """A fake GitHub API server; see the module docstring.
 
@@ -359,7 +341,7 @@ class FakeGitHub(Loopback):
         self._run_ids = itertools.count(501)
         self._repo_ids = {r.lower(): 1000 + i for i, r in enumerate(self.repos, 1)}
         openapi()  # build the description before the first request needs it
-        self._start_server(_Server, _Handler, "fake-github")
+        self._start_server("fake-github")
 
     # -- helpers for tests ----------------------------------------------------------------
 
@@ -502,7 +484,7 @@ class FakeGitHub(Loopback):
 
     # -- HTTP -----------------------------------------------------------------------------
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: Handler) -> None:
         split = urlsplit(handler.path)
         path, query = split.path, parse_qs(split.query, keep_blank_values=True)
         method = handler.command.upper()

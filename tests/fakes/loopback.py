@@ -7,16 +7,31 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class Handler(BaseHTTPRequestHandler):
+    """Hands every request to the fake that owns the server (its `_serve(handler)`)."""
+
+    server: Any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _dispatch(self) -> None:
+        self.server.fake._serve(self)
+
+    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = do_HEAD = _dispatch
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
 class Loopback:
     """A fake's server on a free loopback port; a context manager that stops it on exit."""
 
     url: str
 
-    def _start_server(
-        self, server_class: type[ThreadingHTTPServer], handler: type[BaseHTTPRequestHandler],
-        name: str,
-    ) -> None:  # fmt: skip
-        self._server: Any = server_class(("127.0.0.1", 0), handler)
+    def _start_server(self, name: str) -> None:
+        self._server: Any = Server(("127.0.0.1", 0), Handler)
         self._server.fake = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
