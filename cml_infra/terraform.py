@@ -28,6 +28,11 @@ BUNDLED = "bundled"
 SECRET_VARIABLES = frozenset({"CML_INFRA_TOKEN", "GITHUB_TOKEN", "GH_TOKEN"})
 
 
+def environment_without_secrets() -> dict[str, str]:
+    """The launcher's environment minus forge tokens, for every process the launcher starts."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+
+
 @dataclass(frozen=True)
 class Event:
     """One Terraform UI event (`-json` line) or, from commands without `-json`, one text line."""
@@ -120,7 +125,7 @@ class Engine:
     def environment(self, state: StateDir) -> dict[str, str]:
         # Forge tokens stay with the launcher: Terraform, its provisioners and (on the local
         # cloud) the instances they start never see them.
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+        env = environment_without_secrets()
         env.update(
             TF_CLI_CONFIG_FILE=str(state.write_cli_config()),
             TF_IN_AUTOMATION="1",

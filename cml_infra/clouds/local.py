@@ -19,6 +19,7 @@ from cml_infra.clouds import register
 from cml_infra.clouds.base import Boot, Cloud, Feature, ManagedInstance, Placement, RenderContext
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import RunnerSpec
+from cml_infra.terraform import environment_without_secrets
 
 REGION = "local"
 # How long the module waits for the agent to report before it calls the boot failed.
@@ -102,7 +103,7 @@ class LocalCloud(Cloud):
         for instance_id in ids:
             sandbox = self.instances_root / instance_id
             env = {
-                **os.environ,
+                **environment_without_secrets(),
                 "SANDBOX": str(sandbox),
                 "LOG_ARCHIVE_DIR": str(self.state_dir / "runners" / instance_id / "logs"),
             }

@@ -383,3 +383,19 @@ def test_boot_is_abstract(tmp_path):
 
     with pytest.raises(TypeError, match="boot"):
         NoBoot(tmp_path)
+
+
+def test_local_terminate_keeps_the_token_from_its_destroy_script(cloud, monkeypatch):
+    # The destroy script is a process the launcher starts, like Terraform: no forge token in it.
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_unit_CANARY_local")
+    seen: list[dict[str, str]] = []
+
+    def run(argv, *, env, **kwargs):
+        seen.append(env)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr("cml_infra.clouds.local.subprocess.run", run)
+    cloud.terminate(["box-1"])
+    assert len(seen) == 1 and "GITHUB_TOKEN" not in seen[0]
+    assert "ghp_unit_CANARY_local" not in "".join(seen[0].values())
+    assert seen[0]["SANDBOX"].endswith("box-1")
