@@ -20,13 +20,13 @@ from cml_infra import clouds, ui
 from cml_infra.clouds.base import ManagedInstance
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.forge.github import GitHubForge
-from cml_infra.spec import AUTO_LABEL_PREFIX
+from cml_infra.spec import AUTO_LABEL_PREFIX, RESERVED_NAME_PREFIX
 from cml_infra.workspace import LIVE_STATES, RunnerRecord, StateDir, utcnow
 
 Kind = Literal["instance", "registration", "state"]
 FORGE_TAG = "cml-infra-forge"
 SCOPE_TAG = "cml-infra-scope"
-CLOUD_LABEL = AUTO_LABEL_PREFIX + "on-"
+CLOUD_LABEL = AUTO_LABEL_PREFIX + RESERVED_NAME_PREFIX
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ _DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,37}[a-z0-9]")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 AUTO_LABEL_PREFIX = "cml-infra-"
+RESERVED_NAME_PREFIX = "on-"
 
 
 def parse_duration(text: str, flag: str) -> int:
@@ -60,6 +61,13 @@ def validate_name(name: str, flag: str = "--name") -> str:
             flag,
             f"{name!r} is not a valid name; use 2 to 39 lowercase letters, digits and '-', "
             "starting with a letter and not ending with '-'",
+        )
+    if name.startswith(RESERVED_NAME_PREFIX):
+        # `cml-infra-on-<cloud>` is the label that tells cleanup where a runner lives.
+        raise UsageError(
+            flag,
+            f"{name!r} is not a valid name; names starting with {RESERVED_NAME_PREFIX!r} "
+            "are reserved for cml-infra's own labels",
         )
     return name
 
@@ -179,7 +187,7 @@ class RunnerSpec(BaseModel):
 
     def runner_labels(self) -> tuple[str, ...]:
         """Registration labels: ours, and where the runner runs (for cleanup's eyes)."""
-        return (*self.all_labels, f"{AUTO_LABEL_PREFIX}on-{self.cloud}")
+        return (*self.all_labels, f"{AUTO_LABEL_PREFIX}{RESERVED_NAME_PREFIX}{self.cloud}")
 
     @property
     def all_labels(self) -> tuple[str, ...]:

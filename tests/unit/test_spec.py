@@ -105,6 +105,17 @@ def test_validate_name_uses_the_given_flag():
         validate_name("Bad", flag="CML_INFRA_NAME")
 
 
+@pytest.mark.parametrize("name", ["on-aws", "on-demand", "on-local"])
+def test_names_starting_with_on_are_reserved_for_the_cloud_label(name):
+    # A runner called `on-aws` would carry the label cleanup reads as "lives on aws".
+    with pytest.raises(UsageError, match=r"^--name: .*reserved"):
+        validate_name(name)
+
+
+def test_a_name_containing_on_elsewhere_is_fine():
+    assert validate_name("run-on-gpu") == "run-on-gpu"
+
+
 def test_validate_name_rejects_a_trailing_newline():
     with pytest.raises(UsageError):
         validate_name("abc\n")
