@@ -115,12 +115,16 @@ def _warn_diagnostic(event: Event) -> None:
 
 
 def github_step_outputs(record: RunnerRecord) -> None:
-    """Inside a GitHub Actions step: `name`/`labels` outputs and a line in the job summary."""
+    """Inside a GitHub Actions step: `name`, `labels`, `region` and `spot` outputs (after a
+    failover, where the runner really is) and a line in the job summary."""
     labels = ",".join(record.labels)
     output = os.environ.get("GITHUB_OUTPUT")
     if output:
         with open(output, "a", encoding="utf-8") as handle:
-            handle.write(f"name={record.name}\nlabels={labels}\n")
+            handle.write(
+                f"name={record.name}\nlabels={labels}\nregion={record.region}\n"
+                f"spot={'true' if record.spot else 'false'}\n"
+            )
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         price = "-" if record.hourly_price is None else f"${record.hourly_price:.4f}"

@@ -30,7 +30,9 @@ def test_outputs_and_summary_row(step_files, make_record):
         labels=("gpu", "cml-infra-gpu-1"),
     )
     ui.github_step_outputs(record)
-    assert output.read_text() == "earlier=1\nname=gpu-1\nlabels=gpu,cml-infra-gpu-1\n"
+    assert output.read_text() == (
+        "earlier=1\nname=gpu-1\nlabels=gpu,cml-infra-gpu-1\nregion=us-east-1\nspot=true\n"
+    )
     lines = summary.read_text().splitlines()
     assert lines[0] == "| name | cloud | type | GPU | spot | $/h | labels |"
     assert lines[1] == "| --- | --- | --- | --- | --- | --- | --- |"
