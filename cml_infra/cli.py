@@ -34,8 +34,9 @@ Cloud = Annotated[
 ]
 Region = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="Region; default: the cloud's default.", envvar="CML_INFRA_REGION",
-                 rich_help_panel=PLACEMENT),
+    typer.Option(help="Region, or a comma-separated list that up tries in order while a region "
+                      "has no capacity or quota; default: the cloud's default.",
+                 envvar="CML_INFRA_REGION", rich_help_panel=PLACEMENT),
 ]  # fmt: skip
 Name = Annotated[
     Optional[str],  # noqa: UP045
@@ -87,6 +88,12 @@ MaxPrice = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="Spot price cap in USD per hour; default: up to the on-demand price.",
                  envvar="CML_INFRA_MAX_PRICE", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+OnDemandFallback = Annotated[
+    bool,
+    typer.Option(help="With --spot: when no listed region has spot capacity, try them again "
+                      "on demand.", envvar="CML_INFRA_ON_DEMAND_FALLBACK",
+                 rich_help_panel=PLACEMENT),
 ]  # fmt: skip
 Image = Annotated[
     Optional[str],  # noqa: UP045
@@ -188,6 +195,7 @@ def up(
     instance_type: InstanceType = None,
     spot: Spot = False,
     max_price: MaxPrice = None,
+    on_demand_fallback: OnDemandFallback = False,
     image: Image = None,
     tag: Tags = None,
     name: Name = None,
@@ -213,9 +221,10 @@ def up(
 
     actions.up(state_dir=state_dir, terraform=terraform, json_output=json_output, token=token,
                command=command or [], cloud=cloud, name=name, region=region, gpu=gpu, size=size,
-               instance_type=instance_type, spot=spot, max_price=max_price, image=image,
-               tags=tag or [], labels=labels or [], idle_timeout=idle_timeout, ttl=ttl,
-               single=single, repo=repo, org=org, github_url=github_url,
+               instance_type=instance_type, spot=spot, max_price=max_price,
+               on_demand_fallback=on_demand_fallback, image=image, tags=tag or [],
+               labels=labels or [], idle_timeout=idle_timeout, ttl=ttl, single=single,
+               repo=repo, org=org, github_url=github_url,
                runner_group=runner_group, runner_archive=runner_archive, wait=wait,
                startup_timeout=startup_timeout)  # fmt: skip
 

@@ -18,11 +18,18 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from cml_infra import clouds, render, ui
-from cml_infra.clouds.base import Cloud, Feature, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds.base import (
+    Cloud,
+    ErrorClass,
+    Feature,
+    ManagedInstance,
+    Placement,
+    RenderContext,
+)
 from cml_infra.errors import CmlInfraError, Interrupted, UsageError
 from cml_infra.forge.github import GitHubForge, Registration, Scope
 from cml_infra.spec import RunnerSpec, validate_name
-from cml_infra.terraform import Engine
+from cml_infra.terraform import Engine, TerraformError
 from cml_infra.workspace import LIVE_STATES, RunnerRecord, StateDir, utcnow
 
 # `down` waits this long for another command (an `up` still finishing, the agent's own `down`).
@@ -100,11 +107,13 @@ def prepare(
 def up(
     spec: RunnerSpec, state: StateDir, terraform: str | None, token: str | None = None
 ) -> RunnerRecord:
-    prepared = prepare(spec, state)
-    cloud, placement = prepared.cloud, prepared.placement
+    attempts = spec.attempts()
+    # Every fallback is checked too: a region the cloud does not have fails before anything.
+    plans = [prepare(attempt, state) for attempt in attempts]
+    cloud, placement = plans[0].cloud, plans[0].placement
     forge = _forge(spec, token)
     engine = Engine.discover(terraform)
-    created, expires = prepared.context.created_at, prepared.context.expires_at
+    created, expires = plans[0].context.created_at, plans[0].context.expires_at
     with SignalGuard() as guard, state.lock(spec.name, wait=0):
         existing = state.load(spec.name)
         if existing is not None and existing.state != "destroyed":
@@ -117,7 +126,6 @@ def up(
             RunnerRecord(
                 name=spec.name,
                 cloud=cloud.name,
-                region=placement.region,
                 state="provisioning",
                 created_at=created,
                 updated_at=created,
@@ -127,12 +135,9 @@ def up(
                 single=spec.single,
                 labels=spec.all_labels,
                 command=spec.command,
-                instance_type=placement.instance_type,
-                gpu=f"{placement.gpu}:{placement.gpu_count}" if placement.gpu else None,
-                spot=placement.spot,
-                hourly_price=placement.hourly_price,
                 engine=engine.argv,
                 forge=forge.describe() if forge else None,
+                **_where(placement),
             )
         )
         workspace = state.workspace(spec.name)
@@ -142,20 +147,35 @@ def up(
             # A reused name starts clean: no workspace, and no log of the runner it replaces.
             state.remove_workspace(spec.name)
             shutil.rmtree(state.log_dir(spec.name), ignore_errors=True)
+            registration = None
             if forge is not None:
                 registration = forge.register(spec.name, spec.runner_labels(), spec.single)
                 registered = True
-                prepared = prepare(spec, state, registration, created)
-            render.write_workspace(
-                workspace, cloud, spec, placement, prepared.context, prepared.variables
-            )
-            guard.engine = engine
-            with ui.terraform_progress(f"{spec.name}: terraform init") as on_event:
-                engine.init(workspace, state, on_event)
-            guard.check()
-            applying = True
-            with ui.terraform_progress(f"{spec.name}: creating on {cloud.name}") as on_event:
-                engine.apply(workspace, state, on_event)
+            for number, (attempt, plan) in enumerate(zip(attempts, plans, strict=True)):
+                if number:
+                    record = state.save(record.model_copy(update=_where(plan.placement)))
+                prepared = prepare(attempt, state, registration, created)
+                render.write_workspace(
+                    workspace, cloud, attempt, plan.placement, prepared.context, prepared.variables
+                )
+                guard.engine = engine
+                with ui.terraform_progress(f"{spec.name}: terraform init") as on_event:
+                    engine.init(workspace, state, on_event)
+                guard.check()
+                applying = True
+                where = f" in {plan.placement.region} ({_market(attempt.spot)})" if number else ""
+                try:
+                    with ui.terraform_progress(
+                        f"{spec.name}: creating on {cloud.name}{where}"
+                    ) as on_event:
+                        engine.apply(workspace, state, on_event)
+                    break
+                except TerraformError as exc:
+                    last = number + 1 == len(plans)
+                    if last or guard.received or not _out_of_capacity(cloud, exc):
+                        raise
+                    _clear_failed_attempt(engine, state, cloud, record, exc, plans[number + 1])
+                    applying = False
             guard.check()
             outputs = engine.outputs(workspace, state).get("instance") or {}
             if forge is not None and spec.wait:
@@ -177,6 +197,52 @@ def up(
                 update={"state": "running", "instance_id": outputs.get("id"), "outputs": outputs}
             )
         )
+
+
+# Errors that say "not here, not now" rather than "never": another region or market may work.
+_RETRYABLE = frozenset({ErrorClass.CAPACITY, ErrorClass.QUOTA})
+
+
+def _out_of_capacity(cloud: Cloud, error: TerraformError) -> bool:
+    found = [cloud.classify(d.summary, d.detail) for d in error.diagnostics]
+    return any(
+        error_class in _RETRYABLE for error_class in found or [cloud.classify(str(error), "")]
+    )
+
+
+def _clear_failed_attempt(
+    engine: Engine,
+    state: StateDir,
+    cloud: Cloud,
+    record: RunnerRecord,
+    error: TerraformError,
+    following: Prepared,
+) -> None:
+    """Destroy whatever the failed attempt created before the next one starts elsewhere; if
+    that fails, up stops and rolls back as for any other failure."""
+    ui.warn(
+        f"{record.name}: no capacity in {record.region} ({_market(record.spot)}): {error}; "
+        f"trying {following.placement.region} ({_market(following.placement.spot)})"
+    )
+    problems = _destroy(engine, state, cloud, record)
+    if problems:
+        raise CmlInfraError(f"{error}; cleaning up before the next region failed: {problems}")
+    state.remove_workspace(record.name)
+
+
+def _where(placement: Placement) -> dict[str, Any]:
+    """The record's fields that say where and on what an attempt runs."""
+    return {
+        "region": placement.region,
+        "instance_type": placement.instance_type,
+        "gpu": f"{placement.gpu}:{placement.gpu_count}" if placement.gpu else None,
+        "spot": placement.spot,
+        "hourly_price": placement.hourly_price,
+    }
+
+
+def _market(spot: bool) -> str:
+    return "spot" if spot else "on-demand"
 
 
 def _forge(spec: RunnerSpec, token: str | None) -> GitHubForge | None:
@@ -405,11 +471,15 @@ def _read_from(path: Path, offset: int) -> tuple[str, int]:
 
 
 def render_only(spec: RunnerSpec, state: StateDir, out: Path) -> Path:
-    prepared = prepare(spec, state)
+    """Write the workspace of `up`'s first attempt; its fallbacks are checked, not written."""
+    first, *fallbacks = spec.attempts()
+    prepared = prepare(first, state)
+    for attempt in fallbacks:
+        prepare(attempt, state)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError("--output", f"{out} exists and is not an empty folder")
     render.write_workspace(
-        out, prepared.cloud, spec, prepared.placement, prepared.context, prepared.variables
+        out, prepared.cloud, first, prepared.placement, prepared.context, prepared.variables
     )
     return out
 

@@ -126,6 +126,20 @@ def parse_tags(values: Iterable[str], flag: str = "--tag") -> dict[str, str]:
     return tags
 
 
+def parse_regions(text: str | None, flag: str = "--region") -> tuple[str, ...]:
+    """`us-east-1` or a preference list `us-east-1,us-west-2` (whether each exists is the
+    cloud's to say)."""
+    if text is None:
+        return ()
+    regions = tuple(part.strip() for part in text.split(","))
+    if not all(regions):
+        raise UsageError(flag, f"{text!r} has an empty region; give REGION or REGION,REGION,...")
+    repeated = sorted({region for region in regions if regions.count(region) > 1})
+    if repeated:
+        raise UsageError(flag, f"{text!r} lists {', '.join(repeated)} more than once")
+    return regions
+
+
 def parse_max_price(text: str | None, spot: bool, flag: str = "--max-price") -> float | None:
     if text is None:
         return None
@@ -159,6 +173,9 @@ class RunnerSpec(BaseModel):
     instance_type: str | None = None
     spot: bool = False
     max_price: float | None = None
+    # Where `up` goes next when the cloud has no capacity (or quota) where it tried.
+    fallback_regions: tuple[str, ...] = ()
+    on_demand_fallback: bool = False
     image: str | None = None
     tags: dict[str, str] = {}
     # Runner mode (a forge given): the instance runs a GitHub Actions runner instead of a task.
@@ -189,6 +206,27 @@ class RunnerSpec(BaseModel):
         """Registration labels: ours, and where the runner runs (for cleanup's eyes)."""
         return (*self.all_labels, f"{AUTO_LABEL_PREFIX}{RESERVED_NAME_PREFIX}{self.cloud}")
 
+    def attempts(self) -> tuple[RunnerSpec, ...]:
+        """The placements `up` tries in order: every region on the asked-for market, then, with
+        the on-demand fallback, every region on demand."""
+        regions = (self.region, *self.fallback_regions)
+        markets = [(self.spot, self.max_price)]
+        if self.on_demand_fallback:
+            markets.append((False, None))
+        return tuple(
+            self.model_copy(
+                update={
+                    "region": region,
+                    "spot": spot,
+                    "max_price": max_price,
+                    "fallback_regions": (),
+                    "on_demand_fallback": False,
+                }
+            )
+            for spot, max_price in markets
+            for region in regions
+        )
+
     @property
     def all_labels(self) -> tuple[str, ...]:
         """The user's labels plus the unique one a workflow's `runs-on` can target."""
@@ -210,6 +248,7 @@ def build_spec(
     instance_type: str | None = None,
     spot: bool = False,
     max_price: str | None = None,
+    on_demand_fallback: bool = False,
     image: str | None = None,
     tags: Sequence[str] = (),
     repo: str | None = None,
@@ -249,12 +288,16 @@ def build_spec(
     elif runner_group or runner_archive:
         flag = "--runner-group" if runner_group else "--runner-archive"
         raise UsageError(flag, "applies to runners: add --repo OWNER/NAME or --org ORG")
+    if on_demand_fallback and not spot:
+        raise UsageError("--on-demand-fallback", "falls back from spot capacity: add --spot")
+    regions = parse_regions(region)
     if github_url is not None and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", github_url):
         raise UsageError("--github-url", f"{github_url!r} is not an http(s) URL")
     return RunnerSpec(
         name=validate_name(name) if name else generate_name(),
         cloud=cloud,
-        region=region,
+        region=regions[0] if regions else None,
+        fallback_regions=regions[1:],
         idle_timeout=parse_duration(idle_timeout, "--idle-timeout"),
         ttl=parse_duration(ttl, "--ttl"),
         single=single,
@@ -266,6 +309,7 @@ def build_spec(
         instance_type=instance_type,
         spot=spot,
         max_price=parse_max_price(max_price, spot),
+        on_demand_fallback=on_demand_fallback,
         image=image,
         tags=parse_tags(tags),
         repo=repo or None,

@@ -462,3 +462,55 @@ def test_build_spec_runner_flag_errors(changes, flag, fragment):
         _build(**changes)
     assert caught.value.source == flag
     assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "regions"),
+    [
+        (None, ()),
+        ("us-east-1", ("us-east-1",)),
+        ("us-east-1,us-west-2", ("us-east-1", "us-west-2")),
+        (" us-east-1 , us-west-2 ", ("us-east-1", "us-west-2")),
+    ],
+)
+def test_parse_regions(text, regions):
+    assert spec.parse_regions(text) == regions
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("", "empty region"), ("a,,b", "empty region"), ("a,", "empty region"), ("a,b,a", "a more")],
+)
+def test_parse_regions_rejects(text, fragment):
+    with pytest.raises(UsageError, match=rf"^--region: .*{fragment}"):
+        spec.parse_regions(text)
+
+
+def test_a_region_list_is_a_first_choice_and_fallbacks():
+    built = _build(region="us-east-1,us-west-2,eu-west-1")
+    assert built.region == "us-east-1"
+    assert built.fallback_regions == ("us-west-2", "eu-west-1")
+
+
+def test_attempts_go_through_the_regions_then_on_demand():
+    built = _build(region="us-east-1,us-west-2", spot=True, max_price="0.5",
+                   on_demand_fallback=True)  # fmt: skip
+    tried = [(a.region, a.spot, a.max_price) for a in built.attempts()]
+    assert tried == [
+        ("us-east-1", True, 0.5),
+        ("us-west-2", True, 0.5),
+        ("us-east-1", False, None),
+        ("us-west-2", False, None),
+    ]
+    # Each attempt is one plain placement: no attempt carries fallbacks of its own.
+    assert all(a.attempts() == (a,) for a in built.attempts())
+
+
+def test_a_spec_without_fallbacks_is_its_own_only_attempt():
+    built = _build(region="us-east-1")
+    assert built.attempts() == (built,)
+
+
+def test_on_demand_fallback_needs_spot():
+    with pytest.raises(UsageError, match=r"^--on-demand-fallback: .*add --spot"):
+        _build(on_demand_fallback=True)

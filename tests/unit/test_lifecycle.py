@@ -1,0 +1,187 @@
+"""cml_infra.lifecycle.up: failover across regions and from spot to on-demand.
+
+The engine is scripted (these clouds' providers cannot be downloaded here); the cloud is the
+real AwsCloud, with EC2 answered by moto, so the rollback's own lookups run for real. The
+local cloud's whole loop with real Terraform is in tests/e2e/test_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from moto import mock_aws
+
+from cml_infra import lifecycle
+from cml_infra.errors import CmlInfraError
+from cml_infra.spec import RunnerSpec
+from cml_infra.terraform import Diagnostic, TerraformError
+from cml_infra.workspace import StateDir
+
+NO_CAPACITY = Diagnostic(
+    "error",
+    "creating EC2 Instance: operation error EC2: RunInstances",
+    "api error InsufficientInstanceCapacity: There is no Spot capacity available that matches "
+    "your request.",
+)
+NO_QUOTA = Diagnostic(
+    "error", "creating EC2 Instance", "api error VcpuLimitExceeded: You have requested more vCPU"
+)
+NOT_ALLOWED = Diagnostic(
+    "error", "creating EC2 Instance", "api error UnauthorizedOperation: You are not authorized"
+)
+
+
+class ScriptedEngine:
+    """Stands in for Terraform: each apply takes the next outcome (None: it succeeds) and notes
+    where the workspace asked for (the record's region and market at that moment)."""
+
+    argv = ("terraform",)
+    label = "terraform (scripted)"
+
+    def __init__(self, state: StateDir, name: str, outcomes: list[Diagnostic | None]) -> None:
+        self.state, self.name, self.outcomes = state, name, list(outcomes)
+        self.calls: list[tuple[str, str, bool]] = []
+        self.destroy_fails = False
+
+    def _note(self, command: str, workspace: Path) -> None:
+        record = self.state.load(self.name)
+        assert record is not None
+        variables = json.loads((workspace / "terraform.tfvars.json").read_text())
+        # The workspace on disk is the attempt's own: its region is the record's.
+        assert record.region in (workspace / "main.tf").read_text() + json.dumps(variables)
+        self.calls.append((command, record.region, record.spot))
+
+    def init(self, workspace: Path, state: StateDir, on_event) -> None:
+        self._note("init", workspace)
+        (workspace / ".terraform").mkdir()
+
+    def apply(self, workspace: Path, state: StateDir, on_event) -> None:
+        self._note("apply", workspace)
+        outcome = self.outcomes.pop(0)
+        if outcome is not None:
+            raise TerraformError("apply", [outcome], "")
+
+    def destroy(self, workspace: Path, state: StateDir, on_event) -> None:
+        self._note("destroy", workspace)
+        if self.destroy_fails:
+            raise TerraformError("destroy", [Diagnostic("error", "destroy went wrong")], "")
+
+    def outputs(self, workspace: Path, state: StateDir) -> dict:
+        return {"instance": {"id": "us-west-2/i-0123456789abcdef0"}}
+
+    def interrupt(self) -> bool:
+        return False
+
+
+@pytest.fixture
+def state(tmp_path) -> StateDir:
+    return StateDir(tmp_path / "state")
+
+
+@pytest.fixture(autouse=True)
+def ec2():
+    with mock_aws():
+        yield
+
+
+def _spec(**changes) -> RunnerSpec:
+    fields = {
+        "name": "gpu-1",
+        "cloud": "aws",
+        "region": "us-east-1",
+        "fallback_regions": ("us-west-2",),
+        "gpu": "t4",
+        "gpu_count": 1,
+        "spot": True,
+        "idle_timeout": 300,
+        "ttl": 3600,
+        "command": ("nvidia-smi",),
+    }
+    fields.update(changes)
+    return RunnerSpec(**fields)
+
+
+def _engine(monkeypatch, state: StateDir, outcomes: list[Diagnostic | None]) -> ScriptedEngine:
+    engine = ScriptedEngine(state, "gpu-1", outcomes)
+    monkeypatch.setattr(lifecycle.Engine, "discover", classmethod(lambda cls, explicit: engine))
+    return engine
+
+
+def test_no_capacity_in_the_first_region_goes_to_the_next(monkeypatch, state, capsys):
+    engine = _engine(monkeypatch, state, [NO_CAPACITY, None])
+    record = lifecycle.up(_spec(), state, None)
+    assert (record.state, record.region, record.spot) == ("running", "us-west-2", True)
+    assert engine.calls == [
+        ("init", "us-east-1", True),
+        ("apply", "us-east-1", True),
+        ("destroy", "us-east-1", True),  # what the failed attempt made goes before moving on
+        ("init", "us-west-2", True),
+        ("apply", "us-west-2", True),
+    ]
+    err = capsys.readouterr().err
+    assert "no capacity in us-east-1 (spot)" in err and "trying us-west-2 (spot)" in err
+    assert state.load("gpu-1").instance_id == "us-west-2/i-0123456789abcdef0"
+
+
+def test_a_quota_error_also_moves_on(monkeypatch, state):
+    _engine(monkeypatch, state, [NO_QUOTA, None])
+    assert lifecycle.up(_spec(), state, None).region == "us-west-2"
+
+
+def test_any_other_error_stops_at_once_and_rolls_back(monkeypatch, state):
+    engine = _engine(monkeypatch, state, [NOT_ALLOWED, None])
+    with pytest.raises(TerraformError, match="UnauthorizedOperation"):
+        lifecycle.up(_spec(), state, None)
+    assert [call[:2] for call in engine.calls if call[0] == "apply"] == [("apply", "us-east-1")]
+    record = state.load("gpu-1")
+    assert record.state == "destroyed" and "UnauthorizedOperation" in record.error
+    assert not state.workspace("gpu-1").exists()
+
+
+def test_when_every_region_is_full_the_last_error_is_reported(monkeypatch, state):
+    engine = _engine(monkeypatch, state, [NO_CAPACITY, NO_CAPACITY])
+    with pytest.raises(TerraformError, match="InsufficientInstanceCapacity"):
+        lifecycle.up(_spec(), state, None)
+    assert [call[1] for call in engine.calls if call[0] == "apply"] == ["us-east-1", "us-west-2"]
+    assert [call[1] for call in engine.calls if call[0] == "destroy"] == ["us-east-1", "us-west-2"]
+    assert state.load("gpu-1").state == "destroyed"
+
+
+def test_on_demand_fallback_comes_after_every_spot_region(monkeypatch, state, capsys):
+    engine = _engine(monkeypatch, state, [NO_CAPACITY, NO_CAPACITY, None])
+    record = lifecycle.up(_spec(on_demand_fallback=True, max_price=0.3), state, None)
+    applies = [call[1:] for call in engine.calls if call[0] == "apply"]
+    assert applies == [("us-east-1", True), ("us-west-2", True), ("us-east-1", False)]
+    assert (record.region, record.spot) == ("us-east-1", False)
+    spot_price = lifecycle.prepare(_spec(), state).placement.hourly_price
+    on_demand = lifecycle.prepare(_spec(spot=False), state).placement.hourly_price
+    assert record.hourly_price == on_demand != spot_price
+    assert "trying us-east-1 (on-demand)" in capsys.readouterr().err
+
+
+def test_without_fallbacks_a_capacity_error_is_final(monkeypatch, state):
+    engine = _engine(monkeypatch, state, [NO_CAPACITY, None])
+    with pytest.raises(TerraformError):
+        lifecycle.up(_spec(fallback_regions=()), state, None)
+    assert [call[0] for call in engine.calls].count("apply") == 1
+
+
+def test_a_failed_clean_up_between_attempts_stops_and_is_recorded(monkeypatch, state):
+    engine = _engine(monkeypatch, state, [NO_CAPACITY, None])
+    engine.destroy_fails = True
+    with pytest.raises(CmlInfraError, match="cleaning up before the next region failed"):
+        lifecycle.up(_spec(), state, None)
+    assert [call[0] for call in engine.calls].count("apply") == 1
+    record = state.load("gpu-1")
+    # Nothing is abandoned: the record stays for `down` or `cleanup` to finish.
+    assert record.state == "failed" and record.region == "us-east-1"
+
+
+def test_an_unknown_fallback_region_fails_before_anything_is_created(monkeypatch, state):
+    engine = _engine(monkeypatch, state, [None])
+    with pytest.raises(CmlInfraError, match="--region"):
+        lifecycle.up(_spec(fallback_regions=("mars-north-1",)), state, None)
+    assert engine.calls == []
+    assert state.load("gpu-1") is None
