@@ -107,9 +107,7 @@ def prepare(
 def up(
     spec: RunnerSpec, state: StateDir, terraform: str | None, token: str | None = None
 ) -> RunnerRecord:
-    attempts = spec.attempts()
-    # Every fallback is checked too: a region the cloud does not have fails before anything.
-    plans = [prepare(attempt, state) for attempt in attempts]
+    attempts, plans = _attempts(spec, state)
     cloud, placement = plans[0].cloud, plans[0].placement
     forge = _forge(spec, token)
     engine = Engine.discover(terraform)
@@ -151,7 +149,9 @@ def up(
             if forge is not None:
                 registration = forge.register(spec.name, spec.runner_labels(), spec.single)
                 registered = True
-            for number, (attempt, plan) in enumerate(zip(attempts, plans, strict=True)):
+            number = 0
+            while True:
+                attempt, plan = attempts[number], plans[number]
                 if number:
                     record = state.save(record.model_copy(update=_where(plan.placement)))
                 prepared = prepare(attempt, state, registration, created)
@@ -163,7 +163,7 @@ def up(
                     engine.init(workspace, state, on_event)
                 guard.check()
                 applying = True
-                where = f" in {plan.placement.region} ({_market(attempt.spot)})" if number else ""
+                where = f" in {_where_text(plan.placement)}" if number else ""
                 try:
                     with ui.terraform_progress(
                         f"{spec.name}: creating on {cloud.name}{where}"
@@ -171,10 +171,13 @@ def up(
                         engine.apply(workspace, state, on_event)
                     break
                 except TerraformError as exc:
-                    last = number + 1 == len(plans)
-                    if last or guard.received or not _out_of_capacity(cloud, exc):
+                    following = None if guard.received else _next(cloud, exc, plans, number)
+                    if following is None:
                         raise
-                    _clear_failed_attempt(engine, state, cloud, record, exc, plans[number + 1])
+                    failed, number = plan.placement, following
+                    _clear_failed_attempt(
+                        engine, state, cloud, record, exc, failed, plans[number].placement
+                    )
                     applying = False
             guard.check()
             outputs = engine.outputs(workspace, state).get("instance") or {}
@@ -199,15 +202,44 @@ def up(
         )
 
 
-# Errors that say "not here, not now" rather than "never": another region or market may work.
-_RETRYABLE = frozenset({ErrorClass.CAPACITY, ErrorClass.QUOTA})
+def _attempts(spec: RunnerSpec, state: StateDir) -> tuple[list[RunnerSpec], list[Prepared]]:
+    """Every placement `up` may try, in order: per region and market, each of the region's
+    zones where the cloud has `up` choose them. All are resolved now, so a region the cloud
+    does not have fails before anything is created."""
+    attempts, plans = [], []
+    for attempt in spec.attempts():
+        plan = prepare(attempt, state)
+        zones = plan.cloud.zones(plan.placement.region)
+        for zoned in [attempt.model_copy(update={"zone": zone}) for zone in zones] or [attempt]:
+            attempts.append(zoned)
+            plans.append(plan if zoned is attempt else prepare(zoned, state))
+    return attempts, plans
 
 
-def _out_of_capacity(cloud: Cloud, error: TerraformError) -> bool:
+def _next(cloud: Cloud, error: TerraformError, plans: list[Prepared], number: int) -> int | None:
+    """The attempt to make after a failed one, or None to give up.
+
+    Capacity ("not here, not now") moves to the next zone or region. A quota holds for the
+    whole region and market, so their other zones are skipped. Any other error would follow
+    `up` everywhere, and ends it.
+    """
     found = [cloud.classify(d.summary, d.detail) for d in error.diagnostics]
-    return any(
-        error_class in _RETRYABLE for error_class in found or [cloud.classify(str(error), "")]
-    )
+    classes = set(found or [cloud.classify(str(error), "")])
+    later = range(number + 1, len(plans))
+    if ErrorClass.CAPACITY in classes:
+        return later[0] if later else None
+    if ErrorClass.QUOTA in classes:
+        failed = plans[number].placement
+        return next(
+            (
+                following
+                for following in later
+                if (plans[following].placement.region, plans[following].placement.spot)
+                != (failed.region, failed.spot)
+            ),
+            None,
+        )
+    return None
 
 
 def _clear_failed_attempt(
@@ -216,17 +248,18 @@ def _clear_failed_attempt(
     cloud: Cloud,
     record: RunnerRecord,
     error: TerraformError,
-    following: Prepared,
+    failed: Placement,
+    following: Placement,
 ) -> None:
     """Destroy whatever the failed attempt created before the next one starts elsewhere; if
     that fails, up stops and rolls back as for any other failure."""
     ui.warn(
-        f"{record.name}: no capacity in {record.region} ({_market(record.spot)}): {error}; "
-        f"trying {following.placement.region} ({_market(following.placement.spot)})"
+        f"{record.name}: no capacity in {_where_text(failed)}: {error}; "
+        f"trying {_where_text(following)}"
     )
     problems = _destroy(engine, state, cloud, record)
     if problems:
-        raise CmlInfraError(f"{error}; cleaning up before the next region failed: {problems}")
+        raise CmlInfraError(f"{error}; cleaning up before the next attempt failed: {problems}")
     state.remove_workspace(record.name)
 
 
@@ -241,8 +274,9 @@ def _where(placement: Placement) -> dict[str, Any]:
     }
 
 
-def _market(spot: bool) -> str:
-    return "spot" if spot else "on-demand"
+def _where_text(placement: Placement) -> str:
+    market = "spot" if placement.spot else "on-demand"
+    return f"{placement.zone or placement.region} ({market})"
 
 
 def _forge(spec: RunnerSpec, token: str | None) -> GitHubForge | None:

@@ -173,7 +173,9 @@ class RunnerSpec(BaseModel):
     instance_type: str | None = None
     spot: bool = False
     max_price: float | None = None
-    # Where `up` goes next when the cloud has no capacity (or quota) where it tried.
+    # Where `up` goes next when the cloud has no capacity (or quota) where it tried; a zone is
+    # set only on the attempts of a cloud whose zones `up` walks through (GCP).
+    zone: str | None = None
     fallback_regions: tuple[str, ...] = ()
     on_demand_fallback: bool = False
     image: str | None = None

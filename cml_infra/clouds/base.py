@@ -122,6 +122,10 @@ class Cloud(ABC):
     def classify(self, summary: str, detail: str) -> ErrorClass:
         return ErrorClass.OTHER
 
+    def zones(self, region: str) -> tuple[str, ...]:
+        """Zones `up` may try in `region`, first choice first; () where the cloud picks."""
+        return ()
+
     @abstractmethod
     def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
         """Every instance tagged `cml-infra-managed = "true"` in `regions` (None: in all)."""

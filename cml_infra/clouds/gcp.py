@@ -40,6 +40,8 @@ class GcpCloud(VmCloud):
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
         ("ZONE_RESOURCE_POOL_EXHAUSTED", ErrorClass.CAPACITY),
         ("does not have enough resources", ErrorClass.CAPACITY),
+        # Catalogs list types per region; a zone of it may not have the machine or GPU type.
+        ("does not exist in zone", ErrorClass.CAPACITY),
         ("QUOTA_EXCEEDED", ErrorClass.QUOTA),
         ("Quota '", ErrorClass.QUOTA),
         ("googleapi: Error 403", ErrorClass.AUTH),

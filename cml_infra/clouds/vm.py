@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from cml_infra.catalog import Catalog, Offer, load
 from cml_infra.clouds.base import Boot, Cloud, ErrorClass, Placement
-from cml_infra.errors import UsageError
+from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import RunnerSpec
 
 DEFAULT_SIZE = "m"
@@ -34,13 +34,15 @@ class VmCloud(Cloud):
         offer = self._offer(spec, catalog)
         self.validate(spec, offer)
         zones = catalog.regions[region]
+        if spec.zone is not None and spec.zone not in zones:
+            raise CmlInfraError(f"{self.name}: {spec.zone!r} is not a zone of {region}")
         gpu = offer.gpu is not None or bool(re.match(self.GPU_TYPE_PATTERN, offer.instance_type))
         return Placement(
             cloud=self.name,
             region=region,
             instance_type=offer.instance_type,
             hourly_price=offer.hourly(spec.spot),
-            zone=zones[0] if zones else None,
+            zone=spec.zone or (zones[0] if zones else None),
             spot=spec.spot,
             gpu=offer.gpu or ("unknown" if gpu else None),
             gpu_count=offer.gpu_count,
@@ -70,6 +72,9 @@ class VmCloud(Cloud):
             f"{self.name} types come with their GPUs; give --type {instance_type} or "
             f"--gpu {spec.gpu}:{spec.gpu_count}, not both",
         )
+
+    def zones(self, region: str) -> tuple[str, ...]:
+        return tuple(self.catalog.regions.get(region, ()))
 
     def validate(self, spec: RunnerSpec, offer: Offer) -> None:
         """Cloud-specific checks of image, tags and prices, before anything is created."""

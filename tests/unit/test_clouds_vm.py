@@ -18,7 +18,7 @@ import pytest
 from cml_infra import clouds, render, resources
 from cml_infra.clouds.base import Boot, ErrorClass, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
-from cml_infra.errors import UsageError
+from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import RunnerSpec
 
 VM_CLOUDS = ("aws", "gcp", "azure")
@@ -240,6 +240,16 @@ CLASSIFY = {
         ("googleapi: Error 403: Required 'compute.instances.create'", ErrorClass.AUTH),
         ("could not find default credentials", ErrorClass.AUTH),
         ("googleapi: Error 400: Invalid value for field", ErrorClass.INVALID),
+        (
+            "googleapi: Error 400: Invalid value for field 'resource.machineType': Machine type "
+            "with name 'g2-standard-4' does not exist in zone 'us-central1-f'., invalid",
+            ErrorClass.CAPACITY,
+        ),
+        (
+            "googleapi: Error 403: Quota 'NVIDIA_T4_GPUS' exceeded. Limit: 0.0 in region "
+            "us-central1., quotaExceeded",
+            ErrorClass.QUOTA,
+        ),
         ("Error: something else entirely", ErrorClass.OTHER),
     ],
     "azure": [
@@ -382,3 +392,24 @@ def test_encode_user_data_too_large_even_compressed():
 def _noise(size):
     """Bytes gzip cannot shrink, the same every run."""
     return random.Random(42).randbytes(size)
+
+
+def test_zones_to_try_come_from_the_catalog(tmp_path):
+    gcp = clouds.get("gcp", tmp_path)
+    assert gcp.zones("us-central1") == (
+        "us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f",
+    )  # fmt: skip
+    # AWS and Azure pick the zone themselves (default VPC, regional VMs): nothing to walk.
+    assert clouds.get("aws", tmp_path).zones("us-east-1") == ()
+    assert clouds.get("azure", tmp_path).zones("eastus") == ()
+    assert clouds.get("local", tmp_path).zones("local") == ()
+
+
+def test_a_zone_is_placed_as_given_and_must_be_in_the_region(tmp_path):
+    gcp = clouds.get("gcp", tmp_path)
+    base = {"name": "box-1", "cloud": "gcp", "idle_timeout": 60, "ttl": 3600}
+    spec = RunnerSpec(**base, region="us-central1", zone="us-central1-c")
+    assert gcp.resolve(spec).zone == "us-central1-c"
+    assert gcp.resolve(RunnerSpec(**base, region="us-central1")).zone == "us-central1-a"
+    with pytest.raises(CmlInfraError, match="'us-east1-b' is not a zone of us-central1"):
+        gcp.resolve(RunnerSpec(**base, region="us-central1", zone="us-east1-b"))

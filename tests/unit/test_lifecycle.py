@@ -18,6 +18,7 @@ from cml_infra.errors import CmlInfraError
 from cml_infra.spec import RunnerSpec
 from cml_infra.terraform import Diagnostic, TerraformError
 from cml_infra.workspace import StateDir
+from tests.fakes.gcp import FakeCompute
 
 NO_CAPACITY = Diagnostic(
     "error",
@@ -43,6 +44,7 @@ class ScriptedEngine:
     def __init__(self, state: StateDir, name: str, outcomes: list[Diagnostic | None]) -> None:
         self.state, self.name, self.outcomes = state, name, list(outcomes)
         self.calls: list[tuple[str, str, bool]] = []
+        self.zones: list[str | None] = []  # the zone of each apply, where the module has one
         self.destroy_fails = False
 
     def _note(self, command: str, workspace: Path) -> None:
@@ -59,6 +61,8 @@ class ScriptedEngine:
 
     def apply(self, workspace: Path, state: StateDir, on_event) -> None:
         self._note("apply", workspace)
+        variables = json.loads((workspace / "terraform.tfvars.json").read_text())
+        self.zones.append(variables.get("zone"))
         outcome = self.outcomes.pop(0)
         if outcome is not None:
             raise TerraformError("apply", [outcome], "")
@@ -171,7 +175,7 @@ def test_without_fallbacks_a_capacity_error_is_final(monkeypatch, state):
 def test_a_failed_clean_up_between_attempts_stops_and_is_recorded(monkeypatch, state):
     engine = _engine(monkeypatch, state, [NO_CAPACITY, None])
     engine.destroy_fails = True
-    with pytest.raises(CmlInfraError, match="cleaning up before the next region failed"):
+    with pytest.raises(CmlInfraError, match="cleaning up before the next attempt failed"):
         lifecycle.up(_spec(), state, None)
     assert [call[0] for call in engine.calls].count("apply") == 1
     record = state.load("gpu-1")
@@ -185,3 +189,89 @@ def test_an_unknown_fallback_region_fails_before_anything_is_created(monkeypatch
         lifecycle.up(_spec(fallback_regions=("mars-north-1",)), state, None)
     assert engine.calls == []
     assert state.load("gpu-1") is None
+
+
+# GCP: the zones of a region are tried before the next region, since GCP's stock-outs are zonal.
+ZONE_EXHAUSTED = Diagnostic(
+    "error",
+    "Error waiting for instance to create",
+    "The zone 'projects/proj/zones/us-central1-a' does not have enough resources available to "
+    "fulfill the request. '(resource type:compute)'. ZONE_RESOURCE_POOL_EXHAUSTED",
+)
+GPU_QUOTA = Diagnostic(
+    "error",
+    "Error creating instance",
+    "googleapi: Error 403: Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS' exceeded. Limit: 0.0 in region "
+    "us-central1., quotaExceeded",
+)
+NOT_IN_ZONE = Diagnostic(
+    "error",
+    "Error creating instance",
+    "googleapi: Error 400: Invalid value for field 'resource.guestAccelerators[0].acceleratorType'"
+    ": 'nvidia-tesla-t4'. Accelerator type 'nvidia-tesla-t4' does not exist in zone "
+    "'us-central1-f'., invalid",
+)
+BAD_IMAGE = Diagnostic(
+    "error", "Error creating instance", "googleapi: Error 400: The resource was not found, invalid"
+)
+
+
+@pytest.fixture
+def gcp(monkeypatch):
+    with FakeCompute("proj") as fake:
+        monkeypatch.setenv("CML_INFRA_GCP_API_ENDPOINT", fake.url)
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj")
+        yield fake
+        assert fake.violations == []
+
+
+def _gcp_spec(**changes) -> RunnerSpec:
+    return _spec(**{"cloud": "gcp", "region": "us-central1", "fallback_regions": ("us-east1",),
+                    **changes})  # fmt: skip
+
+
+def test_gcp_tries_the_next_zone_when_one_is_exhausted(monkeypatch, state, gcp, capsys):
+    engine = _engine(monkeypatch, state, [ZONE_EXHAUSTED, None])
+    record = lifecycle.up(_gcp_spec(), state, None)
+    assert engine.zones == ["us-central1-a", "us-central1-b"]
+    assert record.region == "us-central1"
+    err = capsys.readouterr().err
+    assert "no capacity in us-central1-a (spot)" in err and "trying us-central1-b (spot)" in err
+
+
+def test_gcp_a_type_missing_from_a_zone_moves_on_too(monkeypatch, state, gcp):
+    engine = _engine(monkeypatch, state, [NOT_IN_ZONE, None])
+    lifecycle.up(_gcp_spec(), state, None)
+    assert engine.zones == ["us-central1-a", "us-central1-b"]
+
+
+def test_gcp_a_quota_skips_the_rest_of_the_region(monkeypatch, state, gcp):
+    engine = _engine(monkeypatch, state, [GPU_QUOTA, None])
+    record = lifecycle.up(_gcp_spec(), state, None)
+    assert engine.zones == ["us-central1-a", "us-east1-b"]
+    assert record.region == "us-east1"
+
+
+def test_gcp_walks_every_zone_of_every_region_then_gives_up(monkeypatch, state, gcp):
+    zones = [
+        *("us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"),
+        *("us-east1-b", "us-east1-c", "us-east1-d"),
+    ]
+    engine = _engine(monkeypatch, state, [ZONE_EXHAUSTED] * len(zones))
+    with pytest.raises(TerraformError, match="ZONE_RESOURCE_POOL_EXHAUSTED"):
+        lifecycle.up(_gcp_spec(), state, None)
+    assert engine.zones == zones
+    assert state.load("gpu-1").state == "destroyed"
+
+
+def test_gcp_zones_are_walked_without_a_region_list(monkeypatch, state, gcp):
+    engine = _engine(monkeypatch, state, [ZONE_EXHAUSTED, None])
+    lifecycle.up(_gcp_spec(fallback_regions=()), state, None)
+    assert engine.zones == ["us-central1-a", "us-central1-b"]
+
+
+def test_gcp_an_invalid_request_is_not_retried_in_another_zone(monkeypatch, state, gcp):
+    engine = _engine(monkeypatch, state, [BAD_IMAGE, None])
+    with pytest.raises(TerraformError, match="not found"):
+        lifecycle.up(_gcp_spec(), state, None)
+    assert engine.zones == ["us-central1-a"]
