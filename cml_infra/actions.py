@@ -14,14 +14,16 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 
-from cml_infra import lifecycle, ui
+from cml_infra import cost, lifecycle, ui
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import build_spec, format_duration
 from cml_infra.workspace import StateDir, resolve_state_dir
 
 P = ParamSpec("P")
 R = TypeVar("R")
-STATUS_COLUMNS = ("name", "cloud", "region", "state", "idle_seconds", "created_at", "labels")
+STATUS_COLUMNS = (
+    "name", "cloud", "region", "state", "idle_seconds", "created_at", "cost_usd", "labels",
+)  # fmt: skip
 CATALOG_COLUMNS = (
     "cloud", "gpu", "size", "instance_type", "vcpus", "memory_gib", "price", "spot_price", "as_of",
 )  # fmt: skip
@@ -61,11 +63,22 @@ def up(
         f"labels: {','.join(record.labels)}; it ends after {format_duration(spec.idle_timeout)} "
         f"idle, {'after its first task, ' if spec.single else ''}"
         f"or at {record.expires_at:%Y-%m-%d %H:%M:%S} UTC (ttl {format_duration(spec.ttl)})"
+        + _price_note(record.hourly_price, record.spot, spec.ttl)
     )
     if json_output:
         ui.emit_json(lifecycle.status(state, include_destroyed=True, only=record.name)[0])
     else:
         ui.result(record.name)
+
+
+def _price_note(hourly_price: float | None, spot: bool, ttl: int) -> str:
+    if not hourly_price:
+        return ""
+    market = "spot" if spot else "on-demand"
+    return (
+        f"; ${hourly_price:.4f}/h {market} (catalog estimate), "
+        f"at most ${cost.ceiling(hourly_price, ttl):.2f} before the ttl ends it"
+    )
 
 
 @reported
@@ -88,7 +101,7 @@ def status(*, state_dir: Path | None, include_destroyed: bool, json_output: bool
     if json_output:
         ui.emit_json(rows)
     elif rows:
-        ui.table(rows, STATUS_COLUMNS)
+        ui.table(rows, STATUS_COLUMNS, money=("cost_usd",))
     else:
         ui.info("no runners")
 

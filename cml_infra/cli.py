@@ -95,6 +95,12 @@ OnDemandFallback = Annotated[
                       "on demand.", envvar="CML_INFRA_ON_DEMAND_FALLBACK",
                  rich_help_panel=PLACEMENT),
 ]  # fmt: skip
+Budget = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Refuse to start when the hourly price times --ttl could exceed this many "
+                      "USD (every fallback must fit too).", envvar="CML_INFRA_BUDGET",
+                 rich_help_panel=PLACEMENT),
+]  # fmt: skip
 Image = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="Image instead of the default (AMI id, GCP image, Azure image id).",
@@ -196,6 +202,7 @@ def up(
     spot: Spot = False,
     max_price: MaxPrice = None,
     on_demand_fallback: OnDemandFallback = False,
+    budget: Budget = None,
     image: Image = None,
     tag: Tags = None,
     name: Name = None,
@@ -222,7 +229,7 @@ def up(
     actions.up(state_dir=state_dir, terraform=terraform, json_output=json_output, token=token,
                command=command or [], cloud=cloud, name=name, region=region, gpu=gpu, size=size,
                instance_type=instance_type, spot=spot, max_price=max_price,
-               on_demand_fallback=on_demand_fallback, image=image, tags=tag or [],
+               on_demand_fallback=on_demand_fallback, budget=budget, image=image, tags=tag or [],
                labels=labels or [], idle_timeout=idle_timeout, ttl=ttl, single=single,
                repo=repo, org=org, github_url=github_url,
                runner_group=runner_group, runner_archive=runner_archive, wait=wait,

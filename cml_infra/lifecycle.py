@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from cml_infra import clouds, render, ui
+from cml_infra import clouds, cost, render, ui
 from cml_infra.clouds.base import (
     Cloud,
     ErrorClass,
@@ -213,6 +213,7 @@ def _attempts(spec: RunnerSpec, state: StateDir) -> tuple[list[RunnerSpec], list
         for zoned in [attempt.model_copy(update={"zone": zone}) for zone in zones] or [attempt]:
             attempts.append(zoned)
             plans.append(plan if zoned is attempt else prepare(zoned, state))
+    cost.check_budget([plan.placement for plan in plans], spec.ttl, spec.budget)
     return attempts, plans
 
 
@@ -458,6 +459,7 @@ def _status_row(record: RunnerRecord, instance: ManagedInstance | None) -> dict[
         "labels": list(record.labels),
         "instance_type": record.instance_type,
         "hourly_price": record.hourly_price,
+        "cost_usd": cost.accrued(record),
         "instance_id": record.instance_id,
         "end_reason": record.end_reason,
         "error": record.error,

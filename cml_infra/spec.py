@@ -140,15 +140,21 @@ def parse_regions(text: str | None, flag: str = "--region") -> tuple[str, ...]:
     return regions
 
 
+def parse_usd(text: str, flag: str, unit: str = "USD", example: str = "25") -> float:
+    """A positive, finite amount of money."""
+    try:
+        amount = float(text)
+    except ValueError:
+        raise UsageError(flag, f"{text!r} is not a price; give {unit}, e.g. {example}") from None
+    if not amount > 0 or amount == float("inf"):
+        raise UsageError(flag, f"{text!r} must be a positive price in {unit}, e.g. {example}")
+    return amount
+
+
 def parse_max_price(text: str | None, spot: bool, flag: str = "--max-price") -> float | None:
     if text is None:
         return None
-    try:
-        price = float(text)
-    except ValueError:
-        raise UsageError(flag, f"{text!r} is not a price; give USD per hour, e.g. 0.75") from None
-    if not price > 0 or price != price or price == float("inf"):
-        raise UsageError(flag, f"{text!r} must be a positive price in USD per hour, e.g. 0.75")
+    price = parse_usd(text, flag, "USD per hour", "0.75")
     if not spot:
         raise UsageError(flag, "a maximum price applies to spot instances only; add --spot")
     return price
@@ -178,6 +184,8 @@ class RunnerSpec(BaseModel):
     zone: str | None = None
     fallback_regions: tuple[str, ...] = ()
     on_demand_fallback: bool = False
+    # USD that the hourly price times the ttl may reach; None: no limit.
+    budget: float | None = None
     image: str | None = None
     tags: dict[str, str] = {}
     # Runner mode (a forge given): the instance runs a GitHub Actions runner instead of a task.
@@ -251,6 +259,7 @@ def build_spec(
     spot: bool = False,
     max_price: str | None = None,
     on_demand_fallback: bool = False,
+    budget: str | None = None,
     image: str | None = None,
     tags: Sequence[str] = (),
     repo: str | None = None,
@@ -312,6 +321,7 @@ def build_spec(
         spot=spot,
         max_price=parse_max_price(max_price, spot),
         on_demand_fallback=on_demand_fallback,
+        budget=parse_usd(budget, "--budget") if budget is not None else None,
         image=image,
         tags=parse_tags(tags),
         repo=repo or None,

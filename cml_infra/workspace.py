@@ -74,6 +74,8 @@ class RunnerRecord(BaseModel):
     forge: dict[str, Any] | None = None
     end_reason: str | None = None
     error: str | None = None
+    # When it was recorded as destroyed: where `cost.accrued` stops counting.
+    ended_at: datetime | None = None
 
 
 def write_private(path: Path, text: str) -> None:
@@ -160,7 +162,10 @@ class StateDir:
             raise CmlInfraError(f"{path}: unreadable runner record ({exc})") from None
 
     def save(self, record: RunnerRecord) -> RunnerRecord:
-        record = record.model_copy(update={"updated_at": utcnow()})
+        now = utcnow()
+        record = record.model_copy(update={"updated_at": now})
+        if record.state == "destroyed" and record.ended_at is None:
+            record = record.model_copy(update={"ended_at": now})
         self.ensure()
         make_private_dir(self.runner_dir(record.name))
         write_private(

@@ -24,6 +24,7 @@ def assert_gone(cli: Cli, name: str) -> None:
 
 def test_up_runs_task_then_idles_out(cli: Cli) -> None:
     done = cli.run("up", "--name", "loop1", "--idle-timeout", "3s", "--labels", "gpu,t4",
+                   "--budget", "0.01",
                    "--", "sh", "-c", "echo hello; echo to-stderr >&2")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "loop1"
@@ -33,6 +34,7 @@ def test_up_runs_task_then_idles_out(cli: Cli) -> None:
     assert row["state"] in {"running", "idle"}
     assert row["cloud"] == "local" and row["region"] == "local"
     assert row["labels"] == ["gpu", "t4", "cml-infra-loop1"]
+    assert row["hourly_price"] == 0.0 and row["cost_usd"] == 0.0  # this machine is free
     assert cli.sandbox("loop1").is_dir()
     assert processes_in(cli.sandbox("loop1")), "the instance is not running"
 
