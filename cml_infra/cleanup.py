@@ -13,20 +13,19 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Literal
 
 from cml_infra import clouds, ui
 from cml_infra.clouds.base import ManagedInstance
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.forge.github import GitHubForge
-from cml_infra.spec import AUTO_LABEL_PREFIX, RESERVED_NAME_PREFIX
+from cml_infra.spec import AUTO_LABEL_PREFIX, CLOUD_LABEL, SINCE_LABEL
 from cml_infra.workspace import LIVE_STATES, RunnerRecord, StateDir, utcnow
 
 Kind = Literal["instance", "registration", "state"]
 FORGE_TAG = "cml-infra-forge"
 SCOPE_TAG = "cml-infra-scope"
-CLOUD_LABEL = AUTO_LABEL_PREFIX + RESERVED_NAME_PREFIX
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,10 @@ class StaleState(Rule):
 @register
 class StaleRegistration(Rule):
     name = "stale-registration"
-    help = "an offline runner registration with a cml-infra-* label and no live instance"
+    help = (
+        "an offline runner registration with a cml-infra-* label and no live instance, "
+        "registered over --orphan-grace ago"
+    )
     kind = "registration"
     needs_forge = True
 
@@ -223,9 +225,15 @@ class StaleRegistration(Rule):
         ours = [
             label[len(AUTO_LABEL_PREFIX) :]
             for label in labels
-            if label.startswith(AUTO_LABEL_PREFIX) and not label.startswith(CLOUD_LABEL)
+            if label.startswith(AUTO_LABEL_PREFIX)
+            and not label.startswith((CLOUD_LABEL, SINCE_LABEL))
         ]
         if not ours:
+            return None
+        # `up` registers a single-job runner before its instance exists: while that instance
+        # is being made, no instance carries the name yet.
+        since = _registered_at(labels)
+        if since is not None and world.now - since <= world.settings.orphan_grace:
             return None
         if any(i.name in ours for i in world.instances):
             return None
@@ -239,6 +247,14 @@ class StaleRegistration(Rule):
         ):
             return None
         return "offline, and no instance carries its name"
+
+
+def _registered_at(labels: list[str]) -> datetime | None:
+    for label in labels:
+        seconds = label[len(SINCE_LABEL) :]
+        if label.startswith(SINCE_LABEL) and seconds.isdigit():
+            return datetime.fromtimestamp(int(seconds), timezone.utc)
+    return None
 
 
 @register

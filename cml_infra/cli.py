@@ -362,7 +362,8 @@ CLEANUP_RULES_HELP = (
     "orphan (forge: a runner instance older than --orphan-grace that no online registration "
     "labels); idle (forge: its runner is not busy and its last job ended over --idle ago); "
     "stale-state (a record or workspace whose instance is gone); "
-    "stale-registration (forge: an offline cml-infra registration with no live instance); "
+    "stale-registration (forge: an offline cml-infra registration with no live instance, "
+    "registered over --orphan-grace ago); "
     "untracked (opt-in: an instance no state record knows)."
 )
 
@@ -387,7 +388,9 @@ def cleanup(
         typer.Option(help="Also destroy instances older than this (6h), expired or not."),
     ] = None,
     idle: Annotated[str, typer.Option(help="The idle rule's threshold.")] = "30m",
-    orphan_grace: Annotated[str, typer.Option(help="The orphan rule's grace period.")] = "10m",
+    orphan_grace: Annotated[
+        str, typer.Option(help="Grace period of the orphan and stale-registration rules.")
+    ] = "10m",
     rule: Annotated[Optional[list[str]], typer.Option("--rule", help=CLEANUP_RULES_HELP)] = None,  # noqa: UP045
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report only; change nothing.")

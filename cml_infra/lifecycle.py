@@ -147,7 +147,8 @@ def up(
             shutil.rmtree(state.log_dir(spec.name), ignore_errors=True)
             registration = None
             if forge is not None:
-                registration = forge.register(spec.name, spec.runner_labels(), spec.single)
+                labels = spec.runner_labels(expires.timestamp())
+                registration = forge.register(spec.name, labels, spec.single)
                 registered = True
             number = 0
             while True:

@@ -55,7 +55,7 @@ def startup_script(
     if registration is not None:
         from cml_infra import runner
 
-        config["runner"] = runner.agent_config(spec, cloud.name, registration)
+        config["runner"] = runner.agent_config(spec, cloud.name, registration, expires_at)
     template = _environment().get_template("startup.sh.j2")
     return template.render(
         version=__version__,

@@ -51,7 +51,9 @@ def archive(spec: RunnerSpec, cloud: str) -> dict[str, str]:
     return {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def agent_config(spec: RunnerSpec, cloud: str, registration: Registration) -> dict[str, Any]:
+def agent_config(
+    spec: RunnerSpec, cloud: str, registration: Registration, expires_at: float
+) -> dict[str, Any]:
     return {
         "archive": archive(spec, cloud),
         "registration": {
@@ -60,7 +62,7 @@ def agent_config(spec: RunnerSpec, cloud: str, registration: Registration) -> di
             "url": registration.url,
         },
         "name": spec.name,
-        "labels": list(spec.runner_labels()),
+        "labels": list(spec.runner_labels(expires_at)),
         "ephemeral": spec.single,
         "group": spec.runner_group,
         # VMs run it as an unprivileged user made at boot; the local cloud as the launcher's user.

@@ -23,7 +23,12 @@ _DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,37}[a-z0-9]")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 AUTO_LABEL_PREFIX = "cml-infra-"
-RESERVED_NAME_PREFIX = "on-"
+# Registrations also carry `cml-infra-on-<cloud>` (where the runner lives) and
+# `cml-infra-since-<unix seconds>` (when it was registered), for cleanup's eyes; a runner's
+# own label `cml-infra-<name>` must not look like either.
+CLOUD_LABEL = AUTO_LABEL_PREFIX + "on-"
+SINCE_LABEL = AUTO_LABEL_PREFIX + "since-"
+RESERVED_NAME_PREFIXES = ("on-", "since-")
 
 
 def parse_duration(text: str, flag: str) -> int:
@@ -62,12 +67,12 @@ def validate_name(name: str, flag: str = "--name") -> str:
             f"{name!r} is not a valid name; use 2 to 39 lowercase letters, digits and '-', "
             "starting with a letter and not ending with '-'",
         )
-    if name.startswith(RESERVED_NAME_PREFIX):
-        # `cml-infra-on-<cloud>` is the label that tells cleanup where a runner lives.
+    if name.startswith(RESERVED_NAME_PREFIXES):
         raise UsageError(
             flag,
-            f"{name!r} is not a valid name; names starting with {RESERVED_NAME_PREFIX!r} "
-            "are reserved for cml-infra's own labels",
+            f"{name!r} is not a valid name; names starting with "
+            f"{' or '.join(map(repr, RESERVED_NAME_PREFIXES))} are reserved for cml-infra's "
+            "own labels",
         )
     return name
 
@@ -212,9 +217,11 @@ class RunnerSpec(BaseModel):
         scope = Scope.parse(self.repo, self.org)
         return {**self.tags, "cml-infra-forge": "github", "cml-infra-scope": scope.tag}
 
-    def runner_labels(self) -> tuple[str, ...]:
-        """Registration labels: ours, and where the runner runs (for cleanup's eyes)."""
-        return (*self.all_labels, f"{AUTO_LABEL_PREFIX}{RESERVED_NAME_PREFIX}{self.cloud}")
+    def runner_labels(self, expires_at: float) -> tuple[str, ...]:
+        """Registration labels: ours, plus where the runner runs and since when (cleanup leaves
+        a fresh registration alone while its instance is still being made)."""
+        since = int(expires_at) - self.ttl
+        return (*self.all_labels, f"{CLOUD_LABEL}{self.cloud}", f"{SINCE_LABEL}{since}")
 
     def attempts(self) -> tuple[RunnerSpec, ...]:
         """The placements `up` tries in order: every region on the asked-for market, then, with

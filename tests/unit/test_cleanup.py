@@ -353,6 +353,36 @@ def test_stale_registration_spares_a_runner_on_a_cloud_not_listed(make_record):
     assert match("stale-registration", registration_item(offline), in_world) is None
 
 
+def _since(moment: datetime) -> str:
+    return f"cml-infra-since-{int(moment.timestamp())}"
+
+
+def test_stale_registration_spares_one_registered_within_the_grace():
+    # `up` mints a single-job registration before its instance exists; it is not stale yet.
+    labels = ("cml-infra-new", "cml-infra-on-local", _since(NOW - MINUTE * 9))
+    fresh = registration("new", status="offline", labels=labels)
+    assert match("stale-registration", registration_item(fresh), world(runners=[fresh])) is None
+
+
+def test_stale_registration_matches_one_registered_before_the_grace():
+    labels = ("cml-infra-old", "cml-infra-on-local", _since(NOW - MINUTE * 11))
+    old = registration("old", status="offline", labels=labels)
+    reason = match("stale-registration", registration_item(old), world(runners=[old]))
+    assert reason == "offline, and no instance carries its name"
+
+
+def test_the_since_and_cloud_labels_are_not_runner_names():
+    # Only metadata labels: nothing says which runner it is, so it is not ours to judge.
+    odd = registration("odd", status="offline", labels=("cml-infra-on-local", _since(NOW)))
+    assert match("stale-registration", registration_item(odd), world(runners=[odd])) is None
+
+
+@pytest.mark.parametrize("label", ["cml-infra-since-", "cml-infra-since-soon"])
+def test_a_malformed_since_label_is_no_grace(label):
+    ghost = registration("ghost", status="offline", labels=("cml-infra-ghost", label))
+    assert match("stale-registration", registration_item(ghost), world(runners=[ghost]))
+
+
 # --- untracked --------------------------------------------------------------------------------
 
 

@@ -126,7 +126,10 @@ def test_render_a_runner_needs_no_token_and_carries_the_placeholder(tmp_path, st
         "url": pinned()["platforms"]["linux-x64"]["url"],
         "sha256": pinned()["platforms"]["linux-x64"]["sha256"],
     }
-    assert config["runner"]["labels"] == ["cml-infra-rend-1", "cml-infra-on-local"]
+    *labels, since = config["runner"]["labels"]
+    assert labels == ["cml-infra-rend-1", "cml-infra-on-local"]
+    registered_at = int(since.removeprefix("cml-infra-since-"))
+    assert registered_at == config["expires_at"] - 24 * 3600  # the default ttl
     assert config["command"] == []
 
 

@@ -16,6 +16,7 @@ from cml_infra.spec import RunnerSpec
 
 VM_CLOUDS = ("aws", "gcp", "azure")
 REGISTRATION = Registration("token", "AREGTOKEN", "https://github.com/octo/repo")
+EXPIRES = 1_900_003_600.0  # the TTL deadline: registered an hour (the ttl) before
 
 
 def spec(**changes):
@@ -92,7 +93,7 @@ def test_a_local_file_on_a_vm_cloud_is_a_usage_error(tmp_path, cloud):
 
 
 def test_agent_config_on_the_local_cloud():
-    config = runner.agent_config(spec(startup_timeout=120), "local", REGISTRATION)
+    config = runner.agent_config(spec(startup_timeout=120), "local", REGISTRATION, EXPIRES)
     assert config["user"] is None
     assert config["preemption"] is None
     assert config["registration"] == {
@@ -101,7 +102,9 @@ def test_agent_config_on_the_local_cloud():
         "url": "https://github.com/octo/repo",
     }
     assert config["name"] == "gpu-box"
-    assert config["labels"] == ["gpu", "cml-infra-gpu-box", "cml-infra-on-local"]
+    assert config["labels"] == [
+        "gpu", "cml-infra-gpu-box", "cml-infra-on-local", "cml-infra-since-1900000000",
+    ]  # fmt: skip
     assert config["ephemeral"] is False
     assert config["group"] is None
     assert config["startup_timeout"] == 120
@@ -110,7 +113,7 @@ def test_agent_config_on_the_local_cloud():
 
 @pytest.mark.parametrize("cloud", VM_CLOUDS)
 def test_agent_config_on_a_vm_cloud_runs_as_the_runner_user(cloud):
-    config = runner.agent_config(spec(runner_group="7"), cloud, REGISTRATION)
+    config = runner.agent_config(spec(runner_group="7"), cloud, REGISTRATION, EXPIRES)
     assert config["user"] == runner.RUNNER_USER == "cml-runner"
     assert config["group"] == "7"
 
@@ -129,12 +132,17 @@ def test_agent_config_on_a_vm_cloud_runs_as_the_runner_user(cloud):
     ],
 )
 def test_preemption_only_for_spot_on_a_vm_cloud(cloud, spot, expected):
-    assert runner.agent_config(spec(spot=spot), cloud, REGISTRATION)["preemption"] == expected
+    assert (
+        runner.agent_config(spec(spot=spot), cloud, REGISTRATION, EXPIRES)["preemption"] == expected
+    )
 
 
 @pytest.mark.parametrize("single", [True, False])
 def test_ephemeral_is_single(single):
-    assert runner.agent_config(spec(single=single), "aws", REGISTRATION)["ephemeral"] is single
+    assert (
+        runner.agent_config(spec(single=single), "aws", REGISTRATION, EXPIRES)["ephemeral"]
+        is single
+    )
 
 
 def test_the_placeholder_is_as_large_as_a_jit_config():

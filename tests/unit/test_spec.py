@@ -105,7 +105,7 @@ def test_validate_name_uses_the_given_flag():
         validate_name("Bad", flag="CML_INFRA_NAME")
 
 
-@pytest.mark.parametrize("name", ["on-aws", "on-demand", "on-local"])
+@pytest.mark.parametrize("name", ["on-aws", "on-demand", "on-local", "since-1", "since-x"])
 def test_names_starting_with_on_are_reserved_for_the_cloud_label(name):
     # A runner called `on-aws` would carry the label cleanup reads as "lives on aws".
     with pytest.raises(UsageError, match=r"^--name: .*reserved"):
