@@ -6,43 +6,24 @@ lifecycle.py so that lifecycle returns data and prints nothing a script would pa
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import typer
 
 from cml_infra import cost, lifecycle, ui
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import build_spec, format_duration
+from cml_infra.ui import reported
 from cml_infra.workspace import StateDir, resolve_state_dir
 
-P = ParamSpec("P")
-R = TypeVar("R")
 STATUS_COLUMNS = (
     "name", "cloud", "region", "state", "idle_seconds", "created_at", "cost_usd", "labels",
 )  # fmt: skip
 CATALOG_COLUMNS = (
     "cloud", "gpu", "size", "instance_type", "vcpus", "memory_gib", "price", "spot_price", "as_of",
 )  # fmt: skip
-
-
-def reported(func: Callable[P, R]) -> Callable[P, R]:
-    """Our errors become one line and an exit code; CML_INFRA_DEBUG=1 shows the traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except CmlInfraError as exc:
-            if os.environ.get("CML_INFRA_DEBUG") == "1":
-                raise
-            ui.error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
 
 
 @reported

@@ -176,6 +176,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
@@ -184,10 +185,14 @@ def main_options(
         bool, typer.Option("--quiet", "-q", help="Print only results and errors.")
     ] = False,
 ) -> None:
-    """Cloud GPUs for CI runners: created for a workflow, destroyed when idle or expired."""
-    from cml_infra import ui
+    """Cloud GPUs for CI runners: created for a workflow, destroyed when idle or expired.
+
+    Defaults may come from .cml-infra.toml or [tool.cml-infra] in pyproject.toml (see README).
+    """
+    from cml_infra import config, ui
 
     ui.quiet = quiet
+    ui.reported(config.use)(ctx)
 
 
 @app.command()

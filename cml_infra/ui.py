@@ -6,12 +6,18 @@ without slowing `cml-infra COMMAND --help`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import typer
+
+from cml_infra import config
+from cml_infra.errors import CmlInfraError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -32,6 +38,31 @@ _SHOWN_EVENTS = frozenset(
 )
 
 quiet = False
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reported(func: Callable[P, R]) -> Callable[P, R]:
+    """Our errors become one line and an exit code; CML_INFRA_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except CmlInfraError as exc:
+            if os.environ.get("CML_INFRA_DEBUG") == "1":
+                raise
+            error(_with_origin(exc))
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _with_origin(exc: CmlInfraError) -> str:
+    """The message, plus the config file when that file sets the flag the error names."""
+    if not isinstance(exc, UsageError) or (path := config.setting_origin(exc.source)) is None:
+        return str(exc)
+    return f"{exc} ({exc.source} is set in {path}; a flag or CML_INFRA_* variable overrides it)"
 
 
 @cache

@@ -90,6 +90,7 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
     state_dir = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CML_INFRA_")}
     env["CML_INFRA_HOME"] = str(state_dir)
+    env["CML_INFRA_CONFIG"] = ""  # no project config file of the machine's folders applies
     env.pop("TF_CLI_CONFIG_FILE", None)
     yield Cli(state_dir, env)
     # Whatever a failing test left running is destroyed, then killed outright if need be.

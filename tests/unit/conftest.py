@@ -17,6 +17,8 @@ def clean_env(monkeypatch):
     for key in list(os.environ):
         if key.startswith("CML_INFRA_"):
             monkeypatch.delenv(key)
+    # Nor a config file in a folder above the test's: tests/unit/test_config.py turns it on.
+    monkeypatch.setenv("CML_INFRA_CONFIG", "")
     monkeypatch.delenv("TF_CLI_CONFIG_FILE", raising=False)
 
 

@@ -1,0 +1,153 @@
+"""Project defaults from a file: `.cml-infra.toml`, or `[tool.cml-infra]` in pyproject.toml.
+
+The file is looked for in the working folder and then in each parent; the first folder with
+either file wins. `CML_INFRA_CONFIG=PATH` names the file instead, and `CML_INFRA_CONFIG=`
+(empty) turns the search off. A flag or a `CML_INFRA_*` variable wins over the file, which
+wins over the built-in default (the file becomes click's `default_map`).
+
+    cloud = "gcp"                  # top-level keys: options of `up` (and `render`)
+    gpu = "t4"
+    spot = true
+    region = "us-central1,us-east1"
+    idle-timeout = "10m"
+    labels = ["gpu"]
+
+    [cleanup]                      # options of `cleanup`
+    max-age = "6h"
+
+Keys are the flags without their dashes (`idle-timeout`, `type`; '_' may stand for '-'). A
+key that is no option of its command, and a token (which belongs in a CI secret, never in a
+repository), is refused with the file's name.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cml_infra.errors import UsageError
+
+FILE_NAME = ".cml-infra.toml"
+PYPROJECT = "pyproject.toml"
+ENV = "CML_INFRA_CONFIG"
+# Top-level keys are options of `up` (and of `render` where it has them); a table named after
+# one of these commands holds that command's options.
+SECTIONS = ("cleanup",)
+# Never from a file that may be committed.
+REFUSED = frozenset({"token"})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Where the defaults came from and, per command, option name → value."""
+
+    path: Path | None = None
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# The flags the file in use sets (flag → the file), for error messages.
+_set_by_file: dict[str, Path] = {}
+
+
+def use(ctx: Any) -> None:
+    """Make the project's config file the defaults of the command `ctx` (the CLI's group
+    context, before its subcommand parses) is about to run."""
+    # Per command, each option's key in the file (its long flag without dashes) → its name.
+    options = {
+        name: {
+            flag[2:]: param.name
+            for param in command.params
+            if param.name and getattr(param, "param_type_name", "") == "option"
+            for flag in param.opts[:1]
+            if flag.startswith("--")
+        }
+        for name, command in getattr(ctx.command, "commands", {}).items()
+    }
+    found = load(find(Path.cwd()), options)
+    ctx.default_map = found.defaults
+    _set_by_file.clear()
+    if found.path is not None:
+        for command, values in found.defaults.items():
+            flags = {name: f"--{key}" for key, name in options[command].items()}
+            _set_by_file.update({flags[name]: found.path for name in values})
+
+
+def setting_origin(flag: str) -> Path | None:
+    """The config file that sets `flag`, if one does."""
+    return _set_by_file.get(flag)
+
+
+def find(start: Path) -> Path | None:
+    """The config file for a command run in `start`, or None."""
+    named = os.environ.get(ENV)
+    if named is not None:
+        return Path(named) if named else None
+    for folder in (start, *start.parents):
+        if (folder / FILE_NAME).is_file():
+            return folder / FILE_NAME
+        pyproject = folder / PYPROJECT
+        if pyproject.is_file() and b"[tool.cml-infra]" in pyproject.read_bytes():
+            return pyproject
+    return None
+
+
+def load(path: Path | None, options: Mapping[str, Mapping[str, str]]) -> Config:
+    """Read `path` and check its keys against `options`: per command, each option's key (its
+    flag without the dashes: `idle-timeout`, `type`) → the parameter it sets."""
+    if path is None:
+        return Config()
+    table = _read(path)
+    if path.name == PYPROJECT:
+        table = table.get("tool", {}).get("cml-infra", {})
+    top = _checked(path, "", {k: v for k, v in table.items() if k not in SECTIONS}, options["up"])
+    # `render` takes the placement of `up`, not its launch-only options (--budget, --wait, ...).
+    defaults = {
+        "up": top,
+        "render": {
+            name: value for name, value in top.items() if name in set(options["render"].values())
+        },
+    }
+    for section in SECTIONS:
+        value = table.get(section, {})
+        if not isinstance(value, dict):
+            raise UsageError(str(path), f"[{section}] must be a table of {section}'s options")
+        defaults[section] = _checked(path, f"{section}.", value, options[section])
+    return Config(path, defaults)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    try:
+        with path.open("rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+            return data
+    except OSError as exc:
+        raise UsageError(str(path), f"cannot read the config file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(str(path), f"not valid TOML: {exc}") from None
+
+
+def _checked(
+    path: Path, prefix: str, table: Mapping[str, Any], options: Mapping[str, str]
+) -> dict[str, Any]:
+    """`table` with each key turned into the parameter it sets."""
+    checked = {}
+    for key, value in table.items():
+        name = key.replace("_", "-")
+        if name in REFUSED:
+            raise UsageError(
+                str(path),
+                f"{prefix}{key}: a token never goes in a file; set CML_INFRA_TOKEN from a secret",
+            )
+        if name not in options:
+            valid = ", ".join(sorted(set(options) - REFUSED))
+            raise UsageError(str(path), f"unknown key '{prefix}{key}'; valid: {valid}")
+        checked[options[name]] = value
+    return checked
