@@ -37,6 +37,10 @@ def up(
 ) -> None:
     spec = build_spec(**flags)
     state = StateDir(resolve_state_dir(state_dir))
+    reused = lifecycle.reusable(spec, state, token)
+    if reused is not None:
+        _report_reuse(reused, json_output)
+        return
     record = lifecycle.up(spec, state, terraform, token)
     ui.github_step_outputs(record)
     ui.info(
@@ -50,6 +54,17 @@ def up(
         ui.emit_json(lifecycle.status(state, include_destroyed=True, only=record.name)[0])
     else:
         ui.result(record.name)
+
+
+def _report_reuse(runner: dict[str, Any], json_output: bool) -> None:
+    name = str(runner["name"])
+    labels = [str(label.get("name")) for label in runner.get("labels", [])]
+    ui.github_step_outputs_reused(name, labels)
+    ui.info(f"{name} is online and idle with the asked-for labels: reusing it, nothing created")
+    if json_output:
+        ui.emit_json({"name": name, "reused": True, "state": "idle", "labels": labels})
+    else:
+        ui.result(name)
 
 
 def _price_note(hourly_price: float | None, spot: bool, ttl: int) -> str:

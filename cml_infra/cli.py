@@ -147,6 +147,12 @@ Wait = Annotated[
     typer.Option("--wait/--no-wait", help="Return only once GitHub shows the runner online.",
                  envvar="CML_INFRA_WAIT", rich_help_panel=RUNNER),
 ]  # fmt: skip
+ReuseIdle = Annotated[
+    bool,
+    typer.Option(help="If an online, idle runner of the scope already has every --labels label, "
+                      "print its name and create nothing.", envvar="CML_INFRA_REUSE_IDLE",
+                 rich_help_panel=RUNNER),
+]  # fmt: skip
 RunnerArchive = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="actions/runner archive URL (a mirror of the pinned release) or, on the "
@@ -219,6 +225,7 @@ def up(
     runner_group: RunnerGroup = None,
     runner_archive: RunnerArchive = None,
     wait: Wait = True,
+    reuse_idle: ReuseIdle = False,
     idle_timeout: IdleTimeout = "5m",
     ttl: Ttl = "24h",
     startup_timeout: StartupTimeout = "15m",
@@ -238,7 +245,7 @@ def up(
                labels=labels or [], idle_timeout=idle_timeout, ttl=ttl, single=single,
                repo=repo, org=org, github_url=github_url,
                runner_group=runner_group, runner_archive=runner_archive, wait=wait,
-               startup_timeout=startup_timeout)  # fmt: skip
+               reuse_idle=reuse_idle, startup_timeout=startup_timeout)  # fmt: skip
 
 
 @app.command()

@@ -281,6 +281,14 @@ def _where_text(placement: Placement) -> str:
     return f"{placement.zone or placement.region} ({market})"
 
 
+def reusable(spec: RunnerSpec, state: StateDir, token: str | None) -> dict[str, Any] | None:
+    """With --reuse-idle, an online idle runner of the scope that has every asked-for label:
+    `up` then creates nothing. Input is checked first, as `up` would, either way."""
+    _attempts(spec, state)
+    forge = _forge(spec, token) if spec.reuse_idle else None
+    return None if forge is None else forge.idle_runner(spec.labels)
+
+
 def _forge(spec: RunnerSpec, token: str | None) -> GitHubForge | None:
     if not spec.runner_mode:
         return None

@@ -201,6 +201,8 @@ class RunnerSpec(BaseModel):
     startup_timeout: int = 900
     wait: bool = True
     runner_archive: str | None = None
+    # Hand the job to an idle runner that already has the labels instead of making one.
+    reuse_idle: bool = False
 
     @property
     def runner_mode(self) -> bool:
@@ -276,6 +278,7 @@ def build_spec(
     startup_timeout: str = DEFAULT_STARTUP_TIMEOUT,
     wait: bool = True,
     runner_archive: str | None = None,
+    reuse_idle: bool = False,
 ) -> RunnerSpec:
     """Parse raw flag values into a RunnerSpec; cloud, region and catalog names are checked by
     the cloud that resolves it."""
@@ -303,9 +306,14 @@ def build_spec(
             )
         if command:
             raise UsageError("--repo", "a runner takes jobs from the forge; drop the task after --")
-    elif runner_group or runner_archive:
+    elif runner_group or runner_archive or reuse_idle:
         flag = "--runner-group" if runner_group else "--runner-archive"
+        flag = "--reuse-idle" if reuse_idle else flag
         raise UsageError(flag, "applies to runners: add --repo OWNER/NAME or --org ORG")
+    if reuse_idle and not labels:
+        raise UsageError(
+            "--reuse-idle", "needs --labels: an idle runner is reused when it has all of them"
+        )
     if on_demand_fallback and not spot:
         raise UsageError("--on-demand-fallback", "falls back from spot capacity: add --spot")
     regions = parse_regions(region)
@@ -338,4 +346,5 @@ def build_spec(
         startup_timeout=parse_duration(startup_timeout, "--startup-timeout"),
         wait=wait,
         runner_archive=runner_archive,
+        reuse_idle=reuse_idle,
     )

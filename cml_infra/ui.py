@@ -154,7 +154,7 @@ def github_step_outputs(record: RunnerRecord) -> None:
         with open(output, "a", encoding="utf-8") as handle:
             handle.write(
                 f"name={record.name}\nlabels={labels}\nregion={record.region}\n"
-                f"spot={'true' if record.spot else 'false'}\n"
+                f"spot={'true' if record.spot else 'false'}\nreused=false\n"
             )
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
@@ -167,6 +167,14 @@ def github_step_outputs(record: RunnerRecord) -> None:
                 f"| {record.gpu or '-'} | {'yes' if record.spot else 'no'} | {price} "
                 f"| `{labels}` |\n"
             )
+
+
+def github_step_outputs_reused(name: str, labels: Sequence[str]) -> None:
+    """Inside a GitHub Actions step, after `up --reuse-idle` found a runner: its outputs."""
+    output = os.environ.get("GITHUB_OUTPUT")
+    if output:
+        with open(output, "a", encoding="utf-8") as handle:
+            handle.write(f"name={name}\nlabels={','.join(labels)}\nreused=true\n")
 
 
 def table(

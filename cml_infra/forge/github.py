@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -125,6 +126,20 @@ class GitHubForge:
             if len(batch) < 100:
                 return found
             page += 1
+
+    def idle_runner(self, labels: Iterable[str]) -> dict[str, Any] | None:
+        """An online, idle, reusable (not single-job) runner that carries every one of
+        `labels`; the first by name, so that concurrent callers agree."""
+        wanted = set(labels)
+        fitting = [
+            runner
+            for runner in self.runners()
+            if runner.get("status") == "online"
+            and not runner.get("busy")
+            and not runner.get("ephemeral")
+            and wanted <= {label.get("name") for label in runner.get("labels", [])}
+        ]
+        return min(fitting, key=lambda runner: str(runner.get("name")), default=None)
 
     def delete_id(self, runner_id: int) -> bool:
         try:

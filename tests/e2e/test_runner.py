@@ -167,3 +167,22 @@ def _read(pid: int, part: str) -> bytes | None:
         return Path(f"/proc/{pid}/{part}").read_bytes()
     except OSError:
         return None
+
+
+def test_reuse_idle_takes_a_warm_runner_until_it_is_busy(runner_cli: Cli, github, archive) -> None:
+    common = ("--repo", "octo/repo", "--github-url", github.url, "--runner-archive", str(archive),
+              "--labels", "gpu,t4", "--idle-timeout", "1h")  # fmt: skip
+    assert runner_cli.ok("up", "--name", "warm", *common).strip() == "warm"
+    again = runner_cli.run("up", "--name", "extra", "--reuse-idle", *common)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "warm" and "nothing created" in again.stderr
+    assert set(runner_cli.status()) == {"warm"}, "a reused runner needs no second instance"
+
+    job = github.queue_job(["self-hosted", "gpu", "t4"], seconds=30)
+    wait_for(lambda: github.job(job)["status"] == "in_progress", "the job to start")
+    busy = runner_cli.run("up", "--name", "extra", "--reuse-idle", *common)
+    assert busy.returncode == 0, busy.stderr
+    assert busy.stdout.strip() == "extra", "the only runner with the labels is busy"
+    assert our_runner(github, "extra")["status"] == "online"
+    for name in ("warm", "extra"):
+        assert runner_cli.run("down", name).returncode == 0

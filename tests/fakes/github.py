@@ -371,11 +371,13 @@ class FakeGitHub(Loopback):
         *,
         ephemeral: bool = False,
         status: str = "offline",
+        busy: bool = False,
     ) -> dict[str, Any]:
         """Registers a runner directly (no token, not recorded): for seeding lists."""
         with self._lock:
             record = self._create_runner(self.scope_of(scope), name, labels, ephemeral=ephemeral)
             record["status"] = status
+            record["busy"] = busy
             return self._public_runner(record)
 
     def queue_job(

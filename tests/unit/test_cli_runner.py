@@ -68,6 +68,8 @@ def agent_config(out) -> dict:
         (["--repo", "octo/repo", "--token", TOKEN, "--", "echo", "hi"], "--repo", "drop the task"),
         (["--runner-archive", "x"], "--runner-archive", "add --repo"),
         (["--runner-group", "3"], "--runner-group", "add --repo"),
+        (["--reuse-idle", "--labels", "gpu"], "--reuse-idle", "add --repo"),
+        (["--repo", "o/r", "--token", TOKEN, "--reuse-idle"], "--reuse-idle", "needs --labels"),
         (
             ["--runner-archive", "/nonexistent/runner.tgz", "--repo", "o/r", "--token", TOKEN],
             "--runner-archive",
@@ -191,6 +193,31 @@ def test_up_with_a_rejected_token_rolls_back_and_leaves_nothing(state_root, gh):
         p for p in state_root.rglob("*") if p.is_file() and WRONG_TOKEN.encode() in p.read_bytes()
     ]
     assert leaked == []
+
+
+def test_reuse_idle_hands_out_an_idle_runner_and_creates_nothing(state_root, gh):
+    gh.add_runner("octo/repo", "warm-1", ["self-hosted", "gpu", "t4"], status="online")
+    result = invoke(
+        "up", "--repo", "octo/repo", "--github-url", gh.url, "--token", TOKEN,
+        "--labels", "gpu,t4", "--reuse-idle", "--terraform", "false",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "warm-1\n"
+    assert "reusing it, nothing created" in result.output
+    assert not state_root.exists(), "a reused runner needs no record, workspace or instance"
+
+
+def test_reuse_idle_without_a_fitting_runner_creates_one(state_root, gh):
+    gh.add_runner("octo/repo", "busy-1", ["self-hosted", "gpu", "t4"], status="online", busy=True)
+    gh.add_runner("octo/repo", "cpu-1", ["self-hosted", "cpu"], status="online")
+    # --terraform false: the create starts, and then fails and rolls back, as any other would.
+    result = invoke(
+        "up", "--name", "new-1", "--repo", "octo/repo", "--github-url", gh.url,
+        "--token", TOKEN, "--labels", "gpu,t4", "--reuse-idle", "--terraform", "false",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    rows = json.loads(invoke("status", "--all", "--json").stdout)
+    assert [(row["name"], row["state"]) for row in rows] == [("new-1", "destroyed")]
 
 
 def test_up_with_an_unknown_repo_is_one_error_line(state_root, gh):

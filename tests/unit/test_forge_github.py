@@ -261,6 +261,25 @@ def test_wait_online_returns_once_the_runner_is_online(gh, clock):
     assert clock.sleeps == [1.0]
 
 
+def test_idle_runner_has_every_label_and_is_online_idle_and_reusable(gh):
+    scope = "octo/repo"
+    gh.add_runner(scope, "a-offline", ["gpu", "t4"], status="offline")
+    gh.add_runner(scope, "b-busy", ["gpu", "t4"], status="online", busy=True)
+    gh.add_runner(scope, "c-single", ["gpu", "t4"], status="online", ephemeral=True)
+    gh.add_runner(scope, "d-cpu", ["gpu"], status="online")
+    assert forge(gh).idle_runner(["gpu", "t4"]) is None
+    gh.add_runner(scope, "f-later", ["gpu", "t4", "x"], status="online")
+    gh.add_runner(scope, "e-idle", ["t4", "gpu"], status="online")
+    assert forge(gh).idle_runner(["gpu", "t4"])["name"] == "e-idle"  # the first by name
+    assert forge(gh).idle_runner(["gpu", "t4", "x"])["name"] == "f-later"
+
+
+def test_idle_runner_looks_only_in_its_scope(gh):
+    gh.add_runner("octo", "org-runner", ["gpu"], status="online")
+    assert forge(gh).idle_runner(["gpu"]) is None
+    assert forge(gh, scope=ORG).idle_runner(["gpu"])["name"] == "org-runner"
+
+
 def test_delete_removes_then_reports_already_gone(gh):
     forge(gh).register("gone-1", (), single=True)
     assert forge(gh).delete("gone-1") is True

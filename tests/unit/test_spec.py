@@ -452,6 +452,8 @@ def test_build_spec_defaults_outside_runner_mode():
         ({"repo": "octo/repo", "command": ["echo", "hi"]}, "--repo", "drop the task"),
         ({"runner_group": "3"}, "--runner-group", "add --repo"),
         ({"runner_archive": "x.tgz"}, "--runner-archive", "add --repo"),
+        ({"reuse_idle": True, "labels": ["gpu"]}, "--reuse-idle", "add --repo"),
+        ({"repo": "o/r", "reuse_idle": True}, "--reuse-idle", "needs --labels"),
         ({"repo": "o/r", "github_url": "api.github.com"}, "--github-url", "not an http(s) URL"),
         ({"repo": "o/r", "github_url": "https://a b"}, "--github-url", "not an http(s) URL"),
         ({"repo": "o/r", "startup_timeout": "0"}, "--startup-timeout", "longer than zero"),

@@ -32,6 +32,7 @@ def test_outputs_and_summary_row(step_files, make_record):
     ui.github_step_outputs(record)
     assert output.read_text() == (
         "earlier=1\nname=gpu-1\nlabels=gpu,cml-infra-gpu-1\nregion=us-east-1\nspot=true\n"
+        "reused=false\n"
     )
     lines = summary.read_text().splitlines()
     assert lines[0] == "| name | cloud | type | GPU | spot | $/h | labels |"
@@ -66,3 +67,9 @@ def test_only_the_variables_that_are_set_are_written(tmp_path, monkeypatch, make
     ui.github_step_outputs(make_record("gpu-1"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["github_output"]
     assert output.read_text().startswith("name=gpu-1\n")
+
+
+def test_outputs_of_a_reused_runner(step_files):
+    output, _ = step_files
+    ui.github_step_outputs_reused("gpu-7", ["self-hosted", "gpu", "t4"])
+    assert output.read_text() == "name=gpu-7\nlabels=self-hosted,gpu,t4\nreused=true\n"
