@@ -130,14 +130,15 @@ class GitHubForge:
     def idle_runner(self, labels: Iterable[str]) -> dict[str, Any] | None:
         """An online, idle, reusable (not single-job) runner that carries every one of
         `labels`; the first by name, so that concurrent callers agree."""
-        wanted = set(labels)
+        # GitHub matches `runs-on` labels without regard to case.
+        wanted = {label.lower() for label in labels}
         fitting = [
             runner
             for runner in self.runners()
             if runner.get("status") == "online"
             and not runner.get("busy")
             and not runner.get("ephemeral")
-            and wanted <= {label.get("name") for label in runner.get("labels", [])}
+            and wanted <= {str(label.get("name")).lower() for label in runner.get("labels", [])}
         ]
         return min(fitting, key=lambda runner: str(runner.get("name")), default=None)
 

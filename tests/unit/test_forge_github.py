@@ -272,6 +272,7 @@ def test_idle_runner_has_every_label_and_is_online_idle_and_reusable(gh):
     gh.add_runner(scope, "e-idle", ["t4", "gpu"], status="online")
     assert forge(gh).idle_runner(["gpu", "t4"])["name"] == "e-idle"  # the first by name
     assert forge(gh).idle_runner(["gpu", "t4", "x"])["name"] == "f-later"
+    assert forge(gh).idle_runner(["GPU", "T4"])["name"] == "e-idle"  # as GitHub matches runs-on
 
 
 def test_idle_runner_looks_only_in_its_scope(gh):
