@@ -256,7 +256,7 @@ def _clear_failed_attempt(
     """Destroy whatever the failed attempt created before the next one starts elsewhere; if
     that fails, up stops and rolls back as for any other failure."""
     ui.warn(
-        f"{record.name}: no capacity in {_where_text(failed)}: {error}; "
+        f"{record.name}: could not create in {_where_text(failed)} ({error}); "
         f"trying {_where_text(following)}"
     )
     problems = _destroy(engine, state, cloud, record)

@@ -125,7 +125,7 @@ def test_no_capacity_in_the_first_region_goes_to_the_next(monkeypatch, state, ca
         ("apply", "us-west-2", True),
     ]
     err = capsys.readouterr().err
-    assert "no capacity in us-east-1 (spot)" in err and "trying us-west-2 (spot)" in err
+    assert "could not create in us-east-1 (spot)" in err and "trying us-west-2 (spot)" in err
     assert state.load("gpu-1").instance_id == "us-west-2/i-0123456789abcdef0"
 
 
@@ -236,7 +236,7 @@ def test_gcp_tries_the_next_zone_when_one_is_exhausted(monkeypatch, state, gcp, 
     assert engine.zones == ["us-central1-a", "us-central1-b"]
     assert record.region == "us-central1"
     err = capsys.readouterr().err
-    assert "no capacity in us-central1-a (spot)" in err and "trying us-central1-b (spot)" in err
+    assert "could not create in us-central1-a (spot)" in err and "trying us-central1-b (spot)" in err
 
 
 def test_gcp_a_type_missing_from_a_zone_moves_on_too(monkeypatch, state, gcp):
