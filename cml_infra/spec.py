@@ -307,8 +307,9 @@ def build_spec(
         if command:
             raise UsageError("--repo", "a runner takes jobs from the forge; drop the task after --")
     elif runner_group or runner_archive or reuse_idle:
-        flag = "--runner-group" if runner_group else "--runner-archive"
-        flag = "--reuse-idle" if reuse_idle else flag
+        flag = (
+            "--runner-group" if runner_group else "--runner-archive" if runner_archive else None
+        ) or "--reuse-idle"
         raise UsageError(flag, "applies to runners: add --repo OWNER/NAME or --org ORG")
     if reuse_idle and not labels:
         raise UsageError(
