@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from cml_infra.catalog import Offer
 from cml_infra.clouds import register
-from cml_infra.clouds.base import ErrorClass, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, Placement, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import RunnerSpec
@@ -29,6 +29,11 @@ _LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 class AwsCloud(VmCloud):
     module = "aws"
     GPU_TYPE_PATTERN = r"^(g4|g5|g6|gr6|p3|p4|p5|p6)"
+    UNSUPPORTED: ClassVar[dict[Feature, str]] = {
+        Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
+        "logs to /var/lib/cml-infra/instance.log on the instance, and the boot to its console: "
+        "aws ec2 get-console-output --instance-id ID",
+    }
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
         ("InsufficientInstanceCapacity", ErrorClass.CAPACITY),
         ("InsufficientCapacity", ErrorClass.CAPACITY),

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from cml_infra.catalog import Offer
 from cml_infra.clouds import register
-from cml_infra.clouds.base import ErrorClass, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, Placement, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import RunnerSpec
@@ -31,6 +31,11 @@ _IMAGE_ID = re.compile(
 class AzureCloud(VmCloud):
     module = "azure"
     GPU_TYPE_PATTERN = r"^Standard_N"
+    UNSUPPORTED: ClassVar[dict[Feature, str]] = {
+        Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
+        "logs to /var/lib/cml-infra/instance.log on the instance, and cloud-init to "
+        "/var/log/cloud-init-output.log",
+    }
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
         ("SkuNotAvailable", ErrorClass.CAPACITY),
         ("AllocationFailed", ErrorClass.CAPACITY),

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from cml_infra.catalog import Offer
 from cml_infra.clouds import register
-from cml_infra.clouds.base import ErrorClass, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, Placement, RenderContext
 from cml_infra.clouds.vm import VmCloud
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import RunnerSpec
@@ -37,6 +37,11 @@ _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 class GcpCloud(VmCloud):
     module = "gcp"
     GPU_TYPE_PATTERN = r"^(a2|a3|a4|g2|g4)-"
+    UNSUPPORTED: ClassVar[dict[Feature, str]] = {
+        Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
+        "logs to /var/lib/cml-infra/instance.log on the instance, and the startup script to "
+        "its serial port: gcloud compute instances get-serial-port-output NAME --zone ZONE",
+    }
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
         ("ZONE_RESOURCE_POOL_EXHAUSTED", ErrorClass.CAPACITY),
         ("does not have enough resources", ErrorClass.CAPACITY),

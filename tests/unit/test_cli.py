@@ -201,6 +201,23 @@ def test_logs_unknown_runner(state_root):
     assert "error: NAME: no runner named 'nosuch'" in result.output
 
 
+@pytest.mark.parametrize(
+    ("cloud", "where"),
+    [
+        ("aws", "aws ec2 get-console-output"),
+        ("gcp", "get-serial-port-output"),
+        ("azure", "cloud-init-output.log"),
+    ],
+)
+def test_logs_of_a_vm_say_where_the_log_is(state_root, make_record, cloud, where):
+    StateDir(state_root).save(make_record("vm-1", cloud=cloud, region="r1"))
+    result = invoke("logs", "vm-1")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: vm-1: cml-infra does not fetch VM logs")
+    assert "/var/lib/cml-infra/instance.log" in lines[0] and where in lines[0]
+
+
 def test_version():
     result = invoke("--version")
     assert result.exit_code == 0

@@ -236,7 +236,9 @@ def test_gcp_tries_the_next_zone_when_one_is_exhausted(monkeypatch, state, gcp, 
     assert engine.zones == ["us-central1-a", "us-central1-b"]
     assert record.region == "us-central1"
     err = capsys.readouterr().err
-    assert "could not create in us-central1-a (spot)" in err and "trying us-central1-b (spot)" in err
+    assert (
+        "could not create in us-central1-a (spot)" in err and "trying us-central1-b (spot)" in err
+    )
 
 
 def test_gcp_a_type_missing_from_a_zone_moves_on_too(monkeypatch, state, gcp):
