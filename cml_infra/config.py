@@ -49,13 +49,16 @@ class Config:
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-# The flags the file in use sets (flag → the file), for error messages.
-_set_by_file: dict[str, Path] = {}
+# What the file in use sets: per command, the flags (for error messages and `doctor`).
+_in_use: Config = Config()
+_flags: dict[str, dict[str, str]] = {}
+_command: str | None = None
 
 
 def use(ctx: Any) -> None:
     """Make the project's config file the defaults of the command `ctx` (the CLI's group
     context, before its subcommand parses) is about to run."""
+    global _in_use, _flags, _command
     # Per command, each option's key in the file (its long flag without dashes) → its name.
     options = {
         name: {
@@ -67,18 +70,33 @@ def use(ctx: Any) -> None:
         }
         for name, command in getattr(ctx.command, "commands", {}).items()
     }
-    found = load(find(Path.cwd()), options)
-    ctx.default_map = found.defaults
-    _set_by_file.clear()
-    if found.path is not None:
-        for command, values in found.defaults.items():
-            flags = {name: f"--{key}" for key, name in options[command].items()}
-            _set_by_file.update({flags[name]: found.path for name in values})
+    _in_use = load(find(Path.cwd()), options)
+    _flags = {
+        command: {f"--{key}": name for key, name in keys.items()}
+        for command, keys in options.items()
+    }
+    _command = ctx.invoked_subcommand
+    ctx.default_map = _in_use.defaults
 
 
 def setting_origin(flag: str) -> Path | None:
-    """The config file that sets `flag`, if one does."""
-    return _set_by_file.get(flag)
+    """The config file, when it sets `flag` for the command that runs."""
+    name = _flags.get(_command or "", {}).get(flag)
+    sets = _in_use.defaults.get(_command or "", {})
+    return _in_use.path if name is not None and name in sets else None
+
+
+def describe() -> str:
+    """What the config file in use sets, in a sentence."""
+    flags = sorted(
+        flag
+        for command, values in _in_use.defaults.items()
+        for flag, name in _flags.get(command, {}).items()
+        if name in values
+    )
+    if _in_use.path is None or not flags:
+        return f"no {FILE_NAME} or [tool.cml-infra] sets anything here; built-in defaults"
+    return f"{_in_use.path} sets {', '.join(dict.fromkeys(flags))}"
 
 
 def find(start: Path) -> Path | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from cml_infra import clouds, cost, render, ui
+from cml_infra import clouds, config, cost, render, ui
 from cml_infra.clouds.base import (
     Cloud,
     ErrorClass,
@@ -579,8 +579,9 @@ def catalog_rows(cloud_names: list[str]) -> list[dict[str, Any]]:
 
 
 def doctor(cloud_names: list[str] | None, terraform: str | None) -> list[tuple[str, bool, str]]:
-    """(subject, ready, sentence) for the Terraform engine and each cloud asked about."""
-    results: list[tuple[str, bool, str]] = []
+    """(subject, ready, sentence) for the config file, the Terraform engine and each cloud
+    asked about."""
+    results: list[tuple[str, bool, str]] = [("config", True, config.describe())]
     try:
         engine = Engine.discover(terraform)
         results.append(("terraform", True, engine.label))

@@ -425,9 +425,12 @@ def test_doctor_aws_ready(mocked_aws):
     result = invoke("doctor", "--cloud", "aws")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("terraform: ok: ")
-    assert lines[1].startswith("aws: ok: account 123456789012 as arn:aws:")
-    assert len(lines) == 2
+    assert lines[0] == (
+        "config: ok: no .cml-infra.toml or [tool.cml-infra] sets anything here; built-in defaults"
+    )
+    assert lines[1].startswith("terraform: ok: ")
+    assert lines[2].startswith("aws: ok: account 123456789012 as arn:aws:")
+    assert len(lines) == 3
 
 
 def test_doctor_aws_without_credentials(no_cloud_credentials):

@@ -163,3 +163,24 @@ def test_load_maps_keys_to_parameters(tmp_path):
         "cleanup": {"max_age": "6h"},
     }
     assert config.load(None, options).defaults == {}
+
+
+def test_doctor_says_which_file_sets_what(project):
+    (project / ".cml-infra.toml").write_text(AWS_T4_SPOT)
+    result = CliRunner().invoke(app, ["doctor", "--cloud", "local"])
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    assert (
+        first == f"config: ok: {project / '.cml-infra.toml'} sets --cloud, --gpu, --region, --spot"
+    )
+
+
+def test_an_error_is_put_on_the_file_only_for_the_command_it_configures(project):
+    # The file's top-level cloud is up's and render's; cleanup's --cloud came from its flag.
+    (project / ".cml-infra.toml").write_text('cloud = "gpc"\n')
+    result = CliRunner().invoke(app, ["cleanup", "--cloud", "gpc", "--dry-run"])
+    assert result.exit_code == 2
+    assert "unknown cloud 'gpc'" in result.output and "is set in" not in result.output
+    result = render()
+    assert result.exit_code == 2
+    assert f"--cloud is set in {project / '.cml-infra.toml'}" in result.output
