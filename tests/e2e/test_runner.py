@@ -38,7 +38,7 @@ def test_runner_runs_a_job_then_idles_out(runner_cli: Cli, github, archive) -> N
     assert runner is not None and runner["status"] == "online", "up returned before online"
     assert {label["name"] for label in runner["labels"]} >= {"gpu", "t4", "cml-infra-gpu1"}
 
-    job = github.queue_job(["self-hosted", "cml-infra-gpu1"], seconds=3)
+    job = github.queue_job(["self-hosted", "cml-infra-gpu1"], seconds=6)
     wait_for(lambda: github.job(job)["status"] == "in_progress", "the job to start")
     wait_for(lambda: runner_cli.status()["gpu1"]["state"] == "running", "the agent to see busy")
     wait_for(lambda: github.job(job)["status"] == "completed", "the job to end")
