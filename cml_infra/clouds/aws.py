@@ -29,6 +29,7 @@ _LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 class AwsCloud(VmCloud):
     module = "aws"
     GPU_TYPE_PATTERN = r"^(g4|g5|g6|gr6|p3|p4|p5|p6)"
+    ZONE_REQUIRED = False
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {
         Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
         "logs to /var/lib/cml-infra/instance.log on the instance, and the boot to its console: "
@@ -37,6 +38,9 @@ class AwsCloud(VmCloud):
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
         ("InsufficientInstanceCapacity", ErrorClass.CAPACITY),
         ("InsufficientCapacity", ErrorClass.CAPACITY),
+        # A zone the type is not offered in, or one this account does not have: the next may.
+        ("is not supported in your requested Availability Zone", ErrorClass.CAPACITY),
+        ("Invalid availability zone", ErrorClass.CAPACITY),
         ("SpotMaxPriceTooLow", ErrorClass.CAPACITY),
         ("MaxSpotInstanceCountExceeded", ErrorClass.QUOTA),
         ("VcpuLimitExceeded", ErrorClass.QUOTA),
@@ -70,6 +74,7 @@ class AwsCloud(VmCloud):
             "instance_type": placement.instance_type,
             "spot": spec.spot,
             "max_price": spec.max_price,
+            "availability_zone": placement.zone,
             "gpu": placement.gpu is not None,
             "image_id": spec.image,
             "user_data_base64": user_data,

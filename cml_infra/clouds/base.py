@@ -122,8 +122,9 @@ class Cloud(ABC):
     def classify(self, summary: str, detail: str) -> ErrorClass:
         return ErrorClass.OTHER
 
-    def zones(self, region: str) -> tuple[str, ...]:
-        """Zones `up` may try in `region`, first choice first; () where the cloud picks."""
+    def zones(self, region: str) -> tuple[str | None, ...]:
+        """Zones `up` may try in `region`, first choice first (None: the cloud's own pick);
+        () where there is nothing to choose."""
         return ()
 
     @abstractmethod

@@ -23,6 +23,9 @@ class VmCloud(Cloud):
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = ()
     # Families with GPUs, for a native --type that the catalog does not list.
     GPU_TYPE_PATTERN: ClassVar[str] = r"$^"
+    # True where an instance needs a zone (GCP); False where the cloud picks one unless told
+    # (AWS), so that `up` lets it pick first and names the catalog's zones only after that.
+    ZONE_REQUIRED: ClassVar[bool] = True
 
     @property
     def catalog(self) -> Catalog:
@@ -42,7 +45,7 @@ class VmCloud(Cloud):
             region=region,
             instance_type=offer.instance_type,
             hourly_price=offer.hourly(spec.spot),
-            zone=spec.zone or (zones[0] if zones else None),
+            zone=spec.zone or (zones[0] if zones and self.ZONE_REQUIRED else None),
             spot=spec.spot,
             gpu=offer.gpu or ("unknown" if gpu else None),
             gpu_count=offer.gpu_count,
@@ -73,8 +76,9 @@ class VmCloud(Cloud):
             f"--gpu {spec.gpu}:{spec.gpu_count}, not both",
         )
 
-    def zones(self, region: str) -> tuple[str, ...]:
-        return tuple(self.catalog.regions.get(region, ()))
+    def zones(self, region: str) -> tuple[str | None, ...]:
+        zones = tuple(self.catalog.regions.get(region, ()))
+        return zones if self.ZONE_REQUIRED or not zones else (None, *zones)
 
     def validate(self, spec: RunnerSpec, offer: Offer) -> None:
         """Cloud-specific checks of image, tags and prices, before anything is created."""

@@ -103,6 +103,8 @@ resource "aws_instance" "this" {
   ami           = local.ami_id
   instance_type = var.instance_type
   subnet_id     = var.subnet_id
+  # A subnet fixes the zone; without one, the default VPC's subnet in this zone is used.
+  availability_zone = var.subnet_id == null ? var.availability_zone : null
   # No key pair and no ingress: the only way in is the startup script.
   vpc_security_group_ids = [aws_security_group.this.id]
   ebs_optimized          = local.ebs_optimized

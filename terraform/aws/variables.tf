@@ -118,6 +118,17 @@ variable "root_volume_size_gb" {
   }
 }
 
+variable "availability_zone" {
+  description = "Availability zone to launch in (\"us-east-1b\"), in the region's default VPC. null: AWS picks one. Ignored when subnet_id is set, since a subnet has its own zone."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.availability_zone == null ? true : can(regex("^[a-z]{2}(-[a-z]+)+-[0-9][a-z]$", var.availability_zone))
+    error_message = "The availability_zone must be null (AWS picks) or a zone name such as \"us-east-1b\"."
+  }
+}
+
 variable "subnet_id" {
   description = "Subnet to launch in (\"subnet-...\"). null: the region's default VPC, where AWS picks the subnet and availability zone."
   type        = string

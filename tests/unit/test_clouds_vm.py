@@ -77,6 +77,7 @@ GOLDEN = {
             "instance_type": "m7i.xlarge",
             "spot": False,
             "max_price": None,
+            "availability_zone": None,
             "gpu": False,
             "image_id": None,
             "user_data_base64": SCRIPT_B64,
@@ -226,6 +227,12 @@ CLASSIFY = {
     "aws": [
         ("InsufficientInstanceCapacity: We currently do not have sufficient", ErrorClass.CAPACITY),
         ("SpotMaxPriceTooLow: Your Spot request price", ErrorClass.CAPACITY),
+        (
+            "Unsupported: Your requested instance type (g5.xlarge) is not supported in your "
+            "requested Availability Zone (us-east-1e).",
+            ErrorClass.CAPACITY,
+        ),
+        ("InvalidParameterValue: Invalid availability zone: [us-east-1g]", ErrorClass.CAPACITY),
         ("VcpuLimitExceeded: You have requested more vCPU capacity", ErrorClass.QUOTA),
         ("MaxSpotInstanceCountExceeded", ErrorClass.QUOTA),
         ("UnauthorizedOperation: You are not authorized", ErrorClass.AUTH),
@@ -399,8 +406,11 @@ def test_zones_to_try_come_from_the_catalog(tmp_path):
     assert gcp.zones("us-central1") == (
         "us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f",
     )  # fmt: skip
-    # AWS and Azure pick the zone themselves (default VPC, regional VMs): nothing to walk.
-    assert clouds.get("aws", tmp_path).zones("us-east-1") == ()
+    # AWS picks a zone itself unless told: its own pick first (None), then the catalog's.
+    assert clouds.get("aws", tmp_path).zones("us-east-2") == (
+        None, "us-east-2a", "us-east-2b", "us-east-2c",
+    )  # fmt: skip
+    # Azure VMs here are regional: nothing to walk.
     assert clouds.get("azure", tmp_path).zones("eastus") == ()
     assert clouds.get("local", tmp_path).zones("local") == ()
 

@@ -62,7 +62,8 @@ class ScriptedEngine:
     def apply(self, workspace: Path, state: StateDir, on_event) -> None:
         self._note("apply", workspace)
         variables = json.loads((workspace / "terraform.tfvars.json").read_text())
-        self.zones.append(variables.get("zone"))
+        # GCP's module takes `zone`; AWS's takes `availability_zone` (None: AWS picks).
+        self.zones.append(variables.get("zone", variables.get("availability_zone")))
         outcome = self.outcomes.pop(0)
         if outcome is not None:
             raise TerraformError("apply", [outcome], "")
@@ -113,25 +114,31 @@ def _engine(monkeypatch, state: StateDir, outcomes: list[Diagnostic | None]) -> 
     return engine
 
 
-def test_no_capacity_in_the_first_region_goes_to_the_next(monkeypatch, state, capsys):
+US_EAST_1_ZONES = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1f"]
+US_WEST_2_ZONES = ["us-west-2a", "us-west-2b", "us-west-2c", "us-west-2d"]
+
+
+def test_no_capacity_where_aws_picked_tries_the_zones_in_turn(monkeypatch, state, capsys):
     engine = _engine(monkeypatch, state, [NO_CAPACITY, None])
     record = lifecycle.up(_spec(), state, None)
-    assert (record.state, record.region, record.spot) == ("running", "us-west-2", True)
+    assert (record.state, record.region, record.spot) == ("running", "us-east-1", True)
     assert engine.calls == [
         ("init", "us-east-1", True),
         ("apply", "us-east-1", True),
         ("destroy", "us-east-1", True),  # what the failed attempt made goes before moving on
-        ("init", "us-west-2", True),
-        ("apply", "us-west-2", True),
+        ("init", "us-east-1", True),
+        ("apply", "us-east-1", True),
     ]
+    assert engine.zones == [None, "us-east-1a"]  # AWS's own pick first, then the catalog's
     err = capsys.readouterr().err
-    assert "could not create in us-east-1 (spot)" in err and "trying us-west-2 (spot)" in err
+    assert "could not create in us-east-1 (spot)" in err and "trying us-east-1a (spot)" in err
     assert state.load("gpu-1").instance_id == "us-west-2/i-0123456789abcdef0"
 
 
-def test_a_quota_error_also_moves_on(monkeypatch, state):
-    _engine(monkeypatch, state, [NO_QUOTA, None])
+def test_a_quota_error_skips_the_rest_of_the_region(monkeypatch, state):
+    engine = _engine(monkeypatch, state, [NO_QUOTA, None])
     assert lifecycle.up(_spec(), state, None).region == "us-west-2"
+    assert engine.zones == [None, None]
 
 
 def test_any_other_error_stops_at_once_and_rolls_back(monkeypatch, state):
@@ -144,17 +151,18 @@ def test_any_other_error_stops_at_once_and_rolls_back(monkeypatch, state):
     assert not state.workspace("gpu-1").exists()
 
 
-def test_when_every_region_is_full_the_last_error_is_reported(monkeypatch, state):
-    engine = _engine(monkeypatch, state, [NO_CAPACITY, NO_CAPACITY])
+def test_when_every_zone_of_every_region_is_full_the_last_error_is_reported(monkeypatch, state):
+    tries = 1 + len(US_EAST_1_ZONES) + 1 + len(US_WEST_2_ZONES)
+    engine = _engine(monkeypatch, state, [NO_CAPACITY] * tries)
     with pytest.raises(TerraformError, match="InsufficientInstanceCapacity"):
         lifecycle.up(_spec(), state, None)
-    assert [call[1] for call in engine.calls if call[0] == "apply"] == ["us-east-1", "us-west-2"]
-    assert [call[1] for call in engine.calls if call[0] == "destroy"] == ["us-east-1", "us-west-2"]
+    assert engine.zones == [None, *US_EAST_1_ZONES, None, *US_WEST_2_ZONES]
+    assert [call[0] for call in engine.calls].count("destroy") == tries
     assert state.load("gpu-1").state == "destroyed"
 
 
 def test_on_demand_fallback_comes_after_every_spot_region(monkeypatch, state, capsys):
-    engine = _engine(monkeypatch, state, [NO_CAPACITY, NO_CAPACITY, None])
+    engine = _engine(monkeypatch, state, [NO_QUOTA, NO_QUOTA, None])
     record = lifecycle.up(_spec(on_demand_fallback=True, max_price=0.3), state, None)
     applies = [call[1:] for call in engine.calls if call[0] == "apply"]
     assert applies == [("us-east-1", True), ("us-west-2", True), ("us-east-1", False)]
@@ -165,11 +173,24 @@ def test_on_demand_fallback_comes_after_every_spot_region(monkeypatch, state, ca
     assert "trying us-east-1 (on-demand)" in capsys.readouterr().err
 
 
-def test_without_fallbacks_a_capacity_error_is_final(monkeypatch, state):
-    engine = _engine(monkeypatch, state, [NO_CAPACITY, None])
+def test_without_fallback_regions_the_one_region_is_walked(monkeypatch, state):
+    engine = _engine(monkeypatch, state, [NO_CAPACITY] * (1 + len(US_EAST_1_ZONES)))
     with pytest.raises(TerraformError):
         lifecycle.up(_spec(fallback_regions=()), state, None)
-    assert [call[0] for call in engine.calls].count("apply") == 1
+    assert engine.zones == [None, *US_EAST_1_ZONES]
+
+
+def test_a_zone_aws_does_not_offer_the_type_in_moves_on(monkeypatch, state):
+    unsupported = Diagnostic(
+        "error",
+        "creating EC2 Instance",
+        "api error Unsupported: Your requested instance type (g4dn.xlarge) is not supported in "
+        "your requested Availability Zone (us-east-1a). Please retry your request by not "
+        "specifying an Availability Zone or choosing us-east-1b, us-east-1c.",
+    )
+    engine = _engine(monkeypatch, state, [NO_CAPACITY, unsupported, None])
+    lifecycle.up(_spec(), state, None)
+    assert engine.zones == [None, "us-east-1a", "us-east-1b"]
 
 
 def test_a_failed_clean_up_between_attempts_stops_and_is_recorded(monkeypatch, state):
