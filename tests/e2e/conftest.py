@@ -37,6 +37,22 @@ def processes_in(root: Path) -> list[int]:
     return found
 
 
+def assert_no_processes_in(root: Path, within: float = 15.0) -> None:
+    """No process runs under `root`, or none does within `within` seconds: the instance's own
+    `down` (in a session of its own) may still be exiting when the record already says
+    destroyed. A leaked process outlives the wait, and is named."""
+    deadline = time.monotonic() + within
+    while left := processes_in(root):
+        if time.monotonic() > deadline:
+            described = []
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    described.append(f"{pid}: {cmdline.decode(errors='replace').strip()}")
+            raise AssertionError(f"still running under {root} after {within:g}s: {described}")
+        time.sleep(0.2)
+
+
 class Cli:
     """Runs `python -m cml_infra` against one state dir, as a user would from a shell."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import SCOPE, TOKEN, Cli, processes_in
+from tests.e2e.conftest import SCOPE, TOKEN, Cli, assert_no_processes_in, processes_in
 from tests.e2e.test_runner import our_runner, wait_for
 from tests.fakes.github import FakeGitHub
 
@@ -105,7 +105,7 @@ def test_expired_instance_whose_agent_died_is_destroyed_through_terraform(cli: C
 
     assert cleanup(cli) == []
     cli.ok("down", "alive")
-    assert processes_in(cli.state_dir) == []
+    assert_no_processes_in(cli.state_dir)
 
 
 def test_record_whose_instance_vanished_is_closed(cli: Cli) -> None:
@@ -121,7 +121,7 @@ def test_record_whose_instance_vanished_is_closed(cli: Cli) -> None:
     assert rows[0]["action"] == "remove"
     assert_gone(cli, "vanished")
     assert cleanup(cli) == []
-    assert processes_in(cli.state_dir) == []
+    assert_no_processes_in(cli.state_dir)
 
 
 # --- forge rules, against the fake GitHub -----------------------------------------------------
@@ -148,7 +148,7 @@ def test_idle_runner_is_destroyed_and_deregistered(runner_cli: Cli, github, arch
     runner_cli.ok("down", "worker")
     assert our_runner(github, "worker") is None
     assert github.violations == []
-    assert processes_in(runner_cli.state_dir) == []
+    assert_no_processes_in(runner_cli.state_dir)
 
 
 def test_orphaned_runner_instance_is_destroyed(runner_cli: Cli, github, archive) -> None:
@@ -166,7 +166,7 @@ def test_orphaned_runner_instance_is_destroyed(runner_cli: Cli, github, archive)
     assert_gone(runner_cli, "orph")
     assert cleanup(runner_cli, *forge_args(github), "--orphan-grace", "1s") == []
     assert github.violations == []
-    assert processes_in(runner_cli.state_dir) == []
+    assert_no_processes_in(runner_cli.state_dir)
 
 
 def test_stale_registration_is_deregistered(runner_cli: Cli, github) -> None:
@@ -184,4 +184,4 @@ def test_stale_registration_is_deregistered(runner_cli: Cli, github) -> None:
     assert sorted(r["name"] for r in github.runners(SCOPE)) == ["cml-live", "their-runner"]
     assert cleanup(runner_cli, *forge_args(github)) == []
     assert github.violations == []
-    assert processes_in(runner_cli.state_dir) == []
+    assert_no_processes_in(runner_cli.state_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import processes_in
+from tests.e2e.conftest import assert_no_processes_in
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def test_acceptance_from_an_unrelated_folder(installed: Path, tmp_path: Path) ->
         time.sleep(1)
     sandbox = state / "local" / "instances" / "demo1"
     assert not sandbox.exists()
-    assert processes_in(sandbox) == []
+    assert_no_processes_in(sandbox)
 
 
 def test_cloud_render_and_catalog_from_the_wheel(installed: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli, processes_in
+from tests.e2e.conftest import Cli, assert_no_processes_in, processes_in
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 def assert_gone(cli: Cli, name: str) -> None:
     assert not cli.sandbox(name).exists(), f"sandbox of {name} left behind"
     assert not (cli.state_dir / "runners" / name / "workspace").exists()
-    assert processes_in(cli.sandbox(name)) == []
+    assert_no_processes_in(cli.sandbox(name))
 
 
 def test_up_runs_task_then_idles_out(cli: Cli) -> None:

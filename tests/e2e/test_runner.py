@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import SCOPE, TOKEN, Cli, processes_in
+from tests.e2e.conftest import SCOPE, TOKEN, Cli, assert_no_processes_in, processes_in
 from tests.fakes.github import FakeGitHub
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +47,7 @@ def test_runner_runs_a_job_then_idles_out(runner_cli: Cli, github, archive) -> N
     row = runner_cli.wait_state("gpu1", {"destroyed"}, timeout=40)
     assert row["end_reason"] == "idle for 4s"
     assert not runner_cli.sandbox("gpu1").exists()
-    assert processes_in(runner_cli.state_dir) == []
+    assert_no_processes_in(runner_cli.state_dir)
     log = runner_cli.ok("logs", "gpu1")
     assert "Listening for Jobs" in log and "Running job" in log
 
@@ -62,7 +62,7 @@ def test_single_runner_takes_one_job_and_is_removed(runner_cli: Cli, github, arc
     row = runner_cli.wait_state("once", {"destroyed"}, timeout=40)
     assert row["end_reason"] == "runner finished its job"
     assert our_runner(github, "once") is None, "a single-job runner outlived its job"
-    assert processes_in(runner_cli.state_dir) == []
+    assert_no_processes_in(runner_cli.state_dir)
 
 
 def test_down_removes_the_registration(runner_cli: Cli, github, archive) -> None:
@@ -95,7 +95,7 @@ def test_runner_never_online_is_rolled_back(runner_cli: Cli, github, tmp_path: P
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "did not come online" in errors[0], done.stderr
     assert not runner_cli.sandbox("mute").exists()
-    assert processes_in(runner_cli.state_dir) == []
+    assert_no_processes_in(runner_cli.state_dir)
     assert our_runner(github, "mute") is None
     assert runner_cli.status()["mute"]["state"] == "destroyed"
 
