@@ -37,7 +37,7 @@ def up(
 ) -> None:
     spec = build_spec(**flags)
     state = StateDir(resolve_state_dir(state_dir))
-    reused = lifecycle.reusable(spec, state, token)
+    reused = lifecycle.reusable(spec, state, token) if spec.reuse_idle else None
     if reused is not None:
         _report_reuse(reused, json_output)
         return

@@ -282,10 +282,11 @@ def _where_text(placement: Placement) -> str:
 
 
 def reusable(spec: RunnerSpec, state: StateDir, token: str | None) -> dict[str, Any] | None:
-    """With --reuse-idle, an online idle runner of the scope that has every asked-for label:
-    `up` then creates nothing. Input is checked first, as `up` would, either way."""
+    """An online idle runner of the scope that has every asked-for label (`up --reuse-idle`
+    then creates nothing). Input is checked first, as `up` would, so that bad input is an
+    error whether or not a runner is free."""
     _attempts(spec, state)
-    forge = _forge(spec, token) if spec.reuse_idle else None
+    forge = _forge(spec, token)
     return None if forge is None else forge.idle_runner(spec.labels)
 
 
