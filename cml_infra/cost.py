@@ -32,8 +32,7 @@ def check_budget(placements: Sequence[Placement], ttl: int, budget: float | None
     if budget is None:
         return
     for placement in placements:
-        where = f"{placement.instance_type} ({'spot' if placement.spot else 'on-demand'}"
-        where += f", {placement.region})"
+        where = f"{placement.instance_type} ({placement.market}, {placement.region})"
         if placement.hourly_price is None:
             raise UsageError(
                 "--budget",

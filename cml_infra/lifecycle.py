@@ -277,8 +277,7 @@ def _where(placement: Placement) -> dict[str, Any]:
 
 
 def _where_text(placement: Placement) -> str:
-    market = "spot" if placement.spot else "on-demand"
-    return f"{placement.zone or placement.region} ({market})"
+    return f"{placement.zone or placement.region} ({placement.market})"
 
 
 def reusable(spec: RunnerSpec, state: StateDir, token: str | None) -> dict[str, Any] | None:

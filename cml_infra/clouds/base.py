@@ -44,6 +44,10 @@ class Placement:
     accelerator: str | None = None
     image: str | None = None
 
+    @property
+    def market(self) -> str:
+        return "spot" if self.spot else "on-demand"
+
 
 @dataclass(frozen=True)
 class ManagedInstance:
