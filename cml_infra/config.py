@@ -17,7 +17,8 @@ wins over the built-in default (the file becomes click's `default_map`).
 
 Keys are the flags without their dashes (`idle-timeout`, `type`; '_' may stand for '-'). A
 key that is no option of its command, and a token (which belongs in a CI secret, never in a
-repository), is refused with the file's name.
+repository), is refused with the file's name. A relative path (`state-dir`, `terraform`,
+`runner-archive`) is relative to the file, not to the working folder.
 """
 
 from __future__ import annotations
@@ -167,5 +168,18 @@ def _checked(
         if name not in options:
             valid = ", ".join(sorted(set(options) - REFUSED))
             raise UsageError(str(path), f"unknown key '{prefix}{key}'; valid: {valid}")
-        checked[options[name]] = value
+        checked[options[name]] = _relative_to(path.parent, options[name], value)
     return checked
+
+
+# Options whose value may be a path; one given relative in the file is relative to the file.
+_PATHS = frozenset({"state_dir", "terraform", "runner_archive"})
+
+
+def _relative_to(folder: Path, name: str, value: Any) -> Any:
+    # A bare word is a command (`tofu`, `bundled`) and a URL is a URL: only paths move.
+    if name not in _PATHS or not isinstance(value, str) or "://" in value:
+        return value
+    if "/" not in value and name != "state_dir":
+        return value
+    return str(folder / Path(value).expanduser())

@@ -184,3 +184,26 @@ def test_an_error_is_put_on_the_file_only_for_the_command_it_configures(project)
     result = render()
     assert result.exit_code == 2
     assert f"--cloud is set in {project / '.cml-infra.toml'}" in result.output
+
+
+def test_a_relative_path_in_the_file_is_relative_to_the_file(tmp_path):
+    path = tmp_path / "team" / ".cml-infra.toml"
+    path.parent.mkdir()
+    path.write_text(
+        'state-dir = "state"\nterraform = "bin/terraform"\n'
+        'runner-archive = "https://mirror.example/runner.tgz"\n'
+    )
+    options = {
+        "up": {"state-dir": "state_dir", "terraform": "terraform",
+               "runner-archive": "runner_archive"},
+        "render": {},
+        "cleanup": {"state-dir": "state_dir", "terraform": "terraform"},
+    }  # fmt: skip
+    up = config.load(path, options).defaults["up"]
+    assert up["state_dir"] == str(path.parent / "state")
+    assert up["terraform"] == str(path.parent / "bin" / "terraform")
+    assert up["runner_archive"] == "https://mirror.example/runner.tgz"
+    path.write_text('terraform = "tofu"\n[cleanup]\nstate-dir = "/var/lib/ci-state"\n')
+    loaded = config.load(path, options).defaults
+    assert loaded["up"]["terraform"] == "tofu", "a command name is looked up on PATH"
+    assert loaded["cleanup"]["state_dir"] == "/var/lib/ci-state"
