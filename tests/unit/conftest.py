@@ -52,6 +52,33 @@ def no_cloud_metadata(monkeypatch):
     monkeypatch.setattr(azure, "_credential", NoAzureCredential)
 
 
+@pytest.fixture
+def aws_credentials(monkeypatch):
+    """Fake AWS credentials, and nothing else of the machine's AWS set-up."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # Loading moto's table of public AMIs takes seconds; no test here looks one up.
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
+
+@pytest.fixture
+def mocked_aws(aws_credentials):
+    """EC2 and STS answered in process by moto."""
+    from moto import mock_aws
+
+    from tests.fakes import ec2
+
+    with mock_aws():
+        yield
+    # A client made under moto must never outlive it.
+    ec2.client.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def restore_umask():
     """StateDir.ensure() sets the process umask to 077; later tests must not inherit it."""

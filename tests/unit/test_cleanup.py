@@ -6,10 +6,8 @@ run against moto, and the CLI tests use the local cloud with sandboxes written b
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
-import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,6 +25,7 @@ from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.forge.github import GitHubForge, Scope
 from cml_infra.spec import RunnerSpec
 from cml_infra.workspace import StateDir
+from tests.fakes import ec2
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
@@ -468,54 +467,12 @@ def test_rules_see_only_items_of_their_kind(make_record):
 
 # --- the whole run against moto ---------------------------------------------------------------
 
-AMI = "ami-0123456789abcdef0"
 TYPE = "m7i.large"  # in the aws catalog: rows carry its price
 REGIONS = ("us-east-1", "eu-west-1")
 
 
-@pytest.fixture
-def mocked_aws(monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-    from moto import mock_aws
-
-    with mock_aws():
-        yield
-    _client.cache_clear()
-
-
-@functools.cache
-def _client(region):
-    import boto3
-
-    return boto3.client("ec2", region_name=region)
-
-
 def _launch(region, tags=None):
-    extra = {}
-    if tags:
-        extra["TagSpecifications"] = [
-            {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
-        ]
-    reply = _client(region).run_instances(
-        ImageId=AMI, InstanceType=TYPE, MinCount=1, MaxCount=1, **extra
-    )
-    return f"{region}/{reply['Instances'][0]['InstanceId']}"
-
-
-def _states(ids):
-    states = {}
-    for full_id in ids:
-        region, _, instance_id = full_id.partition("/")
-        reply = _client(region).describe_instances(InstanceIds=[instance_id])
-        states[full_id] = reply["Reservations"][0]["Instances"][0]["State"]["Name"]
-    return states
+    return ec2.launch(region, tags, instance_type=TYPE)[0]
 
 
 GONE = {"shutting-down", "terminated"}
@@ -561,7 +518,7 @@ def test_run_destroys_exactly_ours_that_a_rule_matches(fleet, tmp_path, monkeypa
     rows = cleanup.run(aws_settings(state, regions=("eu-west-1",), dry_run=True), state, None,
                        never_asked)  # fmt: skip
     assert [row.name for row in rows] == ["c"]
-    assert set(_states(everything).values()) == {"running"}, "a dry run or a no changed things"
+    assert set(ec2.states(everything).values()) == {"running"}, "a dry run or a no changed things"
     assert not state.root.exists()
 
     asked = []
@@ -576,7 +533,7 @@ def test_run_destroys_exactly_ours_that_a_rule_matches(fleet, tmp_path, monkeypa
     assert {row.region for row in rows} == set(REGIONS)
     price = load_catalog("aws").for_type(TYPE).hourly(False)
     assert {row.hourly_price for row in rows} == {price}
-    states = _states(everything)
+    states = ec2.states(everything)
     assert {states[ours["a"]], states[ours["c"]]} <= GONE
     survivors = [full_id for full_id in states if full_id not in (ours["a"], ours["c"])]
     assert {states[full_id] for full_id in survivors} == {"running"}
@@ -593,7 +550,7 @@ def test_run_destroys_exactly_ours_that_a_rule_matches(fleet, tmp_path, monkeypa
         ("d", "destroyed (cloud API)"),
     ]
     assert {row.reason for row in rows} == {"2h00m old, over --max-age 1h00m"}
-    states = _states(everything)
+    states = ec2.states(everything)
     assert {states[full_id] for full_id in ours.values()} <= GONE
     assert {states[full_id] for full_id in fleet["theirs"]} == {"running"}
 
@@ -606,7 +563,7 @@ def test_a_record_in_a_region_not_searched_is_left_alone(mocked_aws, tmp_path, m
     state.save(make_record("far", cloud="aws", region="eu-west-1", instance_id=far))
     settings = aws_settings(state, regions=("us-east-1",))
     rows = cleanup.run(settings, state, None, lambda n: True)
-    assert _states([far]) == {far: "running"}, rows
+    assert ec2.states([far]) == {far: "running"}, rows
     assert rows == []
 
 

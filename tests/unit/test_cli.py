@@ -406,21 +406,6 @@ def test_bad_cloud_input_writes_nothing(
     assert not out.exists()
 
 
-@pytest.fixture
-def mocked_aws(monkeypatch):
-    from moto import mock_aws
-
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with mock_aws():
-        yield
-
-
 def test_doctor_aws_ready(mocked_aws):
     result = invoke("doctor", "--cloud", "aws")
     assert result.exit_code == 0, result.output

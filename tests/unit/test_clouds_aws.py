@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import gzip
 import os
 import random
@@ -16,11 +15,10 @@ from cml_infra.clouds.aws import USER_DATA_LIMIT, AwsCloud
 from cml_infra.clouds.base import RenderContext
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import RunnerSpec
+from tests.fakes import ec2
 
 CREATED = datetime(2030, 1, 1, tzinfo=timezone.utc)
 EXPIRES = CREATED + timedelta(hours=1)
-# Any well-formed id: moto runs instances from AMIs it does not know.
-AMI = "ami-0123456789abcdef0"
 
 
 def _spec(**changes):
@@ -116,49 +114,6 @@ def test_max_price_passes_through(cloud):
 # --- EC2 through moto -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def aws_credentials(monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    # Loading moto's table of public AMIs takes seconds; no test here looks one up.
-    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-
-
-@pytest.fixture
-def mocked_aws(aws_credentials):
-    from moto import mock_aws
-
-    with mock_aws():
-        yield
-    # A client made under moto must never outlive it.
-    _client.cache_clear()
-
-
-@functools.cache
-def _client(region):
-    """One EC2 client per region and test: making a client takes a good 0.1 s."""
-    import boto3
-
-    return boto3.client("ec2", region_name=region)
-
-
-def _launch(region, tags=None, count=1):
-    extra = {}
-    if tags is not None:
-        extra["TagSpecifications"] = [
-            {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
-        ]
-    reply = _client(region).run_instances(
-        ImageId=AMI, InstanceType="t3.micro", MinCount=count, MaxCount=count, **extra
-    )
-    return [f"{region}/{instance['InstanceId']}" for instance in reply["Instances"]]
-
-
 def _ours(name, expires):
     return {
         "cml-infra-managed": "true",
@@ -168,33 +123,24 @@ def _ours(name, expires):
     }
 
 
-def _states(*full_ids):
-    states = {}
-    for full_id in full_ids:
-        region, _, instance_id = full_id.partition("/")
-        reply = _client(region).describe_instances(InstanceIds=[instance_id])
-        states[full_id] = reply["Reservations"][0]["Instances"][0]["State"]["Name"]
-    return states
-
-
 @pytest.fixture
 def fleet(mocked_aws):
     """Ours in two regions, next to instances that are not ours or not in a scanned region."""
     expires = 1893456000
     return {
         "ours": {
-            "east-a": _launch("us-east-1", _ours("east-a", expires))[0],
-            "east-b": _launch("us-east-1", _ours("east-b", expires + 60))[0],
-            "west-a": _launch("eu-west-1", _ours("west-a", expires))[0],
+            "east-a": ec2.launch("us-east-1", _ours("east-a", expires))[0],
+            "east-b": ec2.launch("us-east-1", _ours("east-b", expires + 60))[0],
+            "west-a": ec2.launch("eu-west-1", _ours("west-a", expires))[0],
         },
         "others": [
-            *_launch("us-east-1"),
-            *_launch("us-east-1", {"Name": "someone-elses"}),
-            *_launch("us-east-1", {"cml-infra-managed": "false", "cml-infra-name": "not-ours"}),
-            *_launch("eu-west-1", {"cml-infra-managed": "False", "cml-infra-name": "not-ours"}),
-            *_launch("eu-west-1", count=2),
+            *ec2.launch("us-east-1"),
+            *ec2.launch("us-east-1", {"Name": "someone-elses"}),
+            *ec2.launch("us-east-1", {"cml-infra-managed": "false", "cml-infra-name": "not-ours"}),
+            *ec2.launch("eu-west-1", {"cml-infra-managed": "False", "cml-infra-name": "not-ours"}),
+            *ec2.launch("eu-west-1", count=2),
         ],
-        "unscanned": _launch("us-west-2", _ours("far-away", expires)),
+        "unscanned": ec2.launch("us-west-2", _ours("far-away", expires)),
         "expires": expires,
     }
 
@@ -225,7 +171,7 @@ def test_list_managed_only_in_the_regions_asked(cloud, fleet):
 
 
 def test_list_managed_without_a_name_or_expiry_tag(cloud, mocked_aws):
-    [full_id] = _launch("us-east-1", {"cml-infra-managed": "true", "cml-infra-expires": "soon"})
+    [full_id] = ec2.launch("us-east-1", {"cml-infra-managed": "true", "cml-infra-expires": "soon"})
     [instance] = cloud.list_managed(["us-east-1"])
     assert instance.name == full_id.partition("/")[2]
     assert instance.expires_at is None
@@ -235,7 +181,7 @@ def test_terminate_ends_exactly_those(cloud, fleet):
     ours = fleet["ours"]
     targets = [ours["east-a"], ours["west-a"]]
     cloud.terminate(targets)
-    states = _states(*ours.values(), *fleet["others"], *fleet["unscanned"])
+    states = ec2.states([*ours.values(), *fleet["others"], *fleet["unscanned"]])
     assert {states[full_id] for full_id in targets} <= {"shutting-down", "terminated"}
     survivors = [full_id for full_id in states if full_id not in targets]
     assert {states[full_id] for full_id in survivors} == {"running"}
@@ -247,8 +193,8 @@ def test_terminate_an_already_terminated_instance_is_fine(cloud, fleet):
     cloud.terminate([target])
     cloud.terminate([target])
     cloud.terminate([])
-    assert _states(target)[target] == "terminated"
-    assert _states(fleet["ours"]["east-a"])[fleet["ours"]["east-a"]] == "running"
+    assert ec2.states([target])[target] == "terminated"
+    assert ec2.states([fleet["ours"]["east-a"]])[fleet["ours"]["east-a"]] == "running"
 
 
 def test_terminate_an_id_that_never_existed_is_fine(cloud, mocked_aws):
@@ -259,7 +205,7 @@ def test_terminate_live_and_unknown_ids_together_ends_the_live_ones(cloud, fleet
     # EC2 refuses a whole TerminateInstances call when one of its ids is unknown.
     ours = fleet["ours"]
     cloud.terminate([ours["east-a"], "us-east-1/i-0123456789abcdef0", ours["east-b"]])
-    states = _states(*ours.values())
+    states = ec2.states(ours.values())
     assert states[ours["east-a"]] in {"shutting-down", "terminated"}
     assert states[ours["east-b"]] in {"shutting-down", "terminated"}
     assert states[ours["west-a"]] == "running"

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-from moto import mock_aws
 
 from cml_infra import lifecycle
 from cml_infra.errors import CmlInfraError
@@ -19,6 +18,8 @@ from cml_infra.spec import RunnerSpec
 from cml_infra.terraform import Diagnostic, TerraformError
 from cml_infra.workspace import StateDir
 from tests.fakes.gcp import FakeCompute
+
+pytestmark = pytest.mark.usefixtures("mocked_aws")
 
 NO_CAPACITY = Diagnostic(
     "error",
@@ -83,12 +84,6 @@ class ScriptedEngine:
 @pytest.fixture
 def state(tmp_path) -> StateDir:
     return StateDir(tmp_path / "state")
-
-
-@pytest.fixture(autouse=True)
-def ec2():
-    with mock_aws():
-        yield
 
 
 def _spec(**changes) -> RunnerSpec:
