@@ -79,6 +79,27 @@ def mocked_aws(aws_credentials):
     ec2.client.cache_clear()
 
 
+@pytest.fixture
+def route_server(monkeypatch):
+    """Starts loopback servers answering from route tables (tests/fakes/routes.py), with no
+    proxy in the way; all are stopped after the test."""
+    from tests.fakes.routes import Routes
+
+    for key in list(os.environ):
+        if key.lower().endswith("_proxy"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    servers: list[Routes] = []
+
+    def start(routes):
+        servers.append(Routes(routes))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
 @pytest.fixture(autouse=True)
 def restore_umask():
     """StateDir.ensure() sets the process umask to 077; later tests must not inherit it."""

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import ast
-import http.server
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import types
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -298,63 +294,6 @@ GCP_DISCOVERY = Path(__file__).resolve().parents[1] / "data" / "gcp-compute-subs
 TOKEN = "tok-SECRET"
 
 
-class FakeCloud(http.server.ThreadingHTTPServer):
-    """Answers from `routes` ((method, path) → (status, body)) and records every request."""
-
-    daemon_threads = True
-
-    def __init__(self, routes):
-        super().__init__(("127.0.0.1", 0), FakeCloudHandler)
-        self.routes = routes
-        self.requests = []
-        self.base = f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class FakeCloudHandler(http.server.BaseHTTPRequestHandler):
-    def _answer(self):
-        parsed = urllib.parse.urlsplit(self.path)
-        self.server.requests.append(
-            {
-                "method": self.command,
-                "path": parsed.path,
-                "query": urllib.parse.parse_qs(parsed.query),
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-            }
-        )
-        status, body = self.server.routes.get((self.command, parsed.path), (404, "not found"))
-        data = body if isinstance(body, str) else json.dumps(body)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json" if data[:1] in "[{" else "text/plain")
-        self.send_header("Content-Length", str(len(data.encode())))
-        self.end_headers()
-        self.wfile.write(data.encode())
-
-    do_GET = do_DELETE = _answer
-
-    def log_message(self, format, *args):
-        pass
-
-
-@pytest.fixture
-def fake_cloud(monkeypatch):
-    for key in list(os.environ):
-        if key.lower().endswith("_proxy"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    servers = []
-
-    def start(routes):
-        server = FakeCloud(routes)
-        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture(scope="module")
 def gcp_delete_method():
     discovery = json.loads(GCP_DISCOVERY.read_text(encoding="utf-8"))
@@ -396,8 +335,8 @@ def _gcp_agent(tmp_path, server):
     return Agent(config(self_destroy=["@gcp-delete-instance"], endpoints=endpoints), tmp_path)
 
 
-def test_gcp_delete_instance(tmp_path, quiet_log, fake_cloud, gcp_delete_method):
-    server = fake_cloud(_gcp_routes())
+def test_gcp_delete_instance(tmp_path, quiet_log, route_server, gcp_delete_method):
+    server = route_server(_gcp_routes())
     assert _gcp_agent(tmp_path, server)._destroy_once("idle") == 0
     *metadata, delete = server.requests
     assert [r["path"] for r in metadata] == [
@@ -416,11 +355,11 @@ def test_gcp_delete_instance(tmp_path, quiet_log, fake_cloud, gcp_delete_method)
     assert "metadata-flavor" not in delete["headers"]
 
 
-def test_gcp_delete_matches_the_compute_api(tmp_path, quiet_log, fake_cloud, gcp_delete_method):
+def test_gcp_delete_matches_the_compute_api(tmp_path, quiet_log, route_server, gcp_delete_method):
     """The request the fake saw, held against compute.instances.delete in Google's Discovery
     document: method, URL template under servicePath, and each path parameter's pattern."""
     discovery, method = gcp_delete_method
-    server = fake_cloud(_gcp_routes())
+    server = route_server(_gcp_routes())
     assert _gcp_agent(tmp_path, server)._destroy_once("idle") == 0
     delete = server.requests[-1]
     assert method["id"] == "compute.instances.delete"
@@ -446,8 +385,8 @@ def test_gcp_delete_matches_the_compute_api(tmp_path, quiet_log, fake_cloud, gcp
     assert set(operation) <= set(discovery["schemas"]["Operation"]["properties"])
 
 
-def test_gcp_api_failure_does_not_log_the_token(tmp_path, quiet_log, fake_cloud):
-    server = fake_cloud(_gcp_routes(delete=(500, {"error": {"message": f"bad token {TOKEN}"}})))
+def test_gcp_api_failure_does_not_log_the_token(tmp_path, quiet_log, route_server):
+    server = route_server(_gcp_routes(delete=(500, {"error": {"message": f"bad token {TOKEN}"}})))
     assert _gcp_agent(tmp_path, server)._destroy_once("idle") == 1
     assert server.requests[-1]["method"] == "DELETE"
     assert len(quiet_log) == 1
@@ -459,19 +398,18 @@ def test_gcp_api_failure_does_not_log_the_token(tmp_path, quiet_log, fake_cloud)
     ("token_reply", "error"),
     [((200, "not json"), "JSONDecodeError"), ((200, {"token": "x"}), "KeyError")],
 )
-def test_gcp_bad_token_reply(tmp_path, quiet_log, fake_cloud, token_reply, error):
+def test_gcp_bad_token_reply(tmp_path, quiet_log, route_server, token_reply, error):
     routes = _gcp_routes()
     routes[("GET", f"{GCP_METADATA}/instance/service-accounts/default/token")] = token_reply
-    server = fake_cloud(routes)
+    server = route_server(routes)
     assert _gcp_agent(tmp_path, server)._destroy_once("idle") == 1
     assert error in quiet_log[0]
     assert not any(r["method"] == "DELETE" for r in server.requests)
 
 
-def test_metadata_server_unreachable(tmp_path, quiet_log, fake_cloud):
-    server = fake_cloud({})
-    server.shutdown()
-    server.server_close()
+def test_metadata_server_unreachable(tmp_path, quiet_log, route_server):
+    server = route_server({})
+    server.close()
     a = _gcp_agent(tmp_path, server)
     assert a._destroy_once("idle") == 1
     assert "URLError" in quiet_log[0]
@@ -502,8 +440,8 @@ def _azure_agent(tmp_path, server):
     )
 
 
-def test_azure_delete_resource_group(tmp_path, quiet_log, fake_cloud):
-    server = fake_cloud(_azure_routes())
+def test_azure_delete_resource_group(tmp_path, quiet_log, route_server):
+    server = route_server(_azure_routes())
     assert _azure_agent(tmp_path, server)._destroy_once("ttl reached") == 0
     token, compute, delete = server.requests
     assert (token["method"], token["path"]) == ("GET", AZURE_TOKEN_PATH)
@@ -520,18 +458,18 @@ def test_azure_delete_resource_group(tmp_path, quiet_log, fake_cloud):
     assert "metadata" not in delete["headers"]
 
 
-def test_azure_api_failure_does_not_log_the_token(tmp_path, quiet_log, fake_cloud):
-    server = fake_cloud(_azure_routes(delete=(500, {"error": {"message": TOKEN}})))
+def test_azure_api_failure_does_not_log_the_token(tmp_path, quiet_log, route_server):
+    server = route_server(_azure_routes(delete=(500, {"error": {"message": TOKEN}})))
     assert _azure_agent(tmp_path, server)._destroy_once("idle") == 1
     assert len(quiet_log) == 1
     assert "HTTPError" in quiet_log[0]
     assert TOKEN not in quiet_log[0]
 
 
-def test_azure_metadata_without_a_resource_group(tmp_path, quiet_log, fake_cloud):
+def test_azure_metadata_without_a_resource_group(tmp_path, quiet_log, route_server):
     routes = _azure_routes()
     routes[("GET", "/metadata/instance/compute")] = (200, {"subscriptionId": "sub"})
-    server = fake_cloud(routes)
+    server = route_server(routes)
     assert _azure_agent(tmp_path, server)._destroy_once("idle") == 1
     assert "KeyError" in quiet_log[0]
     assert not any(r["method"] == "DELETE" for r in server.requests)
