@@ -1,3 +1,3 @@
-from cml_infra.cli import main
+from cml_infra.entry import main
 
 main()

@@ -1,13 +1,16 @@
-"""The `cml-infra` command line: declarations only; each command is one call into `actions`.
+"""The `cml-infra` command line: declarations only; each command is one call into `commands`.
 
-Nothing heavy is imported here: `cml-infra --help` must stay instant, so the actions module
+Nothing heavy is imported here: `cml-infra --help` must stay instant, so the commands module
 (and with it pydantic, jinja2, rich tables and any cloud SDK) loads only when a command runs.
+The options that shape a runner are declared once, in SPEC_OPTIONS, for both `up` and `render`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -51,13 +54,13 @@ Labels = Annotated[
 ]  # fmt: skip
 IdleTimeout = Annotated[
     str,
-    typer.Option(help="End the instance after this long with nothing running (30s, 5m, 1h).",
-                 envvar="CML_INFRA_IDLE_TIMEOUT", rich_help_panel=LIFETIME),
+    typer.Option(help="End the instance after this long with nothing running (30s, 5m, 1h; "
+                 "at most 366d).", envvar="CML_INFRA_IDLE_TIMEOUT", rich_help_panel=LIFETIME),
 ]  # fmt: skip
 Ttl = Annotated[
     str,
-    typer.Option(help="End the instance this long after creation, whatever it is doing.",
-                 envvar="CML_INFRA_TTL", rich_help_panel=LIFETIME),
+    typer.Option(help="End the instance this long after creation, whatever it is doing (at "
+                 "most 366d).", envvar="CML_INFRA_TTL", rich_help_panel=LIFETIME),
 ]  # fmt: skip
 Single = Annotated[
     bool,
@@ -108,7 +111,8 @@ Image = Annotated[
 ]  # fmt: skip
 Tags = Annotated[
     Optional[list[str]],  # noqa: UP045
-    typer.Option("--tag", help="KEY=VALUE tag (GCP: label) on every resource; repeatable.",
+    typer.Option("--tag", help="KEY=VALUE tag (GCP: label) on every resource; repeatable (the "
+                 "variable: pairs separated by spaces).", envvar="CML_INFRA_TAGS",
                  rich_help_panel=PLACEMENT),
 ]  # fmt: skip
 Repo = Annotated[
@@ -123,7 +127,8 @@ Org = Annotated[
 ]  # fmt: skip
 Token = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="GitHub token that may manage runners; it never leaves this machine.",
+    typer.Option(help="GitHub token that may manage runners; it never leaves this machine. "
+                 "Prefer the variable: a flag's value shows in the process list.",
                  envvar=["CML_INFRA_TOKEN", "GITHUB_TOKEN"], show_default=False,
                  rich_help_panel=RUNNER),
 ]  # fmt: skip
@@ -139,8 +144,8 @@ RunnerGroup = Annotated[
 ]  # fmt: skip
 StartupTimeout = Annotated[
     str,
-    typer.Option(help="End the instance if its runner is not listening for jobs by then.",
-                 envvar="CML_INFRA_STARTUP_TIMEOUT", rich_help_panel=LIFETIME),
+    typer.Option(help="End the instance if its runner is not listening for jobs by then (at "
+                 "most 366d).", envvar="CML_INFRA_STARTUP_TIMEOUT", rich_help_panel=LIFETIME),
 ]  # fmt: skip
 Wait = Annotated[
     bool,
@@ -159,7 +164,7 @@ RunnerArchive = Annotated[
                  "local cloud, a file.", envvar="CML_INFRA_RUNNER_ARCHIVE", rich_help_panel=RUNNER),
 ]  # fmt: skip
 StateDirOpt = Annotated[
-    Optional[Path],  # noqa: UP045
+    Optional[str],  # noqa: UP045
     typer.Option("--state-dir", help="Where runner workspaces and records live; "
                  "default: the user state dir.", envvar="CML_INFRA_HOME", rich_help_panel=OUTPUT),
 ]  # fmt: skip
@@ -172,6 +177,63 @@ TerraformOpt = Annotated[
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON instead of text.", rich_help_panel=OUTPUT)
 ]
+
+
+# The options that shape a runner, for `up` and `render` alike: name → (declaration, default).
+SPEC_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "cloud": (Cloud, "local"),
+    "region": (Region, None),
+    "gpu": (Gpu, None),
+    "size": (Size, None),
+    "instance_type": (InstanceType, None),
+    "spot": (Spot, False),
+    "max_price": (MaxPrice, None),
+    "on_demand_fallback": (OnDemandFallback, False),
+    "budget": (Budget, None),
+    "image": (Image, None),
+    "tags": (Tags, None),
+    "name": (Name, None),
+    "labels": (Labels, None),
+    "repo": (Repo, None),
+    "org": (Org, None),
+    "github_url": (GithubUrl, None),
+    "runner_group": (RunnerGroup, None),
+    "runner_archive": (RunnerArchive, None),
+    "idle_timeout": (IdleTimeout, "5m"),
+    "ttl": (Ttl, "24h"),
+    "startup_timeout": (StartupTimeout, "15m"),
+    "single": (Single, False),
+    "state_dir": (StateDirOpt, None),
+}
+# What only `up` takes: how it launches, not what it makes.
+LAUNCH_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "token": (Token, None),
+    "wait": (Wait, True),
+    "reuse_idle": (ReuseIdle, False),
+    "terraform": (TerraformOpt, None),
+    "json_output": (JsonOpt, False),
+}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_options(*groups: Mapping[str, tuple[Any, Any]]) -> Callable[[F], F]:
+    """Give a command the keyword-only options of `groups` (passed to it as **flags), so that
+    options shared by several commands are declared once."""
+
+    def decorate(func: F) -> F:
+        own = inspect.signature(func, eval_str=True)
+        parameters = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        for group in groups:
+            parameters += [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                  annotation=declaration)
+                for name, (declaration, default) in group.items()
+            ]  # fmt: skip
+        func.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+        func.__annotations__ = {p.name: p.annotation for p in parameters}
+        return func
+
+    return decorate
 
 
 def _version(value: bool) -> None:
@@ -197,55 +259,18 @@ def main_options(
     """
     from cml_infra import config, ui
 
-    ui.quiet = quiet
+    ui.QUIET.set(quiet)
     ui.reported(config.use)(ctx)
 
 
 @app.command()
-def up(
-    command: Command = None,
-    *,
-    cloud: Cloud = "local",
-    region: Region = None,
-    gpu: Gpu = None,
-    size: Size = None,
-    instance_type: InstanceType = None,
-    spot: Spot = False,
-    max_price: MaxPrice = None,
-    on_demand_fallback: OnDemandFallback = False,
-    budget: Budget = None,
-    image: Image = None,
-    tag: Tags = None,
-    name: Name = None,
-    labels: Labels = None,
-    repo: Repo = None,
-    org: Org = None,
-    token: Token = None,
-    github_url: GithubUrl = None,
-    runner_group: RunnerGroup = None,
-    runner_archive: RunnerArchive = None,
-    wait: Wait = True,
-    reuse_idle: ReuseIdle = False,
-    idle_timeout: IdleTimeout = "5m",
-    ttl: Ttl = "24h",
-    startup_timeout: StartupTimeout = "15m",
-    single: Single = False,
-    state_dir: StateDirOpt = None,
-    terraform: TerraformOpt = None,
-    json_output: JsonOpt = False,
-) -> None:
+@with_options(SPEC_OPTIONS, LAUNCH_OPTIONS)
+def up(command: Command = None, **flags: Any) -> None:
     """Create an instance and return once it runs (with --repo/--org: once its GitHub Actions
     runner is online); prints its name."""
-    from cml_infra import actions
+    from cml_infra import commands
 
-    actions.up(state_dir=state_dir, terraform=terraform, json_output=json_output, token=token,
-               command=command or [], cloud=cloud, name=name, region=region, gpu=gpu, size=size,
-               instance_type=instance_type, spot=spot, max_price=max_price,
-               on_demand_fallback=on_demand_fallback, budget=budget, image=image, tags=tag or [],
-               labels=labels or [], idle_timeout=idle_timeout, ttl=ttl, single=single,
-               repo=repo, org=org, github_url=github_url,
-               runner_group=runner_group, runner_archive=runner_archive, wait=wait,
-               reuse_idle=reuse_idle, startup_timeout=startup_timeout)  # fmt: skip
+    commands.up(command or [], flags)
 
 
 @app.command()
@@ -259,10 +284,10 @@ def down(
     reason: Annotated[str | None, typer.Option(hidden=True, envvar="CML_INFRA_END_REASON")] = None,
 ) -> None:
     """Destroy runners; a runner that is already gone is not an error."""
-    from cml_infra import actions
+    from cml_infra import commands
 
-    actions.down(names=names or [], all_runners=all_runners, state_dir=state_dir,
-                 terraform=terraform, reason=reason, token=token)  # fmt: skip
+    commands.down(names=names or [], all_runners=all_runners, state_dir=state_dir,
+                  terraform=terraform, reason=reason, token=token)  # fmt: skip
 
 
 @app.command()
@@ -274,10 +299,10 @@ def status(
     state_dir: StateDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """List runners with their state and idle time."""
-    from cml_infra import actions
+    """List runners with their state, idle time, price and cost so far."""
+    from cml_infra import commands
 
-    actions.status(
+    commands.status(
         state_dir=state_dir, include_destroyed=include_destroyed, json_output=json_output
     )
 
@@ -292,49 +317,24 @@ def logs(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Print the instance log: the agent's lines and the task's output."""
-    from cml_infra import actions
+    from cml_infra import commands
 
-    actions.logs(name=name, follow=follow, state_dir=state_dir)
+    commands.logs(name=name, follow=follow, state_dir=state_dir)
 
 
 @app.command()
+@with_options(SPEC_OPTIONS)
 def render(
     command: Command = None,
     *,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (new or empty).")],
-    cloud: Cloud = "local",
-    region: Region = None,
-    gpu: Gpu = None,
-    size: Size = None,
-    instance_type: InstanceType = None,
-    spot: Spot = False,
-    max_price: MaxPrice = None,
-    image: Image = None,
-    tag: Tags = None,
-    name: Name = None,
-    labels: Labels = None,
-    repo: Repo = None,
-    org: Org = None,
-    github_url: GithubUrl = None,
-    runner_group: RunnerGroup = None,
-    runner_archive: RunnerArchive = None,
-    idle_timeout: IdleTimeout = "5m",
-    ttl: Ttl = "24h",
-    startup_timeout: StartupTimeout = "15m",
-    single: Single = False,
-    state_dir: StateDirOpt = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder to write (new or empty).")],
+    **flags: Any,
 ) -> None:
     """Write the Terraform workspace `up` would apply, without applying it; needs no credentials
     (a runner registration is minted only by `up`: a placeholder stands in for it)."""
-    from cml_infra import actions
+    from cml_infra import commands
 
-    actions.render(output=output, state_dir=state_dir,
-                   command=command or [], cloud=cloud, name=name, region=region, gpu=gpu,
-                   size=size, instance_type=instance_type, spot=spot, max_price=max_price,
-                   image=image, tags=tag or [], labels=labels or [], idle_timeout=idle_timeout,
-                   ttl=ttl, single=single, repo=repo, org=org, github_url=github_url,
-                   runner_group=runner_group, runner_archive=runner_archive,
-                   startup_timeout=startup_timeout)  # fmt: skip
+    commands.render(command or [], output, flags)
 
 
 @app.command()
@@ -347,9 +347,9 @@ def catalog(
     json_output: JsonOpt = False,
 ) -> None:
     """Instance types per GPU and size, with on-demand and spot $/h and the prices' date."""
-    from cml_infra import actions
+    from cml_infra import commands
 
-    actions.catalog(cloud=cloud, json_output=json_output)
+    commands.catalog(cloud=cloud, json_output=json_output)
 
 
 @app.command()
@@ -357,23 +357,28 @@ def doctor(
     *,
     cloud: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Only this cloud; default: every cloud.", envvar="CML_INFRA_CLOUD"),
+        typer.Option(
+            help="Only this cloud; default: the default cloud, and the others as information.",
+            envvar="CML_INFRA_CLOUD",
+        ),
     ] = None,
     terraform: TerraformOpt = None,
+    state_dir: StateDirOpt = None,
 ) -> None:
-    """Check the Terraform engine and each cloud's credentials and project/subscription."""
-    from cml_infra import actions
+    """Check the Terraform engine and the clouds' credentials and project/subscription."""
+    from cml_infra import commands
 
-    actions.doctor(cloud=cloud, terraform=terraform)
+    commands.doctor(cloud=cloud, terraform=terraform, state_dir=state_dir)
 
 
-# Kept in step with cleanup.RULES by a test; written out so that --help imports nothing.
+# Kept in step with the cleanup rules by a test; written out so that --help imports nothing.
 CLEANUP_RULES_HELP = (
     "Rule to apply (repeatable; default: every rule that applies to the inputs given): "
     "expired (past its cml-infra-expires tag or older than --max-age); "
+    "dead (an instance that can take no work: stopped, or its agent is gone); "
     "orphan (forge: a runner instance older than --orphan-grace that no online registration "
     "labels); idle (forge: its runner is not busy and its last job ended over --idle ago); "
-    "stale-state (a record or workspace whose instance is gone); "
+    "stale-state (a record whose instance is gone, or that a dead command left unfinished); "
     "stale-registration (forge: an offline cml-infra registration with no live instance, "
     "registered over --orphan-grace ago); "
     "untracked (opt-in: an instance no state record knows)."
@@ -397,33 +402,78 @@ def cleanup(
     ] = None,
     max_age: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Also destroy instances older than this (6h), expired or not."),
+        typer.Option(
+            help="Also destroy instances older than this (6h), expired or not (at most 366d)."
+        ),
     ] = None,
-    idle: Annotated[str, typer.Option(help="The idle rule's threshold.")] = "30m",
+    idle: Annotated[str, typer.Option(help="The idle rule's threshold (at most 366d).")] = "30m",
     orphan_grace: Annotated[
-        str, typer.Option(help="Grace period of the orphan and stale-registration rules.")
+        str,
+        typer.Option(
+            help="Grace period of the orphan, dead and stale-registration rules (at most 366d)."
+        ),
     ] = "10m",
     rule: Annotated[Optional[list[str]], typer.Option("--rule", help=CLEANUP_RULES_HELP)] = None,  # noqa: UP045
+    max_destroy: Annotated[
+        int,
+        typer.Option(
+            help="Destroy nothing, and fail, when more than this many would be "
+            "destroyed; 0: no limit.",
+            envvar="CML_INFRA_MAX_DESTROY",
+        ),
+    ] = 50,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report only; change nothing.")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask on a terminal.")] = False,
-    repo: Repo = None,
-    org: Org = None,
+    repo: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Look at this repository's runners (OWNER/NAME): enables the forge rules.",
+            envvar="CML_INFRA_REPO",
+        ),
+    ] = None,
+    org: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Look at this organization's runners: enables the forge rules.",
+            envvar="CML_INFRA_ORG",
+        ),
+    ] = None,
     token: Token = None,
     github_url: GithubUrl = None,
     state_dir: StateDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Destroy what outlived its rules: expired, orphaned or idle instances, stale state and
-    registrations, found by tags and labels; never anything without our tag."""
-    from cml_infra import actions
+    """Destroy what outlived its rules: expired, dead, orphaned or idle instances, stale state
+    and registrations, found by tags and labels; never anything without our tag."""
+    from cml_infra import commands
 
-    actions.cleanup(cloud=cloud, regions=region or [], max_age=max_age, idle=idle,
-                    orphan_grace=orphan_grace, rules=rule or [], dry_run=dry_run, yes=yes,
-                    repo=repo, org=org, token=token, github_url=github_url,
-                    state_dir=state_dir, json_output=json_output)  # fmt: skip
+    commands.cleanup(cloud=cloud, regions=region or [], max_age=max_age, idle=idle,
+                     orphan_grace=orphan_grace, rules=rule or [], max_destroy=max_destroy,
+                     dry_run=dry_run, yes=yes, repo=repo, org=org, token=token,
+                     github_url=github_url, state_dir=state_dir,
+                     json_output=json_output)  # fmt: skip
 
 
 def main() -> None:
-    app()
+    """The console script: errors of the command line itself are one line too, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:
+        # typer's usage errors (an unknown option, a missing argument, a bad int); it offers
+        # no public class for them, so they are known by what they carry.
+        message = getattr(exc, "format_message", None)
+        if message is None or not isinstance(getattr(exc, "exit_code", None), int):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"error: {' '.join(message().split())}{hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    sys.exit(code if isinstance(code, int) else 0)

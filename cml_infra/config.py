@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,16 +51,23 @@ class Config:
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-# What the file in use sets: per command, the flags (for error messages and `doctor`).
-_in_use: Config = Config()
-_flags: dict[str, dict[str, str]] = {}
-_command: str | None = None
+@dataclass(frozen=True)
+class InUse:
+    """The config of the command that runs: its file's defaults, each command's flags (flag →
+    option name, for error messages and `doctor`), and which command it is."""
+
+    config: Config = Config()
+    flags: dict[str, dict[str, str]] = field(default_factory=dict)
+    command: str | None = None
+
+
+_NONE = InUse()
+_IN_USE: ContextVar[InUse] = ContextVar("cml_infra_config", default=_NONE)
 
 
 def use(ctx: Any) -> None:
     """Make the project's config file the defaults of the command `ctx` (the CLI's group
     context, before its subcommand parses) is about to run."""
-    global _in_use, _flags, _command
     # Per command, each option's key in the file (its long flag without dashes) → its name.
     options = {
         name: {
@@ -71,33 +79,43 @@ def use(ctx: Any) -> None:
         }
         for name, command in getattr(ctx.command, "commands", {}).items()
     }
-    _in_use = load(find(Path.cwd()), options)
-    _flags = {
-        command: {f"--{key}": name for key, name in keys.items()}
-        for command, keys in options.items()
-    }
-    _command = ctx.invoked_subcommand
-    ctx.default_map = _in_use.defaults
+    in_use = InUse(
+        config=load(find(Path.cwd()), options),
+        flags={
+            command: {f"--{key}": name for key, name in keys.items()}
+            for command, keys in options.items()
+        },
+        command=ctx.invoked_subcommand,
+    )
+    _IN_USE.set(in_use)
+    ctx.default_map = in_use.config.defaults
 
 
 def setting_origin(flag: str) -> Path | None:
     """The config file, when it sets `flag` for the command that runs."""
-    name = _flags.get(_command or "", {}).get(flag)
-    sets = _in_use.defaults.get(_command or "", {})
-    return _in_use.path if name is not None and name in sets else None
+    in_use = _IN_USE.get()
+    name = in_use.flags.get(in_use.command or "", {}).get(flag)
+    sets = in_use.config.defaults.get(in_use.command or "", {})
+    return in_use.config.path if name is not None and name in sets else None
+
+
+def default(command: str, option: str, fallback: Any) -> Any:
+    """What the config file in use sets for `option` of `command`, else `fallback`."""
+    return _IN_USE.get().config.defaults.get(command, {}).get(option, fallback)
 
 
 def describe() -> str:
     """What the config file in use sets, in a sentence."""
+    in_use = _IN_USE.get()
     flags = sorted(
         flag
-        for command, values in _in_use.defaults.items()
-        for flag, name in _flags.get(command, {}).items()
+        for command, values in in_use.config.defaults.items()
+        for flag, name in in_use.flags.get(command, {}).items()
         if name in values
     )
-    if _in_use.path is None or not flags:
+    if in_use.config.path is None or not flags:
         return f"no {FILE_NAME} or [tool.cml-infra] sets anything here; built-in defaults"
-    return f"{_in_use.path} sets {', '.join(dict.fromkeys(flags))}"
+    return f"{in_use.config.path} sets {', '.join(dict.fromkeys(flags))}"
 
 
 def find(start: Path) -> Path | None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from cml_infra.clouds.base import Placement
 from cml_infra.errors import UsageError
+from cml_infra.placement import Placement
+from cml_infra.record import RunnerRecord
 from cml_infra.spec import format_duration
-from cml_infra.workspace import RunnerRecord, utcnow
+from cml_infra.state import utcnow
 
 
 def accrued(record: RunnerRecord, now: datetime | None = None) -> float | None:

@@ -1,48 +1,122 @@
-"""Spec + placement → a Terraform workspace: module copy, root main.tf, tfvars, startup script."""
+"""Spec + placement → a Terraform workspace: module copy, root main.tf, tfvars, startup script.
+
+Every value a template prints is quoted for the file it lands in, by the environment itself
+(jinja2's `finalize`): shell words for `*.sh.j2`, HCL strings for `*.tf.j2`. A template cannot
+forget to quote; what must go in unquoted (the agent's source inside a quoted heredoc, an HCL
+identifier) is wrapped in `Verbatim` by a filter that checks it first.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from cml_infra import __version__, packaged
+from cml_infra.state import make_private_dir, write_private
 
-from cml_infra import __version__, resources
-from cml_infra.clouds.base import Cloud, Placement, RenderContext
-from cml_infra.forge.github import Registration
-from cml_infra.spec import RunnerSpec
-from cml_infra.workspace import make_private_dir, write_private
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
+    from cml_infra.clouds.base import Boot, Cloud, RenderContext
+    from cml_infra.placement import Placement
+    from cml_infra.spec import RunnerSpec
+
+AGENT_PACKAGE = "cml_infra_agent"
 AGENT_DELIMITER = "CML_INFRA_AGENT_EOF"
+CONFIG_DELIMITER = "CML_INFRA_CONFIG_EOF"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+class Verbatim(str):
+    """Text a filter has checked and that goes into a template as it is."""
+
+
+def shell_word(value: object) -> str:
+    """A value as one shell word, whatever characters it holds."""
+    return value if isinstance(value, Verbatim) else shlex.quote(str(value))
+
+
+def hcl_string(value: object) -> str:
+    """A value as an HCL string literal: JSON escapes, plus HCL's own template sequences."""
+    if isinstance(value, Verbatim):
+        return value
+    return json.dumps(str(value)).replace("${", "$${").replace("%{", "%%{")
+
+
+def identifier(value: object, width: int = 0) -> Verbatim:
+    """An HCL identifier (a variable's name), padded to `width` to align a block."""
+    text = str(value)
+    if not _IDENTIFIER.fullmatch(text):
+        raise ValueError(f"{text!r} is not an identifier")
+    return Verbatim(text.ljust(width))
+
+
+def comment(value: object) -> Verbatim:
+    """Free text on a comment line: on one line, whatever it holds."""
+    return Verbatim(" ".join(str(value).split()))
+
+
+def heredoc(delimiter: str) -> Callable[[str], Verbatim]:
+    """Text for a quoted heredoc: verbatim, once it is sure no line ends the heredoc early."""
+
+    def check(text: str) -> Verbatim:
+        if delimiter in text.splitlines():
+            raise ValueError(f"the text holds the heredoc delimiter {delimiter}")
+        return Verbatim(text)
+
+    return check
 
 
 @cache
-def _environment() -> Environment:
+def _environment(quote: Callable[[object], str]) -> Environment:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
     env = Environment(
-        loader=FileSystemLoader(str(resources.templates_dir())),
+        loader=FileSystemLoader(str(packaged.templates_dir())),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
+        finalize=quote,
     )
-    env.filters["shell_quote"] = shlex.quote
+    env.filters.update(
+        identifier=identifier,
+        comment=comment,
+        agent_source=heredoc(AGENT_DELIMITER),
+        config_json=heredoc(CONFIG_DELIMITER),
+    )
     return env
 
 
-def agent_source() -> str:
-    source = (Path(__file__).parent / "agent.py").read_text(encoding="utf-8")
-    if AGENT_DELIMITER in source.replace(f'"{AGENT_DELIMITER}"', ""):
-        raise RuntimeError(f"agent.py contains the heredoc delimiter {AGENT_DELIMITER}")
-    return source.rstrip("\n")
+def shell_templates() -> Environment:
+    return _environment(shell_word)
+
+
+def hcl_templates() -> Environment:
+    return _environment(hcl_string)
+
+
+def agent_files() -> dict[str, str]:
+    """The agent package's modules by file name, as the startup script writes them."""
+    package = Path(__file__).parent / "agent"
+    files = {}
+    for path in sorted(package.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if AGENT_DELIMITER in source.replace(f'"{AGENT_DELIMITER}"', ""):
+            raise RuntimeError(f"{path.name} contains the heredoc delimiter {AGENT_DELIMITER}")
+        files[path.name] = source.rstrip("\n")
+    return files
 
 
 def startup_script(
-    cloud: Cloud, spec: RunnerSpec, expires_at: float, registration: Registration | None = None
+    boot: Boot, spec: RunnerSpec, expires_at: float, runner: dict[str, Any] | None = None
 ) -> str:
-    boot = cloud.boot(spec)
+    """The script an instance boots: it writes the agent and its config, then runs the agent."""
     config: dict[str, Any] = {
         "name": spec.name,
         "idle_timeout": spec.idle_timeout,
@@ -50,41 +124,40 @@ def startup_script(
         "single": spec.single,
         "command": list(spec.command),
         "self_destroy": list(boot.self_destroy),
-        "poll_seconds": 1 if cloud.name == "local" else 5,
+        "poll_seconds": boot.poll_seconds,
     }
-    if registration is not None:
-        from cml_infra import runner
-
-        config["runner"] = runner.agent_config(spec, cloud.name, registration, expires_at)
-    template = _environment().get_template("startup.sh.j2")
-    return template.render(
-        version=__version__,
-        name=spec.name,
-        default_home=boot.home,
-        python=boot.python,
-        ttl_timer=boot.ttl_timer,
-        runner_user=(config.get("runner") or {}).get("user"),
-        gpu=spec.gpu is not None,
-        expires_at=int(expires_at),
-        agent_source=agent_source(),
-        agent_config=json.dumps(config, indent=2),
+    if runner is not None:
+        config["runner"] = runner
+    return (
+        shell_templates()
+        .get_template("startup.sh.j2")
+        .render(
+            version=__version__,
+            name=spec.name,
+            default_home=boot.home,
+            python=boot.python,
+            ttl_timer=boot.ttl_timer,
+            runner_user=runner.get("user") if runner else None,
+            gpu=spec.gpu is not None,
+            expires_at=int(expires_at),
+            agent_package=AGENT_PACKAGE,
+            agent_files=agent_files(),
+            agent_config=json.dumps(config, indent=2),
+        )
     )
 
 
 def root_module(
     cloud: Cloud, spec: RunnerSpec, placement: Placement, variables: dict[str, Any]
 ) -> str:
-    env = _environment()
-    provider_template = f"providers/{cloud.name}.tf.j2"
-    provider = ""
-    if provider_template in env.list_templates():
-        provider = env.get_template(provider_template).render(placement=placement)
+    env = hcl_templates()
+    provider = env.get_template(f"providers/{cloud.module}.tf.j2").render(placement=placement)
     keys = list(variables)
     return env.get_template("root.tf.j2").render(
         version=__version__,
         name=spec.name,
         cloud=cloud.name,
-        provider=provider,
+        provider=Verbatim(provider.strip("\n")),
         module=f"terraform/{cloud.module}",
         variables=keys,
         sensitive=cloud.sensitive_vars(),
@@ -102,7 +175,7 @@ def write_workspace(
 ) -> None:
     """Write the workspace into `dest` (created 0700, files 0600)."""
     make_private_dir(dest)
-    _copy_module(resources.module_dir(cloud.module), dest / "module")
+    _copy_module(packaged.module_dir(cloud.module), dest / "module")
     write_private(dest / "main.tf", root_module(cloud, spec, placement, variables))
     write_private(dest / "terraform.tfvars.json", json.dumps(variables, indent=2) + "\n")
     # The script is in the tfvars too; this copy is for people and linters to read.

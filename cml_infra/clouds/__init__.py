@@ -1,48 +1,73 @@
-"""Cloud registry: `get("local")`; unknown names fail listing every name and alias."""
+"""Cloud registry: `get("gcp")`; unknown names fail listing every name and alias.
+
+Every module in this package that defines a cloud registers it with `@register`; the registry
+imports them all on first use, so adding a cloud adds no line here. Cloud SDKs load later,
+inside the methods that call them.
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable
-from pathlib import Path
+from functools import cache
+from typing import TYPE_CHECKING
 
-from cml_infra.clouds.base import Cloud
 from cml_infra.errors import UsageError
 
+if TYPE_CHECKING:
+    from cml_infra.clouds.base import Cloud
+    from cml_infra.state import StateDir
+
 _REGISTRY: dict[str, type[Cloud]] = {}
-_ALIASES: dict[str, str] = {}
+# Modules of this package that hold no cloud.
+_SUPPORT = frozenset({"base", "tags", "vm"})
 
 
 def register(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[Cloud]], type[Cloud]]:
     def decorate(cls: type[Cloud]) -> type[Cloud]:
         cls.name = name
+        cls.aliases = aliases
         _REGISTRY[name] = cls
-        for alias in aliases:
-            _ALIASES[alias] = name
         return cls
 
     return decorate
 
 
+@cache
+def _discover() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in _SUPPORT and not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def classes() -> dict[str, type[Cloud]]:
+    """Every registered cloud class by name."""
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
 def names() -> list[str]:
-    _load()
-    return sorted(_REGISTRY)
+    return list(classes())
 
 
-def get(name: str, state_dir: Path, flag: str = "--cloud") -> Cloud:
-    _load()
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _REGISTRY:
-        close = difflib.get_close_matches(name.lower(), sorted({*_REGISTRY, *_ALIASES}), n=1)
-        hint = f"did you mean {_ALIASES.get(close[0], close[0])!r}? " if close else ""
+def canonical(name: str, flag: str = "--cloud") -> str:
+    """The registered name of `name` or one of its aliases."""
+    registry = classes()
+    aliases = {alias: cls.name for cls in registry.values() for alias in cls.aliases}
+    key = aliases.get(name.lower(), name.lower())
+    if key not in registry:
+        close = difflib.get_close_matches(name.lower(), sorted({*registry, *aliases}), n=1)
+        hint = f"did you mean {aliases.get(close[0], close[0])!r}? " if close else ""
         raise UsageError(
             flag,
-            f"unknown cloud {name!r}; {hint}valid: {', '.join(sorted(_REGISTRY))} "
-            f"(aliases: {', '.join(sorted(_ALIASES))})",
+            f"unknown cloud {name!r}; {hint}valid: {', '.join(registry)} "
+            f"(aliases: {', '.join(sorted(aliases))})",
         )
-    return _REGISTRY[key](state_dir)
+    return key
 
 
-def _load() -> None:
-    # Importing a cloud module registers it; cloud SDKs load later, inside methods.
-    from cml_infra.clouds import aws, azure, gcp, local  # noqa: F401
+def get(name: str, state: StateDir | None = None, flag: str = "--cloud") -> Cloud:
+    """The cloud called `name`; `state` where its instances may live on this machine."""
+    return classes()[canonical(name, flag)](state)

@@ -10,26 +10,27 @@ import os
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, ClassVar
 
 from cml_infra.catalog import Offer
-from cml_infra.clouds import register
-from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds import register, tags
+from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.placement import Placement
 from cml_infra.spec import RunnerSpec
 
 USER_DATA_LIMIT = 16 * 1024
-MANAGED_FILTER = {"Name": "tag:cml-infra-managed", "Values": ["true"]}
+MANAGED_FILTER = {"Name": f"tag:{tags.MANAGED}", "Values": ["true"]}
 _LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 
 
 @register("aws", aliases=("ec2",))
 class AwsCloud(VmCloud):
     module = "aws"
-    GPU_TYPE_PATTERN = r"^(g4|g5|g6|gr6|p3|p4|p5|p6)"
     ZONE_REQUIRED = False
+    PREEMPTION_PROBE = "aws-spot-notice"
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {
         Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
         "logs to /var/lib/cml-infra/instance.log on the instance, and the boot to its console: "
@@ -52,7 +53,9 @@ class AwsCloud(VmCloud):
         ("InvalidAMIID", ErrorClass.INVALID),
     )
 
-    def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+    def validate(
+        self, spec: RunnerSpec, offer: Offer, *, spot: bool, max_price: float | None
+    ) -> None:
         if spec.instance_type is not None and not re.fullmatch(
             r"[a-z][a-z0-9-]*\.[a-z0-9-]+", spec.instance_type
         ):
@@ -72,14 +75,14 @@ class AwsCloud(VmCloud):
         return {
             "name": spec.name,
             "instance_type": placement.instance_type,
-            "spot": spec.spot,
-            "max_price": spec.max_price,
+            "spot": placement.spot,
+            "max_price": placement.max_price,
             "availability_zone": placement.zone,
             "gpu": placement.gpu is not None,
             "image_id": spec.image,
             "user_data_base64": user_data,
             "expires_at": int(context.expires_at.timestamp()),
-            "tags": spec.resource_tags,
+            "tags": tags.resource_tags(spec),
         }
 
     def sensitive_vars(self) -> frozenset[str]:
@@ -163,9 +166,9 @@ def _names(client: Any, region: str, instance_ids: list[str]) -> set[str]:
             raise CmlInfraError(f"aws {region}: terminate failed: {exc}") from None
         for reservation in answer["Reservations"]:
             for raw in reservation["Instances"]:
-                tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
-                if tags.get("cml-infra-managed") == "true" and "cml-infra-name" in tags:
-                    names.add(tags["cml-infra-name"])
+                found = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+                if tags.is_managed(found) and tags.NAME in found:
+                    names.add(found[tags.NAME])
     return names
 
 
@@ -189,7 +192,7 @@ def _delete_security_groups(client: Any, region: str, names: set[str]) -> None:
     if not names:
         return
     groups = client.describe_security_groups(
-        Filters=[MANAGED_FILTER, {"Name": "tag:cml-infra-name", "Values": sorted(names)}]
+        Filters=[MANAGED_FILTER, {"Name": f"tag:{tags.NAME}", "Values": sorted(names)}]
     )["SecurityGroups"]
     for group in groups:
         try:
@@ -227,20 +230,15 @@ def _ec2(region: str) -> Any:
 
 
 def _managed(region: str, raw: dict[str, Any]) -> ManagedInstance:
-    tags = {tag["Key"]: tag["Value"] for tag in raw.get("Tags", [])}
-    expires = tags.get("cml-infra-expires", "")
     launched = raw.get("LaunchTime")
-    return ManagedInstance(
+    return tags.instance(
+        {tag["Key"]: tag["Value"] for tag in raw.get("Tags", [])},
         id=f"{region}/{raw['InstanceId']}",
-        name=tags.get("cml-infra-name", raw["InstanceId"]),
-        cloud="aws",
+        cloud=AwsCloud.name,
         region=region,
         state=raw["State"]["Name"],
         created_at=launched if isinstance(launched, datetime) else None,
-        expires_at=datetime.fromtimestamp(int(expires), timezone.utc)
-        if expires.isdigit()
-        else None,
-        tags=tags,
+        fallback_name=raw["InstanceId"],
         instance_type=raw.get("InstanceType"),
         hourly_price=_price(raw.get("InstanceType"), raw.get("InstanceLifecycle") == "spot"),
     )
@@ -249,5 +247,5 @@ def _managed(region: str, raw: dict[str, Any]) -> ManagedInstance:
 def _price(instance_type: str | None, spot: bool) -> float | None:
     from cml_infra.catalog import load
 
-    offer = load("aws").for_type(instance_type) if instance_type else None
+    offer = load(AwsCloud.name).for_type(instance_type) if instance_type else None
     return offer.hourly(spot) if offer else None

@@ -10,18 +10,21 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cml_infra.catalog import Offer
-from cml_infra.clouds import register
-from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds import register, tags
+from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.placement import Placement
 from cml_infra.spec import RunnerSpec
 
+if TYPE_CHECKING:
+    from cml_infra.state import StateDir
+
 CUSTOM_DATA_LIMIT = 64 * 1024
-MANAGED_FILTER = "tagName eq 'cml-infra-managed' and tagValue eq 'true'"
+MANAGED_FILTER = f"tagName eq '{tags.MANAGED}' and tagValue eq 'true'"
 _IMAGE_ID = re.compile(
     r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Compute/.+", re.I
 )
@@ -30,7 +33,7 @@ _IMAGE_ID = re.compile(
 @register("azure", aliases=("az",))
 class AzureCloud(VmCloud):
     module = "azure"
-    GPU_TYPE_PATTERN = r"^Standard_N"
+    PREEMPTION_PROBE = "azure-preempt-event"
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {
         Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
         "logs to /var/lib/cml-infra/instance.log on the instance, and cloud-init to "
@@ -48,7 +51,14 @@ class AzureCloud(VmCloud):
         ("InvalidParameter", ErrorClass.INVALID),
     )
 
-    def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+    def __init__(self, state: StateDir | None = None, transport: Any = None) -> None:
+        super().__init__(state)
+        # An azure-core HttpTransport to send requests through instead of the network.
+        self.transport = transport
+
+    def validate(
+        self, spec: RunnerSpec, offer: Offer, *, spot: bool, max_price: float | None
+    ) -> None:
         if spec.instance_type is not None and not re.fullmatch(
             r"(Standard|Basic)_[A-Za-z0-9_-]+", spec.instance_type
         ):
@@ -78,13 +88,13 @@ class AzureCloud(VmCloud):
             "name": spec.name,
             "location": placement.region,
             "vm_size": placement.instance_type,
-            "spot": spec.spot,
-            "max_bid_price": spec.max_price if spec.max_price is not None else -1,
+            "spot": placement.spot,
+            "max_bid_price": placement.max_price if placement.max_price is not None else -1,
             "gpu": placement.gpu is not None,
             "source_image_id": spec.image,
             "custom_data_base64": custom_data,
             "expires_at": int(context.expires_at.timestamp()),
-            "tags": spec.resource_tags,
+            "tags": tags.resource_tags(spec),
         }
 
     def sensitive_vars(self) -> frozenset[str]:
@@ -95,7 +105,7 @@ class AzureCloud(VmCloud):
 
         wanted = None if regions is None else set(regions)
         try:
-            groups = list(_resources().resource_groups.list(filter=MANAGED_FILTER))
+            groups = list(_resources(self.transport).resource_groups.list(filter=MANAGED_FILTER))
         except AzureError as exc:
             raise CmlInfraError(f"azure: could not list resource groups: {exc}") from None
         return [_managed(g) for g in groups if wanted is None or g.location in wanted]
@@ -103,7 +113,7 @@ class AzureCloud(VmCloud):
     def terminate(self, ids: Iterable[str]) -> None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-        client = _resources()
+        client = _resources(self.transport)
         try:
             pollers = []
             for group in ids:
@@ -144,11 +154,7 @@ def _credential() -> Any:
     return DefaultAzureCredential()
 
 
-# An azure-core HttpTransport to send requests through instead of the network: the tests' fake.
-transport: Any = None
-
-
-def _resources() -> Any:
+def _resources(transport: Any = None) -> Any:
     # azure-mgmt-resource 26 keeps the client only in its `resources` subpackage.
     from azure.mgmt.resource.resources import ResourceManagementClient
 
@@ -157,17 +163,12 @@ def _resources() -> Any:
 
 
 def _managed(group: Any) -> ManagedInstance:
-    tags = dict(group.tags or {})
-    expires = tags.get("cml-infra-expires", "")
-    return ManagedInstance(
+    return tags.instance(
+        dict(group.tags or {}),
         id=group.name,
-        name=tags.get("cml-infra-name", group.name),
-        cloud="azure",
+        cloud=AzureCloud.name,
         region=group.location,
         state=str(group.properties.provisioning_state if group.properties else "unknown").lower(),
         created_at=None,
-        expires_at=datetime.fromtimestamp(int(expires), timezone.utc)
-        if expires.isdigit()
-        else None,
-        tags=tags,
+        fallback_name=group.name,
     )

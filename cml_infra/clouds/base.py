@@ -1,4 +1,10 @@
-"""The Cloud protocol: the same small shape for every cloud (see STYLE conventions, "Clouds")."""
+"""The Cloud protocol: the same small shape for every cloud (see STYLE conventions, "Clouds").
+
+A cloud resolves a spec into placements, turns a placement into its module's variables, says
+what a Terraform error means for failover, and lists and terminates what carries our tags when
+the state that made it is gone. Nothing outside `clouds/` asks a cloud its name to decide what
+to do: it asks the cloud.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from cml_infra.spec import RunnerSpec
+if TYPE_CHECKING:
+    from cml_infra.placement import Placement
+    from cml_infra.spec import RunnerSpec
+    from cml_infra.state import StateDir
 
 
 class Feature(enum.Enum):
@@ -29,24 +38,9 @@ class ErrorClass(enum.Enum):
     OTHER = "other"
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where and on what a spec runs, as the cloud resolved it."""
-
-    cloud: str
-    region: str
-    instance_type: str
-    hourly_price: float | None
-    zone: str | None = None
-    spot: bool = False
-    gpu: str | None = None
-    gpu_count: int = 0
-    accelerator: str | None = None
-    image: str | None = None
-
-    @property
-    def market(self) -> str:
-        return "spot" if self.spot else "on-demand"
+# Instance states (as ManagedInstance.state) in which nothing on it can take work: a stopped
+# VM, or a local instance whose process group or agent is gone.
+DEAD_STATES = frozenset({"stopped", "terminated", "agent-dead"})
 
 
 @dataclass(frozen=True)
@@ -65,49 +59,71 @@ class ManagedInstance:
     hourly_price: float | None = None
     instance_type: str | None = None
 
+    @property
+    def dead(self) -> bool:
+        return self.state in DEAD_STATES
+
 
 @dataclass(frozen=True)
 class Boot:
-    """How the startup script runs the agent on this cloud's instances."""
+    """What the startup script and the agent need from a cloud."""
 
+    # The agent's way to end the instance: an argv, or a built-in hook of the agent
+    # (`@name`, see agent/hooks.py) that calls the cloud API with the VM's own identity.
     self_destroy: tuple[str, ...]
+    # The agent's hook that polls the cloud's spot interruption notice (agent/hooks.py).
+    preemption_probe: str | None = None
     python: str = "python3"
     home: str = "/var/lib/cml-infra"
     # Arm a timer at boot that ends the instance at the TTL even if the agent is gone.
     ttl_timer: bool = False
+    # How often the agent looks at the world, in seconds.
+    poll_seconds: int = 5
+    # The runner and its jobs run as this unprivileged user (None: as whoever boots).
+    runner_user: str | None = "cml-runner"
+    # The instance reads the launcher's files (a local runner archive): the local cloud only.
+    reads_launcher_files: bool = False
 
 
 @dataclass(frozen=True)
 class RenderContext:
-    """Launcher-side facts a module needs besides the spec: where state lives, the boot script."""
+    """Launcher-side facts a module needs besides the spec and placement."""
 
-    state_dir: Path
     startup_script: str
     created_at: datetime
     expires_at: datetime
-
-    def tags(self, spec: RunnerSpec) -> dict[str, str]:
-        return {
-            **spec.resource_tags,
-            "cml-infra-managed": "true",
-            "cml-infra-name": spec.name,
-            "cml-infra-expires": str(int(self.expires_at.timestamp())),
-        }
 
 
 class Cloud(ABC):
     """One subclass per cloud; SDKs are imported inside methods so `--help` stays instant."""
 
     name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    # The module folder under terraform/ and the provider template under templates/providers/.
     module: ClassVar[str]
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {}
+    # Diagnostic text → class, first match wins; each cloud lists its own error codes.
+    ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = ()
+    # Priced by a catalog (catalog/data/<name>.yaml).
+    HAS_CATALOG: ClassVar[bool] = False
+    # Its instances run on this machine (cleanup searches it by default).
+    ON_THIS_MACHINE: ClassVar[bool] = False
 
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
+    def __init__(self, state: StateDir | None = None) -> None:
+        # Only a cloud whose instances live on this machine (local) needs the state dir.
+        self.state = state
 
     @abstractmethod
-    def resolve(self, spec: RunnerSpec) -> Placement:
-        """Native placement; an unknown region, size or GPU raises UsageError listing choices."""
+    def resolve(
+        self, spec: RunnerSpec, *, region: str | None, spot: bool, max_price: float | None
+    ) -> Placement:
+        """Native placement in `region` (None: the default) on that market; an unknown region,
+        size or GPU raises UsageError listing the choices."""
+
+    def zones(self, region: str) -> tuple[str | None, ...]:
+        """Zones `up` may try in `region`, first choice first (None: the cloud's own pick);
+        () where there is nothing to choose."""
+        return ()
 
     @abstractmethod
     def boot(self, spec: RunnerSpec) -> Boot:
@@ -124,12 +140,16 @@ class Cloud(ABC):
         return frozenset({"startup_script"})
 
     def classify(self, summary: str, detail: str) -> ErrorClass:
+        text = f"{summary} {detail}"
+        for pattern, error_class in self.ERROR_PATTERNS:
+            if pattern in text:
+                return error_class
         return ErrorClass.OTHER
 
-    def zones(self, region: str) -> tuple[str | None, ...]:
-        """Zones `up` may try in `region`, first choice first (None: the cloud's own pick);
-        () where there is nothing to choose."""
-        return ()
+    def searched_regions(self, regions: Iterable[str] | None) -> Iterable[str] | None:
+        """The regions `cleanup --region` narrows a search to (a cloud with a single region
+        searches it whatever the list says)."""
+        return regions
 
     @abstractmethod
     def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:

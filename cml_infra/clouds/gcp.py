@@ -13,15 +13,16 @@ import os
 import re
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from cml_infra.catalog import Offer
-from cml_infra.clouds import register
-from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, Placement, RenderContext
+from cml_infra.clouds import register, tags
+from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, RenderContext
 from cml_infra.clouds.vm import VmCloud
 from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.placement import Placement
 from cml_infra.spec import RunnerSpec
 
 METADATA_LIMIT = 256 * 1024
@@ -36,7 +37,7 @@ _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 @register("gcp", aliases=("google", "gce"))
 class GcpCloud(VmCloud):
     module = "gcp"
-    GPU_TYPE_PATTERN = r"^(a2|a3|a4|g2|g4)-"
+    PREEMPTION_PROBE = "gcp-preempted"
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {
         Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
         "logs to /var/lib/cml-infra/instance.log on the instance, and the startup script to "
@@ -74,12 +75,14 @@ class GcpCloud(VmCloud):
             price=None,
         )
 
-    def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+    def validate(
+        self, spec: RunnerSpec, offer: Offer, *, spot: bool, max_price: float | None
+    ) -> None:
         if not MIN_RUN_SECONDS <= spec.ttl <= MAX_RUN_SECONDS:
             raise UsageError(
                 "--ttl", "GCP's max run duration (the hard TTL) must be between 30s and 120d"
             )
-        if spec.max_price is not None:
+        if max_price is not None:
             raise UsageError(
                 "--max-price",
                 "GCP Spot VMs have no bid price (GCP charges its current Spot price); drop it",
@@ -105,12 +108,12 @@ class GcpCloud(VmCloud):
             "gpu": placement.gpu is not None,
             "accelerator_type": placement.accelerator,
             "accelerator_count": placement.gpu_count if placement.accelerator else 0,
-            "spot": spec.spot,
+            "spot": placement.spot,
             "image": spec.image,
             "startup_script": metadata_script(context.startup_script),
             "max_run_duration_seconds": spec.ttl,
             "expires_at": int(context.expires_at.timestamp()),
-            "labels": spec.resource_tags,
+            "labels": tags.resource_tags(spec),
         }
 
     def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
@@ -128,7 +131,7 @@ class GcpCloud(VmCloud):
 
         project = _project()
         request = compute_v1.AggregatedListInstancesRequest(
-            project=project, filter='labels.cml-infra-managed = "true"'
+            project=project, filter=f'labels.{tags.MANAGED} = "true"'
         )
         found = []
         pages = _client("Instances").aggregated_list(request=request, retry=_retry())
@@ -250,19 +253,14 @@ def _project() -> str:
 
 
 def _managed(zone: str, region: str, instance: Any) -> ManagedInstance:
-    labels = dict(instance.labels)
-    expires = labels.get("cml-infra-expires", "")
     created = instance.creation_timestamp
-    return ManagedInstance(
+    return tags.instance(
+        dict(instance.labels),
         id=f"{zone}/{instance.name}",
-        name=labels.get("cml-infra-name", instance.name),
-        cloud="gcp",
+        cloud=GcpCloud.name,
         region=region,
         state=str(instance.status).lower(),
         created_at=datetime.fromisoformat(created) if created else None,
-        expires_at=datetime.fromtimestamp(int(expires), timezone.utc)
-        if expires.isdigit()
-        else None,
-        tags=labels,
+        fallback_name=instance.name,
         instance_type=str(instance.machine_type).rpartition("/")[2] or None,
     )

@@ -14,11 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cml_infra import resources
-from cml_infra.clouds import register
-from cml_infra.clouds.base import Boot, Cloud, Feature, ManagedInstance, Placement, RenderContext
+from cml_infra import packaged
+from cml_infra.clouds import register, tags
+from cml_infra.clouds.base import Boot, Cloud, Feature, ManagedInstance, RenderContext
 from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.placement import Placement
 from cml_infra.spec import RunnerSpec
+from cml_infra.state import StateDir
 from cml_infra.terraform import environment_without_secrets
 
 REGION = "local"
@@ -29,23 +31,30 @@ READY_TIMEOUT_SECONDS = 60
 @register("local")
 class LocalCloud(Cloud):
     module = "local"
+    ON_THIS_MACHINE = True
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {
         Feature.SPOT: "a local instance is never preempted",
         Feature.GPU: "the local cloud runs on this machine, which it does not partition",
     }
 
     @property
-    def instances_root(self) -> Path:
-        return self.state_dir / "local" / "instances"
+    def home(self) -> StateDir:
+        if self.state is None:
+            raise CmlInfraError("the local cloud keeps its instances in a state dir; none given")
+        return self.state
 
-    def resolve(self, spec: RunnerSpec) -> Placement:
-        if spec.region not in (None, REGION):
-            raise UsageError(
-                "--region", f"unknown region {spec.region!r} for cloud local; valid: local"
-            )
+    @property
+    def instances_root(self) -> Path:
+        return self.home.root / "local" / "instances"
+
+    def resolve(
+        self, spec: RunnerSpec, *, region: str | None, spot: bool, max_price: float | None
+    ) -> Placement:
+        if region not in (None, REGION):
+            raise UsageError("--region", f"unknown region {region!r} for cloud local; valid: local")
         if spec.gpu is not None:
             raise UsageError("--gpu", f"not on the local cloud: {self.UNSUPPORTED[Feature.GPU]}")
-        if spec.spot:
+        if spot:
             raise UsageError("--spot", f"not on the local cloud: {self.UNSUPPORTED[Feature.SPOT]}")
         for flag, value in (
             ("--size", spec.size),
@@ -70,10 +79,14 @@ class LocalCloud(Cloud):
                 "down",
                 spec.name,
                 "--state-dir",
-                str(self.state_dir),
+                str(self.home.root),
             ),
             python=sys.executable,
             home=str(self.instances_root / spec.name),
+            poll_seconds=1,
+            # As whoever runs cml-infra: this machine has no user made for it.
+            runner_user=None,
+            reads_launcher_files=True,
         )
 
     def module_vars(
@@ -84,10 +97,13 @@ class LocalCloud(Cloud):
             "instances_root": str(self.instances_root),
             "startup_script": context.startup_script,
             "created_at": context.created_at.isoformat(),
-            "tags": context.tags(spec),
-            "log_archive_dir": str(self.state_dir / "runners" / spec.name / "logs"),
+            "tags": tags.managed_tags(spec, context.expires_at),
+            "log_archive_dir": str(self.home.log_dir(spec.name)),
             "ready_timeout_seconds": READY_TIMEOUT_SECONDS,
         }
+
+    def searched_regions(self, regions: Iterable[str] | None) -> Iterable[str] | None:
+        return None  # one region, whatever `cleanup --region` names
 
     def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
         if (regions is not None and REGION not in set(regions)) or not self.instances_root.is_dir():
@@ -96,16 +112,16 @@ class LocalCloud(Cloud):
         for sandbox in sorted(self.instances_root.iterdir()):
             if sandbox.is_dir():
                 found.append(self._describe(sandbox))
-        return [instance for instance in found if instance.tags.get("cml-infra-managed") == "true"]
+        return [instance for instance in found if tags.is_managed(instance.tags)]
 
     def terminate(self, ids: Iterable[str]) -> None:
-        script = resources.module_dir(self.module) / "scripts" / "destroy.sh"
+        script = packaged.module_dir(self.module) / "scripts" / "destroy.sh"
         for instance_id in ids:
             sandbox = self.instances_root / instance_id
             env = {
                 **environment_without_secrets(),
                 "SANDBOX": str(sandbox),
-                "LOG_ARCHIVE_DIR": str(self.state_dir / "runners" / instance_id / "logs"),
+                "LOG_ARCHIVE_DIR": str(self.home.log_dir(instance_id)),
             }
             done = subprocess.run(
                 ["sh", str(script)], env=env, capture_output=True, text=True, check=False
@@ -118,7 +134,7 @@ class LocalCloud(Cloud):
     def instance_log(self, name: str) -> Path | None:
         for path in (
             self.instances_root / name / "instance.log",
-            self.state_dir / "runners" / name / "logs" / "instance.log",
+            self.home.log_dir(name) / "instance.log",
         ):
             if path.is_file():
                 return path
@@ -127,27 +143,22 @@ class LocalCloud(Cloud):
     def _describe(self, sandbox: Path) -> ManagedInstance:
         meta = _read_json(sandbox / "instance.json")
         status = _read_json(sandbox / "agent-status.json")
-        tags = {str(k): str(v) for k, v in meta.get("tags", {}).items()}
+        found = meta.get("tags", {})
+        found = {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
         # A sandbox whose create step died before writing instance.json is still ours to reap.
-        tags.setdefault("cml-infra-managed", "true")
-        tags.setdefault("cml-infra-name", sandbox.name)
-        alive = _group_alive(sandbox / "pgid")
-        state = str(status.get("state", "booting")) if alive else "stopped"
+        found.setdefault(tags.MANAGED, "true")
+        state = _state(sandbox, status)
         idle_seconds = None
-        if alive and state == "idle" and "last_activity" in status:
-            idle_seconds = max(0.0, time.time() - float(status["last_activity"]))
-        expires = tags.get("cml-infra-expires", "")
-        return ManagedInstance(
+        if state == "idle" and "last_activity" in status:
+            idle_seconds = max(0.0, time.time() - _number(status["last_activity"]))
+        return tags.instance(
+            found,
             id=sandbox.name,
-            name=tags["cml-infra-name"],
             cloud=self.name,
             region=REGION,
             state=state,
             created_at=_parse_time(meta.get("created_at")),
-            expires_at=datetime.fromtimestamp(int(expires), timezone.utc)
-            if expires.isdigit()
-            else None,
-            tags=tags,
+            fallback_name=sandbox.name,
             idle_seconds=idle_seconds,
         )
 
@@ -162,9 +173,29 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _parse_time(value: object) -> datetime | None:
     try:
-        return datetime.fromisoformat(str(value))
+        parsed = datetime.fromisoformat(str(value))
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _state(sandbox: Path, status: dict[str, Any]) -> str:
+    """The agent's own state while it runs; `stopped` when the sandbox's process group is gone,
+    `agent-dead` when the group lives on without its agent (nothing would ever end it)."""
+    if not _group_alive(sandbox / "pgid"):
+        return "stopped"
+    if not status:
+        return "booting"
+    if not _agent_alive(status.get("pid"), sandbox):
+        return "agent-dead"
+    return str(status.get("state", "booting"))
 
 
 def _group_alive(pgid_file: Path) -> bool:
@@ -174,3 +205,17 @@ def _group_alive(pgid_file: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _agent_alive(pid: object, sandbox: Path) -> bool:
+    """Whether `pid` is still this sandbox's agent (a pid is reused once its process is gone)."""
+    if not isinstance(pid, int) or pid <= 1:
+        return False
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    # The kernel reports the cwd with every symlink resolved; the state dir may have some.
+    real = Path(os.path.realpath(sandbox))
+    return state != "Z" and (cwd == real or real in cwd.parents)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import gzip
-import re
 from abc import abstractmethod
-from typing import ClassVar
 
 from cml_infra.catalog import Catalog, Offer, load
-from cml_infra.clouds.base import Boot, Cloud, ErrorClass, Placement
-from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.clouds.base import Boot, Cloud
+from cml_infra.errors import UsageError
+from cml_infra.placement import Placement
 from cml_infra.spec import RunnerSpec
 
 DEFAULT_SIZE = "m"
@@ -19,34 +18,32 @@ DEFAULT_SIZE = "m"
 class VmCloud(Cloud):
     """A cloud whose instances are VMs booted from a startup script and priced by a catalog."""
 
-    # Diagnostic text → class, first match wins; each cloud lists its own error codes.
-    ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = ()
-    # Families with GPUs, for a native --type that the catalog does not list.
-    GPU_TYPE_PATTERN: ClassVar[str] = r"$^"
     # True where an instance needs a zone (GCP); False where the cloud picks one unless told
     # (AWS), so that `up` lets it pick first and names the catalog's zones only after that.
-    ZONE_REQUIRED: ClassVar[bool] = True
+    HAS_CATALOG = True
+    ZONE_REQUIRED = True
+    # The agent's hook for this cloud's spot interruption notice (agent/hooks.py).
+    PREEMPTION_PROBE: str | None = None
 
     @property
     def catalog(self) -> Catalog:
         return load(self.name)
 
-    def resolve(self, spec: RunnerSpec) -> Placement:
+    def resolve(
+        self, spec: RunnerSpec, *, region: str | None, spot: bool, max_price: float | None
+    ) -> Placement:
         catalog = self.catalog
-        region = catalog.region(spec.region)
+        region = catalog.region(region)
         offer = self._offer(spec, catalog)
-        self.validate(spec, offer)
-        zones = catalog.regions[region]
-        if spec.zone is not None and spec.zone not in zones:
-            raise CmlInfraError(f"{self.name}: {spec.zone!r} is not a zone of {region}")
-        gpu = offer.gpu is not None or bool(re.match(self.GPU_TYPE_PATTERN, offer.instance_type))
+        self.validate(spec, offer, spot=spot, max_price=max_price)
+        gpu = offer.gpu is not None or catalog.has_builtin_gpu(offer.instance_type)
         return Placement(
             cloud=self.name,
             region=region,
             instance_type=offer.instance_type,
-            hourly_price=offer.hourly(spec.spot),
-            zone=spec.zone or (zones[0] if zones and self.ZONE_REQUIRED else None),
-            spot=spec.spot,
+            hourly_price=offer.hourly(spot),
+            spot=spot,
+            max_price=max_price if spot else None,
             gpu=offer.gpu or ("unknown" if gpu else None),
             gpu_count=offer.gpu_count,
             accelerator=offer.accelerator,
@@ -80,22 +77,21 @@ class VmCloud(Cloud):
         zones = tuple(self.catalog.regions.get(region, ()))
         return zones if self.ZONE_REQUIRED or not zones else (None, *zones)
 
-    def validate(self, spec: RunnerSpec, offer: Offer) -> None:
+    def validate(
+        self, spec: RunnerSpec, offer: Offer, *, spot: bool, max_price: float | None
+    ) -> None:
         """Cloud-specific checks of image, tags and prices, before anything is created."""
 
     def boot(self, spec: RunnerSpec) -> Boot:
-        return Boot(self_destroy=self.self_destroy(), ttl_timer=True)
+        return Boot(
+            self_destroy=self.self_destroy(),
+            preemption_probe=self.PREEMPTION_PROBE if spec.spot else None,
+            ttl_timer=True,
+        )
 
     @abstractmethod
     def self_destroy(self) -> tuple[str, ...]:
         """The agent's way to end the instance, with no long-lived credentials on it."""
-
-    def classify(self, summary: str, detail: str) -> ErrorClass:
-        text = f"{summary} {detail}"
-        for pattern, error_class in self.ERROR_PATTERNS:
-            if pattern in text:
-                return error_class
-        return ErrorClass.OTHER
 
 
 def encode_user_data(

@@ -7,16 +7,22 @@ JIT runner config (single use) or a registration token (valid for an hour).
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from cml_infra import forge
 from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.forge.base import Forge, Registration, RunnerInfo
+from cml_infra.spec import ForgeTarget
+
+if TYPE_CHECKING:
+    from cml_infra.clouds.base import Boot
+    from cml_infra.spec import RunnerSpec
 
 PUBLIC_API = "https://api.github.com"
 _OWNER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
@@ -25,76 +31,59 @@ _REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
 RATE_LIMIT_WAIT_MAX = 60.0
 
 
-@dataclass(frozen=True)
-class Scope:
-    """Where runners register: one repository or a whole organization."""
-
-    repo: str | None = None
-    org: str | None = None
-
-    @classmethod
-    def parse(cls, repo: str | None, org: str | None) -> Scope:
-        if bool(repo) == bool(org):
-            raise UsageError("--repo", "give --repo OWNER/NAME or --org ORG (one of them)")
-        if repo is not None:
-            if not _REPO.fullmatch(repo):
-                raise UsageError("--repo", f"{repo!r} is not OWNER/NAME")
-            return cls(repo=repo)
-        assert org is not None
-        if not _OWNER.fullmatch(org):
-            raise UsageError("--org", f"{org!r} is not an organization name")
-        return cls(org=org)
-
-    @property
-    def path(self) -> str:
-        return f"repos/{self.repo}" if self.repo else f"orgs/{self.org}"
-
-    @property
-    def slug(self) -> str:
-        return self.repo or self.org or ""
-
-    @property
-    def tag(self) -> str:
-        """A label-safe mark of the scope (GCP labels allow no '/', '.' or capitals)."""
-        return hashlib.sha256(self.path.lower().encode()).hexdigest()[:16]
-
-    def html_url(self, api_url: str) -> str:
-        """The URL `config.sh --url` takes: github.com/OWNER/NAME, or the GHES host's."""
-        parts = urlsplit(api_url.rstrip("/"))
-        host = parts.netloc
-        # GitHub.com and GHE.com data residency serve the API on api.<host>; GHES on /api/v3.
-        if host == "api.github.com" or (host.startswith("api.") and host.endswith(".ghe.com")):
-            host = host.removeprefix("api.")
-        return f"{parts.scheme}://{host}/{self.slug}"
+def html_url(target: ForgeTarget, api_url: str) -> str:
+    """The URL `config.sh --url` takes: github.com/OWNER/NAME, or the GHES host's."""
+    parts = urlsplit(api_url.rstrip("/"))
+    host = parts.netloc
+    # GitHub.com and GHE.com data residency serve the API on api.<host>; GHES on /api/v3.
+    if host == "api.github.com" or (host.startswith("api.") and host.endswith(".ghe.com")):
+        host = host.removeprefix("api.")
+    return f"{parts.scheme}://{host}/{target.slug}"
 
 
-@dataclass(frozen=True)
-class Registration:
-    """What the instance needs to join: a JIT config, or a registration token and the URL."""
+@forge.register("github")
+class GitHubForge(Forge):
+    URL_FLAG = "--github-url"
 
-    kind: Literal["jit", "token"]
-    secret: str
-    url: str
-
-
-class GitHubForge:
-    def __init__(
-        self, scope: Scope, token: str, api_url: str = PUBLIC_API, runner_group: str | None = None
-    ) -> None:
+    def __init__(self, target: ForgeTarget, token: str) -> None:
+        super().__init__(target, token)
         if not token:
             raise UsageError(
                 "--token", "no GitHub token: give --token, CML_INFRA_TOKEN or GITHUB_TOKEN"
             )
-        self.scope = scope
-        self.api_url = api_url.rstrip("/")
-        self.runner_group = runner_group
+        self.api_url = (target.api_url or PUBLIC_API).rstrip("/")
         self._token = token
         self._github: Any = None
 
+    @classmethod
+    def check_target(cls, target: ForgeTarget) -> None:
+        if bool(target.repo) == bool(target.org):
+            # Else the API paths would name no scope (`orgs/None`).
+            raise UsageError("--repo", "give --repo OWNER/NAME or --org ORG (one of them)")
+        if target.repo is not None and not _REPO.fullmatch(target.repo):
+            raise UsageError("--repo", f"{target.repo!r} is not OWNER/NAME")
+        if target.org is not None and not _OWNER.fullmatch(target.org):
+            raise UsageError("--org", f"{target.org!r} is not an organization name")
+        api_url = target.api_url
+        if api_url is not None and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", api_url):
+            raise UsageError(cls.URL_FLAG, f"{api_url!r} is not an http(s) URL")
+
     def describe(self) -> dict[str, Any]:
-        """What a record keeps of the forge: never the token."""
-        return {"kind": "github", "scope": self.scope.path, "api_url": self.api_url,
-                "runner_group": self.runner_group}  # fmt: skip
+        return {**super().describe(), "api_url": self.api_url}
+
+    @classmethod
+    def placeholder(cls) -> Registration:
+        from cml_infra.forge.github_runner import PLACEHOLDER
+
+        return PLACEHOLDER
+
+    @classmethod
+    def agent_runner(
+        cls, spec: RunnerSpec, registration: Registration, labels: tuple[str, ...], boot: Boot
+    ) -> dict[str, Any]:
+        from cml_infra.forge import github_runner
+
+        return github_runner.agent_config(spec, registration, labels, boot)
 
     def register(self, name: str, labels: tuple[str, ...], single: bool) -> Registration:
         """A JIT config for a single-job runner, a registration token otherwise."""
@@ -106,43 +95,23 @@ class GitHubForge:
                 "work_folder": "_work",
             }
             data = self._call("POST", "actions/runners/generate-jitconfig", body)
-            return Registration(
-                "jit", str(data["encoded_jit_config"]), self.scope.html_url(self.api_url)
-            )
+            url = html_url(self.target, self.api_url)
+            return Registration("jit", str(data["encoded_jit_config"]), url)
         data = self._call("POST", "actions/runners/registration-token")
-        return Registration("token", str(data["token"]), self.scope.html_url(self.api_url))
+        return Registration("token", str(data["token"]), html_url(self.target, self.api_url))
 
-    def runner(self, name: str) -> dict[str, Any] | None:
-        return next((r for r in self.runners() if r.get("name") == name), None)
-
-    def runners(self) -> list[dict[str, Any]]:
-        """Every self-hosted runner registered in the scope."""
-        found: list[dict[str, Any]] = []
+    def runners(self) -> list[RunnerInfo]:
+        found: list[RunnerInfo] = []
         page = 1
         while True:
             data = self._call("GET", "actions/runners", params={"per_page": 100, "page": page})
-            batch = [dict(runner) for runner in data.get("runners", [])]
+            batch = [_runner_info(runner) for runner in data.get("runners", [])]
             found.extend(batch)
             if len(batch) < 100:
                 return found
             page += 1
 
-    def idle_runner(self, labels: Iterable[str]) -> dict[str, Any] | None:
-        """An online, idle, reusable (not single-job) runner that carries every one of
-        `labels`; the first by name, so that concurrent callers agree."""
-        # GitHub matches `runs-on` labels without regard to case.
-        wanted = {label.lower() for label in labels}
-        fitting = [
-            runner
-            for runner in self.runners()
-            if runner.get("status") == "online"
-            and not runner.get("busy")
-            and not runner.get("ephemeral")
-            and wanted <= {str(label.get("name")).lower() for label in runner.get("labels", [])}
-        ]
-        return min(fitting, key=lambda runner: str(runner.get("name")), default=None)
-
-    def delete_id(self, runner_id: int) -> bool:
+    def deregister_id(self, runner_id: int) -> bool:
         try:
             self._call("DELETE", f"actions/runners/{runner_id}")
         except _NotFound:
@@ -152,7 +121,7 @@ class GitHubForge:
     def last_jobs(self, runs: int = 100) -> dict[str, datetime | None]:
         """runner name → when its latest job completed (None: a job of it is still running),
         from the repository's most recent workflow runs. Organizations have no such listing."""
-        if self.scope.repo is None:
+        if self.target.repo is None:
             return {}
         latest: dict[str, datetime | None] = {}
         data = self._call("GET", "actions/runs", params={"per_page": runs})
@@ -173,36 +142,34 @@ class GitHubForge:
                         latest[runner] = done
         return latest
 
-    def wait_online(self, name: str, timeout: float) -> dict[str, Any]:
+    def wait_online(
+        self, name: str, timeout: float, sleep: Callable[[float], None] | None = None
+    ) -> RunnerInfo:
         """Poll with backoff until the runner shows `online`; GitHub's view, not the VM's."""
         deadline = time.monotonic() + timeout
         delay = 1.0
         while True:
             runner = self.runner(name)
-            if runner is not None and runner.get("status") == "online":
+            if runner is not None and runner.online:
                 return runner
             if time.monotonic() + delay > deadline:
-                seen = "never registered" if runner is None else f"still {runner.get('status')}"
+                seen = "never registered" if runner is None else "still offline"
                 raise CmlInfraError(
                     f"runner {name} did not come online on GitHub within {timeout:.0f}s ({seen})"
                 )
-            time.sleep(delay)
+            (sleep or time.sleep)(delay)
             delay = min(delay * 1.5, 10.0)
 
-    def delete(self, name: str) -> bool:
-        """Remove the registration; False when it was already gone."""
-        runner = self.runner(name)
-        return runner is not None and self.delete_id(int(runner["id"]))
-
     def _runner_group_id(self) -> int:
-        if self.runner_group is None:
+        group = self.target.group
+        if group is None:
             return 1  # GitHub's "Default" group
-        if not self.runner_group.isdigit():
+        if not group.isdigit():
             raise UsageError(
                 "--runner-group",
                 "single-job (JIT) runners need the group's numeric id, e.g. --runner-group 3",
             )
-        return int(self.runner_group)
+        return int(group)
 
     def _client(self) -> Any:
         if self._github is None:
@@ -229,7 +196,7 @@ class GitHubForge:
     ) -> dict[str, Any]:
         from github import GithubException
 
-        url = f"/{self.scope.path}/{path}"
+        url = f"/{self.target.scope_path}/{path}"
         for attempt in range(2):
             try:
                 _, data = self._client().requester.requestJsonAndCheck(
@@ -261,7 +228,7 @@ class GitHubForge:
             return CmlInfraError(f"github: the token was rejected (401 {message}); check --token")
         if status == 404:
             return _NotFound(
-                f"github: {self.scope.slug} not found, or the token cannot see it (404 on {where})"
+                f"github: {self.target.slug} not found, or the token cannot see it (404 on {where})"
             )
         wait = _rate_limit_wait(exc)
         if wait is not None:
@@ -300,6 +267,30 @@ def _rate_limit_wait(exc: Any) -> float | None:
         except (TypeError, ValueError):
             return None
     return None
+
+
+def _runner_info(raw: dict[str, Any]) -> RunnerInfo:
+    return RunnerInfo(
+        id=int(raw["id"]),
+        name=str(raw["name"]),
+        online=raw.get("status") == "online",
+        busy=bool(raw.get("busy")),
+        ephemeral=bool(raw.get("ephemeral")),
+        labels=tuple(str(label.get("name")) for label in raw.get("labels", [])),
+    )
+
+
+@forge.register_ci
+def github_actions_outputs(outputs: Mapping[str, str], summary: str | None) -> None:
+    """Inside a GitHub Actions step: outputs to $GITHUB_OUTPUT, a table to the job summary."""
+    output = os.environ.get("GITHUB_OUTPUT")
+    if output:
+        with open(output, "a", encoding="utf-8") as handle:
+            handle.write("".join(f"{key}={value}\n" for key, value in outputs.items()))
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary and summary:
+        with open(step_summary, "a", encoding="utf-8") as handle:
+            handle.write(summary)
 
 
 def _parse_time(value: object) -> datetime | None:

@@ -18,9 +18,6 @@ locals {
   # most; trailing dashes of the cut are dropped so the separator stays readable.
   service_account_id = "cml-${replace(substr(var.name, 0, 19), "/-+$/", "")}-${substr(sha1(var.name), 0, 6)}"
 
-  # Machine series whose GPUs are part of the machine type (no guest_accelerator needed).
-  builtin_gpu = can(regex("^(a2|a3|a4|a4x|g2|g4)-", var.machine_type))
-
   image = coalesce(
     var.image,
     try(data.google_compute_image.gpu[0].self_link, null),
@@ -181,11 +178,6 @@ resource "google_compute_instance" "runner" {
     precondition {
       condition     = var.accelerator_type == null || var.gpu
       error_message = "An attached GPU (accelerator_type) needs gpu = true: the Deep Learning VM image and on_host_maintenance = \"TERMINATE\"."
-    }
-
-    precondition {
-      condition     = !local.builtin_gpu || var.gpu
-      error_message = "Machine type ${var.machine_type} has built-in GPUs: set gpu = true (a2, a3, a4, g2 and g4 machine types cannot live-migrate and need the NVIDIA driver)."
     }
 
     precondition {

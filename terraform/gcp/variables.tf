@@ -43,7 +43,7 @@ variable "machine_type" {
 }
 
 variable "gpu" {
-  description = "The VM has GPUs (built in, as on a2/a3/g2, or attached with accelerator_type): boots the Deep Learning VM image, disables Secure Boot and sets on_host_maintenance = \"TERMINATE\"."
+  description = "The VM has GPUs, built into its machine type (a2, a3, g2, ...: cml-infra sets this from its catalog's list of GPU families) or attached with accelerator_type: boots the Deep Learning VM image, disables Secure Boot and sets on_host_maintenance = \"TERMINATE\". Machine types with built-in GPUs need it: they cannot live-migrate."
   type        = bool
   default     = false
   nullable    = false

@@ -118,7 +118,7 @@ def test_record_whose_instance_vanished_is_closed(cli: Cli) -> None:
     assert summary(rows) == [
         ("state", "vanished", "stale-state", "leftovers destroyed, record closed")
     ]
-    assert rows[0]["action"] == "remove"
+    assert rows[0]["action"] == "forget"
     assert_gone(cli, "vanished")
     assert cleanup(cli) == []
     assert_no_processes_in(cli.state_dir)
@@ -155,12 +155,14 @@ def test_orphaned_runner_instance_is_destroyed(runner_cli: Cli, github, archive)
     runner_up(runner_cli, github, archive, "orph")
     # Killed, the runner cannot go offline: GitHub goes on showing it online...
     kill_instance(runner_cli, "orph")
-    assert cleanup(runner_cli, *forge_args(github), "--orphan-grace", "1s", "--dry-run") == []
+    # (the `dead` rule would take the killed instance at once: this test is orphan's)
+    orphan_only = (*forge_args(github), "--orphan-grace", "1s", "--rule", "orphan")
+    assert cleanup(runner_cli, *orphan_only, "--dry-run") == []
     # ...until its registration is deleted behind cml-infra's back.
     delete_registration(github, int(our_runner(github, "orph")["id"]))
     assert our_runner(github, "orph") is None
 
-    rows = cleanup(runner_cli, *forge_args(github), "--orphan-grace", "1s")
+    rows = cleanup(runner_cli, *orphan_only)
     assert summary(rows) == [("instance", "orph", "orphan", "destroyed (terraform)")]
     assert str(rows[0]["reason"]).startswith("no online runner carries cml-infra-orph after ")
     assert_gone(runner_cli, "orph")

@@ -14,7 +14,7 @@ from pathlib import Path
 import hcl2
 import pytest
 
-from cml_infra.terraform import Engine
+from cml_infra.terraform import Engine, EngineHome
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, s
 
 
 def test_terraform_fmt(rendered: dict[tuple[str, str, str], Path]) -> None:
-    engine = Engine.discover(None)
+    engine = Engine.discover(None, EngineHome(Path("/nonexistent")))
     for dest in rendered.values():
         done = subprocess.run([*engine.argv, "fmt", "-check", "-recursive", "-diff", str(dest)],
                               capture_output=True, text=True, check=False)  # fmt: skip
@@ -199,7 +199,8 @@ def test_runner_mode_renders_within_user_data_limits(cloud: str, tmp_path: Path)
         script.split("<<'CML_INFRA_CONFIG_EOF'\n")[1].split("\nCML_INFRA_CONFIG_EOF")[0]
     )
     assert config["runner"]["user"] == "cml-runner"
-    assert config["runner"]["preemption"] == cloud
+    probes = {"aws": "aws-spot-notice", "gcp": "gcp-preempted", "azure": "azure-preempt-event"}
+    assert config["runner"]["preemption"] == probes[cloud]
     assert (
         config["runner"]["archive"]["sha256"] and config["runner"]["registration"]["kind"] == "jit"
     )

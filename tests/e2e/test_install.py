@@ -51,7 +51,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_carries_modules_and_templates(installed: Path, tmp_path: Path) -> None:
     probe = subprocess.run(
         [str(installed / "bin" / "python"), "-c",
-         "import cml_infra, cml_infra.resources as r; "
+         "import cml_infra, cml_infra.packaged as r; "
          "print(cml_infra.__file__); print(r.data_root())"],
         cwd=tmp_path, capture_output=True, text=True, check=True,
     )  # fmt: skip

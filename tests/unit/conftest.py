@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cml_infra.workspace import RunnerRecord
+from cml_infra.record import RunnerRecord
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cml_infra import __version__
-from cml_infra.actions import STATUS_COLUMNS
 from cml_infra.cli import app
-from cml_infra.workspace import StateDir
+from cml_infra.commands import STATUS_COLUMNS
+from cml_infra.state import StateDir
 
 REPO = Path(__file__).resolve().parents[2]
 

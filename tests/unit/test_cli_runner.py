@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cml_infra.cli import app
-from cml_infra.runner import PLACEHOLDER, pinned
+from cml_infra.forge.github_runner import PLACEHOLDER, pinned
 from tests.fakes.github import FakeGitHub
 
 TOKEN = "ghp_unit_CANARY_123"
@@ -183,10 +183,9 @@ def test_up_with_a_rejected_token_rolls_back_and_leaves_nothing(state_root, gh):
     assert WRONG_TOKEN not in result.output and TOKEN not in result.output
     assert gh.runners() == []
 
-    rows = json.loads(invoke("status", "--all", "--json").stdout)
-    assert [(row["name"], row["state"]) for row in rows] == [("tok-1", "destroyed")]
-    assert "token was rejected" in rows[0]["error"]
-    assert json.loads(invoke("status", "--json").stdout) == [], "no live record"
+    # Nothing was created, so nothing is recorded: not even a `destroyed` record.
+    assert json.loads(invoke("status", "--all", "--json").stdout) == []
+    assert not (state_root / "runners" / "tok-1").exists()
     assert not (state_root / "local" / "instances" / "tok-1").exists()
     assert not (state_root / "runners" / "tok-1" / "workspace").exists()
     leaked = [
@@ -216,8 +215,9 @@ def test_reuse_idle_without_a_fitting_runner_creates_one(state_root, gh):
         "--token", TOKEN, "--labels", "gpu,t4", "--reuse-idle", "--terraform", "false",
     )  # fmt: skip
     assert result.exit_code == 1, result.output
-    rows = json.loads(invoke("status", "--all", "--json").stdout)
-    assert [(row["name"], row["state"]) for row in rows] == [("new-1", "destroyed")]
+    assert "terraform init failed" in result.output
+    # The failure came before apply: nothing was created, so nothing is recorded.
+    assert json.loads(invoke("status", "--all", "--json").stdout) == []
 
 
 def test_up_with_an_unknown_repo_is_one_error_line(state_root, gh):

@@ -143,9 +143,16 @@ def test_cleanup_takes_its_table(project, monkeypatch):
 
 
 def test_render_skips_the_launch_only_keys_of_up(project):
-    # --budget is an option of up alone; the same file serves both commands.
-    (project / ".cml-infra.toml").write_text('cloud = "aws"\nbudget = 0.01\n')
+    # --wait and --reuse-idle are options of up alone; the same file serves both commands.
+    (project / ".cml-infra.toml").write_text('cloud = "aws"\nwait = false\nreuse-idle = false\n')
     assert render().exit_code == 0
+
+
+def test_render_checks_the_budget_as_up_would(project):
+    (project / ".cml-infra.toml").write_text('cloud = "aws"\nbudget = 0.01\n')
+    result = render()
+    assert result.exit_code == 2
+    assert result.output.startswith("error: --budget: ")
 
 
 def test_load_maps_keys_to_parameters(tmp_path):

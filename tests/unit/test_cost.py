@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cml_infra import cost
-from cml_infra.clouds.base import Placement
 from cml_infra.errors import UsageError
-from cml_infra.workspace import StateDir
+from cml_infra.placement import Placement
+from cml_infra.state import StateDir
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 

@@ -14,17 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from cml_infra import agent, clouds, render
+from cml_infra import clouds, packaged, render
 from cml_infra.clouds.base import RenderContext
 from cml_infra.spec import RunnerSpec
-from cml_infra.terraform import Engine
+from cml_infra.state import StateDir
+from cml_infra.terraform import Engine, EngineHome
+
+AGENT_PACKAGE = Path(render.__file__).parent / "agent"
 
 VENV_SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
 
 def _terraform():
     """The engine cml-infra itself would use: terraform/tofu on PATH, else the bundled one."""
-    return list(Engine.discover(None).argv)
+    return list(Engine.discover(None, EngineHome(Path("/nonexistent"))).argv)
 
 
 def _shellcheck():
@@ -48,14 +51,13 @@ def runner_spec():
 
 @pytest.fixture
 def rendered(tmp_path, runner_spec, umask_022):
-    state_root = tmp_path / "state"
-    cloud = clouds.get("local", state_root)
-    placement = cloud.resolve(runner_spec)
+    cloud = clouds.get("local", StateDir(tmp_path / "state"))
+    placement = cloud.resolve(runner_spec, region=None, spot=False, max_price=None)
     created = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     expires = created + timedelta(seconds=runner_spec.ttl)
-    script = render.startup_script(cloud, runner_spec, expires.timestamp())
+    script = render.startup_script(cloud.boot(runner_spec), runner_spec, expires.timestamp())
     dest = tmp_path / "ws"
-    context = RenderContext(state_root, script, created, expires)
+    context = RenderContext(script, created, expires)
     variables = cloud.module_vars(runner_spec, placement, context)
     render.write_workspace(dest, cloud, runner_spec, placement, context, variables)
     return dest, variables, script, expires
@@ -77,7 +79,7 @@ def test_workspace_files(rendered):
 
 def test_module_copy_is_identical_to_the_source(rendered):
     dest, *_ = rendered
-    source = Path(render.resources.module_dir("local"))
+    source = Path(packaged.module_dir("local"))
     for path in source.rglob("*"):
         if path.is_file():
             assert (dest / "module" / path.relative_to(source)).read_text() == path.read_text()
@@ -139,7 +141,8 @@ def test_shellcheck_passes_on_startup_script(rendered):
 def test_startup_script_carries_the_agent_and_its_config(rendered, runner_spec, tmp_path):
     _, _, script, expires = rendered
     assert script.startswith("#!/usr/bin/env bash\n")
-    assert render.agent_source() in script
+    for source in render.agent_files().values():
+        assert source in script
     match = re.search(
         r"<<'CML_INFRA_CONFIG_EOF'\n(.*?)\nCML_INFRA_CONFIG_EOF\n", script, flags=re.DOTALL
     )
@@ -156,10 +159,11 @@ def test_startup_script_carries_the_agent_and_its_config(rendered, runner_spec, 
 
 
 def test_startup_script_writes_the_agent_byte_for_byte(rendered, tmp_path):
-    """Run the script up to its `exec` line: the heredocs must reproduce agent.py and the JSON."""
+    """Run the script up to its `exec` line: the heredocs must reproduce the agent package and
+    the JSON."""
     _, _, script, _ = rendered
     head, _, tail = script.rpartition("\nexec ")
-    assert "agent.py --config agent-config.json" in tail
+    assert "-m cml_infra_agent --config agent-config.json" in tail
     home = tmp_path / "instance"
     done = subprocess.run(
         ["bash", "-c", head + "\n"],
@@ -170,10 +174,14 @@ def test_startup_script_writes_the_agent_byte_for_byte(rendered, tmp_path):
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    assert (home / "agent.py").read_text() == Path(agent.__file__).read_text()
+    written = home / "cml_infra_agent"
+    modules = sorted(path.name for path in AGENT_PACKAGE.glob("*.py"))
+    assert sorted(path.name for path in written.iterdir()) == modules
+    for module in modules:
+        assert (written / module).read_text() == (AGENT_PACKAGE / module).read_text(), module
+        assert stat.S_IMODE(os.stat(written / module).st_mode) == 0o600
     config = json.loads((home / "agent-config.json").read_text())
     assert config["name"] == "render-me"
-    assert stat.S_IMODE(os.stat(home / "agent.py").st_mode) == 0o600
 
 
 def test_main_tf_marks_startup_script_sensitive(rendered):
@@ -190,38 +198,40 @@ def test_main_tf_marks_startup_script_sensitive(rendered):
     assert 'source = "./module"' in main_tf
 
 
-def test_agent_source_is_agent_py(tmp_path):
-    source = render.agent_source()
-    assert source == Path(agent.__file__).read_text().rstrip("\n")
-    lines = source.splitlines()
-    assert render.AGENT_DELIMITER not in lines
+def test_agent_files_are_the_agent_package():
+    files = render.agent_files()
+    assert set(files) == {path.name for path in AGENT_PACKAGE.glob("*.py")}
+    for name, source in files.items():
+        assert source == (AGENT_PACKAGE / name).read_text().rstrip("\n")
+        assert render.AGENT_DELIMITER not in source.splitlines()
 
 
 def _fake_agent(tmp_path, monkeypatch, text):
-    (tmp_path / "agent.py").write_text(text)
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "loop.py").write_text(text)
     monkeypatch.setattr(render, "__file__", str(tmp_path / "render.py"))
 
 
 def test_agent_source_guard_rejects_the_delimiter(tmp_path, monkeypatch):
     _fake_agent(tmp_path, monkeypatch, "x = 1\nCML_INFRA_AGENT_EOF\nrm -rf ~\n")
     with pytest.raises(RuntimeError, match="heredoc delimiter CML_INFRA_AGENT_EOF"):
-        render.agent_source()
+        render.agent_files()
 
 
 def test_agent_source_guard_allows_the_quoted_constant(tmp_path, monkeypatch):
     _fake_agent(tmp_path, monkeypatch, 'DELIMITER = "CML_INFRA_AGENT_EOF"\n\n')
-    assert render.agent_source() == 'DELIMITER = "CML_INFRA_AGENT_EOF"'
+    assert render.agent_files() == {"loop.py": 'DELIMITER = "CML_INFRA_AGENT_EOF"'}
 
 
 def test_agent_source_guard_rejects_the_unquoted_name_anywhere(tmp_path, monkeypatch):
     _fake_agent(tmp_path, monkeypatch, "# see CML_INFRA_AGENT_EOF\n")
     with pytest.raises(RuntimeError):
-        render.agent_source()
+        render.agent_files()
 
 
 def test_root_module_lists_variables_aligned(runner_spec, tmp_path):
-    cloud = clouds.get("local", tmp_path)
-    placement = cloud.resolve(runner_spec)
+    cloud = clouds.get("local", StateDir(tmp_path))
+    placement = cloud.resolve(runner_spec, region=None, spot=False, max_price=None)
     text = render.root_module(cloud, runner_spec, placement, {"a": 1, "longer_name": 2})
     assert "  a           = var.a\n" in text
     assert "  longer_name = var.longer_name\n" in text
@@ -238,23 +248,24 @@ def test_root_module_lists_variables_aligned(runner_spec, tmp_path):
     ],
 )
 def test_prepared_workspace_of_every_cloud(tmp_path, cloud, sensitive):
-    from cml_infra import lifecycle
-    from cml_infra.workspace import StateDir
+    from cml_infra.lifecycle import prepare
 
     spec = RunnerSpec(name="render-me", cloud=cloud, idle_timeout=120, ttl=3600)
     state = StateDir(tmp_path / "state")
-    prepared = lifecycle.prepare(spec, state)
+    launch = prepare.plan(spec, state)
+    context = launch.context(launch.startup_script(None))
+    variables = launch.variables(launch.attempts[0], context)
     dest = tmp_path / "ws"
     render.write_workspace(
-        dest, prepared.cloud, spec, prepared.placement, prepared.context, prepared.variables
+        dest, launch.cloud, spec, launch.attempts[0].placement, context, variables
     )
-    assert json.loads((dest / "terraform.tfvars.json").read_text()) == prepared.variables
-    assert (dest / "startup.sh").read_text() == prepared.context.startup_script
+    assert json.loads((dest / "terraform.tfvars.json").read_text()) == variables
+    assert (dest / "startup.sh").read_text() == context.startup_script
     assert (dest / "module" / "variables.tf").is_file()
     assert not (dest / "module" / "examples").exists()
     main_tf = (dest / "main.tf").read_text()
     blocks = dict(re.findall(r'variable "(\w+)" \{\n(.*?)\n\}', main_tf, flags=re.DOTALL))
-    assert set(blocks) == set(prepared.variables)
+    assert set(blocks) == set(variables)
     marked = {key for key, body in blocks.items() if "sensitive   = true" in body}
     assert marked == {sensitive}
     assert not state.root.exists(), "preparing and rendering create no state"

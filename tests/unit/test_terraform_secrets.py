@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cml_infra.terraform import SECRET_VARIABLES, Engine
-from cml_infra.workspace import StateDir
+from cml_infra.terraform import SECRET_VARIABLES, Engine, EngineHome
 
 
 def test_secret_variables_are_the_github_tokens():
@@ -16,7 +15,7 @@ def test_secret_variables_are_the_github_tokens():
 def test_environment_drops_the_token(tmp_path, monkeypatch, variable):
     monkeypatch.setenv(variable, "ghp_unit_CANARY_123")
     monkeypatch.setenv("KEEP_ME", "yes")
-    env = Engine(("terraform",), "terraform").environment(StateDir(tmp_path / "state"))
+    env = Engine(("terraform",), "terraform", EngineHome(tmp_path / "home")).environment()
     assert variable not in env
     assert "ghp_unit_CANARY_123" not in "".join(env.values())
     assert env["KEEP_ME"] == "yes"
@@ -25,5 +24,5 @@ def test_environment_drops_the_token(tmp_path, monkeypatch, variable):
 def test_environment_drops_all_of_them_at_once(tmp_path, monkeypatch):
     for variable in ("CML_INFRA_TOKEN", "GITHUB_TOKEN", "GH_TOKEN"):
         monkeypatch.setenv(variable, f"ghp_{variable}_CANARY")
-    env = Engine(("terraform",), "terraform").environment(StateDir(tmp_path / "state"))
+    env = Engine(("terraform",), "terraform", EngineHome(tmp_path / "home")).environment()
     assert not [key for key, value in env.items() if "CANARY" in value]

@@ -1,0 +1,189 @@
+"""GitHub's runner on the instance: installed from the pinned release, configured with the
+registration the launcher minted, run as an unprivileged user, and watched for jobs."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .hooks import PREEMPTION_PROBES, log
+
+LISTENING_LINE = "Listening for Jobs"
+RUNNER_STOP_GRACE = 30.0
+PREEMPTION_POLL_SECONDS = 5.0
+
+
+class Runner:
+    """The GitHub Actions runner on this instance: installed, configured, started, watched.
+
+    Config: archive {url|path, sha256}, registration {kind: jit|token, secret, url}, name,
+    labels, ephemeral, group, user (run as this user; none: as ourselves), preemption (the
+    hooks.py probe of the cloud's spot interruption notice, or none), startup_timeout.
+    """
+
+    def __init__(self, config: dict[str, Any], home: Path, endpoints: dict[str, str]) -> None:
+        self.config = config
+        self.home = home
+        self.dir = home / "runner"
+        self.endpoints = endpoints
+        self.user = config.get("user")
+        self.ephemeral = bool(config.get("ephemeral")) or config["registration"]["kind"] == "jit"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.listening = False
+        self.started_at = time.time()
+        self._next_preemption_poll = 0.0
+
+    def install(self) -> None:
+        archive = self.config["archive"]
+        packed = self.home / "runner.tar.gz"
+        if "path" in archive:
+            shutil.copyfile(archive["path"], packed)
+        else:
+            log(f"downloading the runner from {archive['url']}")
+            with (
+                urllib.request.urlopen(archive["url"], timeout=120) as response,
+                packed.open("wb") as out,
+            ):
+                shutil.copyfileobj(response, out)
+        digest = hashlib.sha256(packed.read_bytes()).hexdigest()
+        if digest != archive["sha256"]:
+            raise RuntimeError(
+                f"runner archive sha256 {digest} is not the pinned {archive['sha256']}"
+            )
+        self.dir.mkdir(exist_ok=True)
+        with tarfile.open(packed) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(self.dir, filter="data")
+            else:  # Python before 3.11.4: the archive's checksum was verified above
+                tar.extractall(self.dir)
+        packed.unlink()
+        if self.user:
+            subprocess.run(["chown", "-R", f"{self.user}:", str(self.dir)], check=True)
+
+    def start(self) -> None:
+        registration = self.config["registration"]
+        if registration["kind"] == "token":
+            args = [
+                "./config.sh", "--unattended", "--replace", "--disableupdate",
+                "--url", registration["url"], "--token", registration["secret"],
+                "--name", self.config["name"], "--labels", ",".join(self.config["labels"]),
+                "--work", "_work",
+            ]  # fmt: skip
+            if self.config.get("ephemeral"):
+                args.append("--ephemeral")
+            if self.config.get("group"):
+                args += ["--runnergroup", str(self.config["group"])]
+            done = subprocess.run(args, cwd=self.dir, stdin=subprocess.DEVNULL, **self._as_user())
+            if done.returncode != 0:
+                raise RuntimeError(f"config.sh exited with {done.returncode}")
+            run = ["./run.sh"]
+        else:
+            run = ["./run.sh", "--jitconfig", registration["secret"]]
+        self.started_at = time.time()
+        self.process = subprocess.Popen(
+            run,
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            **self._as_user(),
+        )
+        threading.Thread(target=self._relay, daemon=True).start()
+        log(f"runner {self.config['name']} started ({registration['kind']} registration)")
+
+    def _as_user(self) -> dict[str, Any]:
+        env = {**os.environ}
+        if not self.user:
+            # The local cloud runs the runner as whoever runs cml-infra, root included.
+            if os.geteuid() == 0:
+                env["RUNNER_ALLOW_RUNASROOT"] = "1"
+            return {"env": env}
+        import grp
+        import pwd
+
+        account = pwd.getpwnam(self.user)
+        env.update(HOME=account.pw_dir, USER=self.user, LOGNAME=self.user)
+        extra = [g.gr_name for g in grp.getgrall() if self.user in g.gr_mem]
+        return {"env": env, "user": account.pw_uid, "group": account.pw_gid, "extra_groups": extra}
+
+    def _relay(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            print(f"[runner] {line}", flush=True)
+            if LISTENING_LINE in line:
+                self.listening = True
+
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def busy(self) -> bool:
+        """A Runner.Worker process under our runner: a job runs (GitHub's busy flag lags)."""
+        if self.process is None:
+            return False
+        return any(_is_worker(pid) for pid in _descendants(self.process.pid))
+
+    def stop(self, grace: float = RUNNER_STOP_GRACE) -> None:
+        """Ctrl-C, as for the real runner: it deregisters a session and stops its worker."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            # The listener ignored Ctrl-C: nothing of it may go on working.
+            for pid in [*_descendants(self.process.pid), self.process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.process.wait()
+
+    def preemption_notice(self, now: float) -> str | None:
+        cloud = self.config.get("preemption")
+        if not cloud or now < self._next_preemption_poll:
+            return None
+        self._next_preemption_poll = now + PREEMPTION_POLL_SECONDS
+        try:
+            return PREEMPTION_PROBES[cloud](self.endpoints)
+        except (OSError, ValueError, KeyError):
+            return None  # no notice reachable: keep working, look again later
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # The command name in parentheses may hold spaces: the ppid follows the last ')'.
+            fields = stat.rpartition(")")[2].split()
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    # A native Runner.Worker, or a script one run through its interpreter.
+    return any(
+        os.path.basename(arg.decode(errors="replace")) == "Runner.Worker" for arg in argv[:2]
+    )

@@ -1,0 +1,266 @@
+"""The agent loop: runs the task (or the runner), watches idle time and lifetime, and ends
+the instance. It reads one JSON config:
+
+    name            instance name (for log lines)
+    idle_timeout    seconds with nothing running before the instance ends itself
+    expires_at      unix seconds: the hard TTL deadline, whatever is running
+    single          end the instance as soon as the first task ends
+    command         argv of the task to run once (task mode); empty: nothing to run
+    self_destroy    argv that ends this instance (a `down` of its own workspace on the local
+                    cloud; a shutdown where the VM is set to terminate on shutdown), or a
+                    built-in hook of hooks.py (@gcp-delete-instance, ...), which calls the
+                    cloud API with the VM's own identity from the metadata server
+    poll_seconds    how often to look
+    runner          the forge's runner to run instead of a task (its `kind` picks the module)
+
+It writes `agent-status.json` (state busy/idle/destroying, last_activity, idle_seconds) beside
+itself for the launcher to read, and logs one line per event to standard output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .github_runner import Runner
+from .hooks import DEFAULT_ENDPOINTS, SELF_DESTROY, log
+
+STATUS_FILE = "agent-status.json"
+SELF_DESTROY_ATTEMPTS = 5
+TASK_STOP_GRACE = 10.0
+# The runner of each forge, by the `kind` of the config's `runner` section.
+RUNNERS = {"github": Runner}
+
+
+class Agent:
+    def __init__(self, config: dict[str, Any], home: Path) -> None:
+        self.name = str(config["name"])
+        self.idle_timeout = float(config["idle_timeout"])
+        self.expires_at = float(config["expires_at"])
+        self.single = bool(config.get("single", False))
+        self.command = [str(arg) for arg in config.get("command", [])]
+        self.self_destroy_argv = [str(arg) for arg in config["self_destroy"]]
+        self.poll = float(config.get("poll_seconds", 1.0))
+        # Overridable so that tests can point the cloud self-destroys at loopback fakes.
+        self.endpoints = {**DEFAULT_ENDPOINTS, **config.get("endpoints", {})}
+        self.home = home
+        self.task: subprocess.Popen[bytes] | None = None
+        self.tasks_run = 0
+        self.tasks_ended = 0
+        self.last_exit_code: int | None = None
+        self.last_activity = time.time()
+        self.state = "idle"
+        self.stopping = False
+        self.runner = (
+            RUNNERS[config["runner"].get("kind", "github")](config["runner"], home, self.endpoints)
+            if "runner" in config
+            else None
+        )
+        self.startup_timeout = float(config.get("runner", {}).get("startup_timeout", 900))
+        self._listening_seen = False
+        self.preempted = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        log(
+            f"{self.name}: idle timeout {self.idle_timeout:.0f}s, "
+            f"ttl deadline {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.expires_at))}"
+            + (", single" if self.single else "")
+        )
+        if self.command:
+            self._start_task()
+        if self.runner is not None:
+            self.state = "starting"
+            try:
+                self.runner.install()
+                self.runner.start()
+            except (OSError, RuntimeError, ValueError, tarfile.TarError) as exc:
+                log(f"runner could not start: {exc}")
+                return self._end_instance("runner could not start")
+        self._write_status()
+        while not self.stopping:
+            tick = self._tick_runner if self.runner is not None else self._tick
+            reason = tick(time.time())
+            self._write_status()
+            if reason:
+                return self._end_instance(reason)
+            time.sleep(self.poll)
+        return 0
+
+    def _tick(self, now: float) -> str | None:
+        """One look at the world; returns why the instance must end, if it must."""
+        if now >= self.expires_at:
+            if self.task is not None:
+                log("ttl reached while the task runs; stopping it")
+                self._stop_task()
+            return "ttl reached"
+        if self.task is not None:
+            code = self.task.poll()
+            if code is None:
+                self.state = "busy"
+                self.last_activity = now
+                return None
+            self.task = None
+            self.tasks_ended += 1
+            self.last_exit_code = code
+            self.last_activity = now
+            log(f"task ended with exit code {code}")
+        if self.single and self.tasks_ended:
+            return "single task done"
+        self.state = "idle"
+        if now - self.last_activity >= self.idle_timeout:
+            return f"idle for {self.idle_timeout:.0f}s"
+        return None
+
+    def _tick_runner(self, now: float) -> str | None:
+        """Runner mode: busy while a Runner.Worker runs; the idle clock starts once it listens."""
+        runner = self.runner
+        assert runner is not None
+        if now >= self.expires_at:
+            runner.stop()
+            return "ttl reached"
+        notice = None if self.preempted else runner.preemption_notice(now)
+        if notice:
+            self.preempted = True
+            log(f"spot interruption notice ({notice}); the runner takes no further job")
+        if self.preempted:
+            # A running job may still finish before the cloud takes the VM; no new one starts.
+            if runner.busy():
+                self.state = "busy"
+                return None
+            runner.stop()
+            return "spot interruption"
+        code = runner.exit_code()
+        if not runner.listening:
+            self.state = "starting"
+            if code is not None:
+                return f"runner exited with code {code} before it listened for jobs"
+            if now - runner.started_at > self.startup_timeout:
+                runner.stop()
+                return f"runner did not listen for jobs within {self.startup_timeout:.0f}s"
+            return None
+        if not self._listening_seen:
+            self._listening_seen = True
+            self.last_activity = now
+        if runner.busy():
+            self.state = "busy"
+            self.last_activity = now
+            return None
+        if code is not None:
+            return "runner finished its job" if runner.ephemeral else f"runner exited with {code}"
+        self.state = "idle"
+        if now - self.last_activity < self.idle_timeout:
+            return None
+        # One more look right before stopping: a job may have been assigned a moment ago.
+        if runner.busy():
+            return None
+        runner.stop()
+        return f"idle for {self.idle_timeout:.0f}s"
+
+    def _start_task(self) -> None:
+        log(f"task: {' '.join(self.command)}")
+        work = self.home / "work"
+        work.mkdir(exist_ok=True)
+        try:
+            # The task writes straight into our standard output (the instance log).
+            self.task = subprocess.Popen(self.command, cwd=work, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            log(f"task could not start: {exc}")
+            self.last_exit_code = 127
+            self.tasks_ended += 1
+            return
+        self.tasks_run += 1
+        self.state = "busy"
+
+    def _stop_task(self) -> None:
+        if self.task is None:
+            return
+        self.task.terminate()
+        try:
+            self.task.wait(TASK_STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self.task.kill()
+            self.task.wait()
+        self.last_exit_code = self.task.returncode
+        self.task = None
+
+    def _end_instance(self, reason: str) -> int:
+        self.state = "destroying"
+        self._write_status(reason)
+        log(f"ending the instance: {reason}")
+        delay = 5.0
+        for attempt in range(1, SELF_DESTROY_ATTEMPTS + 1):
+            code = self._destroy_once(reason)
+            if self.stopping:
+                return 0
+            if code == 0:
+                # Still alive: the cloud ends us shortly; wait for it rather than retry.
+                time.sleep(max(self.poll, 30.0))
+                if self.stopping:
+                    return 0
+            log(f"self-destroy attempt {attempt} exited with {code}; retrying in {delay:.0f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 120.0)
+        log("could not end the instance; `cml-infra cleanup` will reap it by its tags")
+        while not self.stopping:
+            time.sleep(self.poll)
+        return 1
+
+    def _destroy_once(self, reason: str) -> int:
+        builtin = SELF_DESTROY.get(self.self_destroy_argv[0])
+        if builtin is not None:
+            try:
+                builtin(self.endpoints)
+            except (OSError, ValueError, KeyError) as exc:
+                # Never the response body: it could echo the token we sent.
+                log(f"self-destroy through the cloud API failed: {type(exc).__name__}: {exc}")
+                return 1
+            return 0
+        # A session of its own: the destroy stops this instance's process group, and must not
+        # stop itself with it. Not subprocess.call: on our SIGTERM it would kill the destroy
+        # half way.
+        env = {**os.environ, "CML_INFRA_END_REASON": reason}
+        destroyer = subprocess.Popen(
+            self.self_destroy_argv, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+        return destroyer.wait()
+
+    def end_now(self, reason: str) -> int:
+        """The TTL timer's entry point: end the instance without running anything first."""
+        signal.signal(signal.SIGTERM, self._on_term)
+        return self._end_instance(reason)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        log("stopping (SIGTERM)")
+        self.stopping = True
+        self._stop_task()
+        if self.runner is not None:
+            self.runner.stop(grace=5.0)
+        self.state = "stopped"
+        self._write_status()
+        sys.exit(0)
+
+    def _write_status(self, reason: str | None = None) -> None:
+        now = time.time()
+        status = {
+            "name": self.name,
+            "state": self.state,
+            "pid": os.getpid(),
+            "updated_at": now,
+            "last_activity": self.last_activity,
+            "idle_seconds": 0.0 if self.state == "busy" else round(now - self.last_activity, 1),
+            "expires_at": self.expires_at,
+            "tasks_run": self.tasks_run,
+            "last_exit_code": self.last_exit_code,
+            "reason": reason,
+        }
+        tmp = self.home / f".{STATUS_FILE}.tmp"
+        tmp.write_text(json.dumps(status), encoding="utf-8")
+        os.replace(tmp, self.home / STATUS_FILE)

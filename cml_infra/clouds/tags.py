@@ -1,0 +1,88 @@
+"""Our tag keys (GCP: labels) and the one parser of a ManagedInstance from a cloud's tags.
+
+Every resource a module creates carries `cml-infra-managed = "true"`, `cml-infra-name` and
+`cml-infra-expires`; a runner's also names its forge and scope, so that `cleanup` given a
+repository acts only on that repository's runners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from cml_infra.clouds.base import ManagedInstance
+
+if TYPE_CHECKING:
+    from cml_infra.spec import RunnerSpec
+
+PREFIX = "cml-infra-"
+MANAGED = "cml-infra-managed"
+NAME = "cml-infra-name"
+EXPIRES = "cml-infra-expires"
+FORGE = "cml-infra-forge"
+SCOPE = "cml-infra-scope"
+
+
+def resource_tags(spec: RunnerSpec) -> dict[str, str]:
+    """The user's tags, plus marks on runners: cleanup's runner rules look only at those of
+    the repository or organization it was given."""
+    if spec.forge is None:
+        return dict(spec.tags)
+    return {**spec.tags, FORGE: spec.forge.kind, SCOPE: spec.forge.scope_tag}
+
+
+def managed_tags(spec: RunnerSpec, expires_at: datetime) -> dict[str, str]:
+    """Everything on a resource: `resource_tags` and the marks cleanup finds it by (modules of
+    the VM clouds add these themselves; the local module takes them whole)."""
+    return {
+        **resource_tags(spec),
+        MANAGED: "true",
+        NAME: spec.name,
+        EXPIRES: str(int(expires_at.timestamp())),
+    }
+
+
+def is_managed(tags: Mapping[str, str]) -> bool:
+    return tags.get(MANAGED) == "true"
+
+
+def instance(
+    tags: Mapping[str, str],
+    *,
+    id: str,
+    cloud: str,
+    region: str,
+    state: str,
+    created_at: datetime | None,
+    fallback_name: str,
+    idle_seconds: float | None = None,
+    hourly_price: float | None = None,
+    instance_type: str | None = None,
+) -> ManagedInstance:
+    """A ManagedInstance from what the cloud reports: the name and deadline come from our tags."""
+    tags = {str(key): str(value) for key, value in tags.items()}
+    return ManagedInstance(
+        id=id,
+        name=tags.get(NAME, fallback_name),
+        cloud=cloud,
+        region=region,
+        state=state,
+        created_at=created_at,
+        expires_at=_deadline(tags.get(EXPIRES, "")),
+        tags=tags,
+        idle_seconds=idle_seconds,
+        hourly_price=hourly_price,
+        instance_type=instance_type,
+    )
+
+
+def _deadline(expires: str) -> datetime | None:
+    """The time in a `cml-infra-expires` tag; None for anything but Unix seconds a datetime can
+    hold (anyone may write a tag, and one bad tag must not stop a whole listing)."""
+    if not (expires.isascii() and expires.isdigit()):
+        return None
+    try:
+        return datetime.fromtimestamp(int(expires), timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None

@@ -1,0 +1,253 @@
+"""One function per command: raw flag values in, one core call, output through `ui`.
+
+Kept apart from cli.py so that the CLI module stays declarations only, and apart from the
+lifecycle so that it returns data and prints nothing a script would parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from cml_infra import ui
+from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.state import StateDir, resolve_state_dir, user_path
+from cml_infra.ui import reported
+
+if TYPE_CHECKING:
+    from cml_infra.cleanup.run import Plan
+    from cml_infra.forge.base import RunnerInfo
+    from cml_infra.record import RunnerRecord
+    from cml_infra.spec import RunnerSpec
+
+STATUS_COLUMNS = (
+    "name", "cloud", "region", "state", "idle_seconds", "created_at", "hourly_price",
+    "cost_usd", "labels",
+)  # fmt: skip
+CATALOG_COLUMNS = (
+    "cloud", "gpu", "size", "instance_type", "vcpus", "memory_gib", "price", "spot_price", "as_of",
+)  # fmt: skip
+CLEANUP_COLUMNS = ("kind", "cloud", "region", "name", "rule", "reason", "result", "hourly_price")
+# Flags of `up` that are not part of what it makes.
+_LAUNCH_ONLY = ("state_dir", "token", "terraform", "json_output")
+
+
+def _state(state_dir: str | None) -> StateDir:
+    return StateDir(resolve_state_dir(state_dir))
+
+
+def _spec(command: Sequence[str], flags: dict[str, Any]) -> RunnerSpec:
+    from cml_infra.spec import build_spec
+
+    spec_flags = {key: value for key, value in flags.items() if key not in _LAUNCH_ONLY}
+    spec = build_spec(
+        command=command,
+        **{**spec_flags, "tags": spec_flags["tags"] or (), "labels": spec_flags["labels"] or ()},
+    )
+    for warning in spec.warnings():
+        ui.warn(warning)
+    return spec
+
+
+@reported
+def up(command: Sequence[str], flags: dict[str, Any]) -> None:
+    from cml_infra.lifecycle import up as lifecycle
+
+    spec = _spec(command, flags)
+    state = _state(flags["state_dir"])
+    token = flags["token"]
+    reused = lifecycle.reusable(spec, state, token) if spec.reuse_idle else None
+    if reused is not None:
+        _report_reuse(reused, flags["json_output"])
+        return
+    record = lifecycle.up(spec, state, flags["terraform"], token)
+    _step_outputs(record)
+    ui.info(_summary(spec, record))
+    if flags["json_output"]:
+        from cml_infra import queries
+
+        ui.emit_json(queries.status(state, include_destroyed=True, only=record.name)[0])
+    else:
+        ui.result(record.name)
+
+
+def _summary(spec: RunnerSpec, record: RunnerRecord) -> str:
+    from cml_infra import cost
+    from cml_infra.spec import format_duration
+
+    text = (
+        f"{record.name} is running on {record.cloud} ({record.region}, {record.instance_type}); "
+        f"labels: {','.join(record.labels)}; it ends after {format_duration(spec.idle_timeout)} "
+        f"idle, {'after its first task, ' if spec.single else ''}"
+        f"or at {record.expires_at:%Y-%m-%d %H:%M:%S} UTC (ttl {format_duration(spec.ttl)})"
+    )
+    if record.hourly_price:
+        market = "spot" if record.spot else "on-demand"
+        text += (
+            f"; ${record.hourly_price:.4f}/h {market} (catalog estimate), "
+            f"at most ${cost.ceiling(record.hourly_price, spec.ttl):.2f} before the ttl ends it"
+        )
+    return text
+
+
+def _step_outputs(record: RunnerRecord) -> None:
+    """Inside a CI job: where the runner really is (after a failover it differs from the ask),
+    and a line in the job summary."""
+    from cml_infra.forge.base import step_outputs
+
+    labels = ",".join(record.labels)
+    price = "-" if record.hourly_price is None else f"${record.hourly_price:.4f}"
+    summary = (
+        "| name | cloud | type | GPU | spot | $/h | labels |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n"
+        f"| {record.name} | {record.cloud} ({record.region}) | {record.instance_type} "
+        f"| {record.gpu or '-'} | {'yes' if record.spot else 'no'} | {price} | `{labels}` |\n"
+    )
+    step_outputs(
+        {
+            "name": record.name,
+            "labels": labels,
+            "region": record.region,
+            "spot": "true" if record.spot else "false",
+            "reused": "false",
+        },
+        summary,
+    )
+
+
+def _report_reuse(runner: RunnerInfo, json_output: bool) -> None:
+    from cml_infra.forge.base import step_outputs
+
+    step_outputs({"name": runner.name, "labels": ",".join(runner.labels), "reused": "true"})
+    ui.info(
+        f"{runner.name} is online and idle with the asked-for labels: reusing it, nothing created"
+    )
+    if json_output:
+        ui.emit_json(
+            {"name": runner.name, "reused": True, "state": "idle", "labels": list(runner.labels)}
+        )
+    else:
+        ui.result(runner.name)
+
+
+@reported
+def down(
+    *, names: Sequence[str], all_runners: bool, state_dir: str | None, terraform: str | None,
+    reason: str | None, token: str | None,
+) -> None:  # fmt: skip
+    from cml_infra.lifecycle import down as lifecycle
+
+    state = _state(state_dir)
+    if all_runners == bool(names):
+        raise UsageError("NAME", "give one or more runner names, or --all (not both)")
+    targets = lifecycle.all_live(state) if all_runners else list(names)
+    if not targets:
+        ui.info("no live runners; nothing to destroy")
+        return
+    lifecycle.down(targets, state, terraform, reason, token)
+
+
+@reported
+def status(*, state_dir: str | None, include_destroyed: bool, json_output: bool) -> None:
+    from cml_infra import queries
+
+    rows = queries.status(_state(state_dir), include_destroyed, warn=ui.warn)
+    if json_output:
+        ui.emit_json(rows)
+    elif rows:
+        ui.table(rows, STATUS_COLUMNS, money=("hourly_price", "cost_usd"))
+    else:
+        ui.info("no runners")
+
+
+@reported
+def logs(*, name: str, follow: bool, state_dir: str | None) -> None:
+    from cml_infra import queries
+
+    try:
+        for chunk in queries.logs(name, _state(state_dir), follow):
+            print(chunk, end="", flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
+@reported
+def render(command: Sequence[str], output: str, flags: dict[str, Any]) -> None:
+    from cml_infra.lifecycle import up as lifecycle
+
+    spec = _spec(command, flags)
+    out = user_path(output, "--output")
+    launch = lifecycle.render_only(spec, _state(flags["state_dir"]), out)
+    first = launch.attempts[0].placement
+    price = f", ${first.hourly_price:.4f}/h {first.market}" if first.hourly_price else ""
+    ui.info(
+        f"rendered {spec.name} for {spec.cloud}: {first.instance_type} in {first.where}{price}; "
+        f"to apply: terraform -chdir={out} init && terraform -chdir={out} apply"
+    )
+    ui.result(str(out))
+
+
+@reported
+def catalog(*, cloud: str | None, json_output: bool) -> None:
+    from cml_infra import queries
+
+    rows = queries.catalog_rows(queries.catalog_clouds(cloud))
+    if json_output:
+        ui.emit_json(rows)
+    else:
+        ui.table(rows, CATALOG_COLUMNS, money=("price", "spot_price"))
+
+
+@reported
+def doctor(*, cloud: str | None, terraform: str | None, state_dir: str | None) -> None:
+    from cml_infra import config, queries
+
+    default = str(config.default("up", "cloud", "local"))
+    results = queries.doctor([cloud] if cloud else None, default, terraform, _state(state_dir))
+    for subject, ready, detail in results:
+        verdict = {True: "ok", False: "NOT READY", None: "not set up (not used here)"}[ready]
+        ui.result(f"{subject}: {verdict}: {detail}")
+    if any(ready is False for _, ready, _ in results):
+        raise typer.Exit(1)
+
+
+@reported
+def cleanup(
+    *, cloud: str | None, regions: Sequence[str], max_age: str | None, idle: str,
+    orphan_grace: str, rules: Sequence[str], max_destroy: int, dry_run: bool, yes: bool,
+    repo: str | None, org: str | None, token: str | None, github_url: str | None,
+    state_dir: str | None, json_output: bool,
+) -> None:  # fmt: skip
+    from cml_infra.cleanup import run as reaper
+
+    state = _state(state_dir)
+    settings = reaper.settings(
+        cloud, regions, max_age, idle, orphan_grace, dry_run, rules, state, max_destroy
+    )
+    forge = reaper.forge_of(repo, org, token, github_url)
+
+    def confirm(found: Plan) -> bool:
+        if yes or not reaper.interactive():
+            return True
+        # On a terminal: show what would go, then ask (on stderr, so --json stays clean).
+        rows = [row.as_dict() for row in found.rows("to do")]
+        ui.table(rows, CLEANUP_COLUMNS, money=("hourly_price",), err=True)
+        return typer.confirm(f"destroy or deregister these {len(found.matched)}?", err=True)
+
+    rows = reaper.run(settings, state, forge, confirm)
+    report = [row.as_dict() for row in rows]
+    if json_output:
+        ui.emit_json(report)
+    elif report:
+        ui.table(report, CLEANUP_COLUMNS, money=("hourly_price",))
+    stopped = sum(row.hourly_price or 0.0 for row in rows if row.result.startswith("destroyed"))
+    failed = [row for row in rows if row.failed]
+    ui.info(f"cleanup: {len(rows)} matched, {len(failed)} failed, ${stopped:.4f}/h stopped")
+    if failed:
+        # One reason for all (the --max-destroy guard) is said once.
+        results = {row.result for row in failed}
+        if len(results) == 1 and len(failed) > 1:
+            raise CmlInfraError(f"{', '.join(row.name for row in failed)}: {results.pop()}")
+        raise CmlInfraError("; ".join(f"{row.name}: {row.result}" for row in failed))

@@ -1,0 +1,160 @@
+"""`down`: destroy runners by name; one that is already gone is not an error, and one whose
+record cannot be read is still found and ended."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from cml_infra import clouds, forge, ui
+from cml_infra.errors import CmlInfraError, UsageError
+from cml_infra.lifecycle import teardown
+from cml_infra.record import RunnerRecord
+from cml_infra.spec import ForgeTarget, validate_name
+from cml_infra.state import LIVE_STATES, BrokenRecord, StateDir, utcnow
+from cml_infra.terraform import Engine
+
+# `down` waits this long for another command (an `up` still finishing, the agent's own `down`).
+LOCK_WAIT_SECONDS = 900.0
+# The rendered root module names its cloud in its header (templates/root.tf.j2).
+_CLOUD_LINE = re.compile(r"^# Runner \S+ on cloud (\S+?):", re.MULTILINE)
+
+
+def down(
+    names: Iterable[str],
+    state: StateDir,
+    terraform: str | None,
+    reason: str | None,
+    token: str | None = None,
+) -> list[RunnerRecord]:
+    names = list(names)
+    for name in names:
+        validate_name(name, "NAME")
+    unknown = [name for name in names if not state.runner_dir(name).is_dir()]
+    if unknown:
+        raise unknown_names(unknown, state, "nothing to destroy")
+    # An engine that does not exist is bad input: found before any record changes.
+    explicit = Engine.discover(terraform, state.engine_home()) if terraform else None
+    ended, failures = [], []
+    for name in names:
+        try:
+            ended.append(_down_one(name, state, explicit, reason, token))
+        except CmlInfraError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise CmlInfraError("; ".join(failures))
+    return ended
+
+
+def _down_one(
+    name: str, state: StateDir, explicit: Engine | None, reason: str | None, token: str | None
+) -> RunnerRecord:
+    with state.lock(name, wait=LOCK_WAIT_SECONDS):
+        try:
+            record = state.load(name)
+        except BrokenRecord as exc:
+            ui.warn(str(exc))
+            record = _stand_in(name, state, exc)
+        if record is None:
+            raise unknown_names([name], state, "nothing to destroy")
+        if record.state == "destroyed":
+            ui.info(f"{name} is already gone")
+            return record
+        engine = explicit or Engine.from_argv(record.engine, state.engine_home())
+        cloud = clouds.get(record.cloud, state, flag=f"{name}: cloud")
+        record = state.save(record.model_copy(update={"state": "destroying"}))
+        problems = teardown.destroy(engine, state, cloud, record)
+        if problems:
+            state.save(record.model_copy(update={"state": "failed", "error": problems}))
+            raise CmlInfraError(f"{name}: destroy failed: {problems}")
+        state.remove_workspace(name)
+        if record.forge:
+            _down_registration(record, token)
+        ui.info(f"{name} destroyed" + (f" ({reason})" if reason else ""))
+        return state.save(
+            record.model_copy(update={"state": "destroyed", "end_reason": reason, "error": None})
+        )
+
+
+def _stand_in(name: str, state: StateDir, broken: BrokenRecord) -> RunnerRecord:
+    """A record for a runner whose own cannot be read, from what else the state dir knows (its
+    workspace names the cloud; a local sandbox is the local cloud's), so that its instance is
+    still found and ended. The unreadable file is kept beside it for a person to read."""
+    cloud = _cloud_of_workspace(state, name) or _cloud_on_this_machine(state, name)
+    kept = state.set_aside(name)
+    now = utcnow()
+    error = f"{broken}; kept as {kept}" if kept else str(broken)
+    if cloud is None:
+        ui.warn(
+            f"{name}: neither a workspace nor a local instance says where it ran; "
+            "`cml-infra cleanup` finds what is left of it by its tags"
+        )
+    return RunnerRecord(
+        name=name,
+        # With no cloud known, the sweep on this machine's cloud is all `down` can do.
+        cloud=cloud or next(n for n, c in clouds.classes().items() if c.ON_THIS_MACHINE),
+        region="",
+        state="failed",
+        created_at=now,
+        updated_at=now,
+        expires_at=now,
+        idle_timeout=0,
+        ttl=0,
+        error=error,
+    )
+
+
+def _cloud_on_this_machine(state: StateDir, name: str) -> str | None:
+    """The cloud on this machine (local) that has an instance of this name, if one has."""
+    for cloud_name, cls in clouds.classes().items():
+        if cls.ON_THIS_MACHINE and any(
+            i.name == name for i in clouds.get(cloud_name, state).list_managed(None)
+        ):
+            return cloud_name
+    return None
+
+
+def _cloud_of_workspace(state: StateDir, name: str) -> str | None:
+    try:
+        text = (state.workspace(name) / "main.tf").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = _CLOUD_LINE.search(text)
+    return match.group(1) if match else None
+
+
+def _down_registration(record: RunnerRecord, token: str | None) -> None:
+    if not token:
+        # The agent's own `down` has no token, by design; an ephemeral runner is gone already,
+        # and a multi-job one is removed by `cleanup`.
+        ui.info(f"{record.name}: no forge token here; its runner registration is left to cleanup")
+        return
+    target = target_of_record(record.forge or {})
+    teardown.deregister(forge.for_target(target, token), record.name)
+
+
+def target_of_record(saved: dict[str, object]) -> ForgeTarget:
+    """The forge target a record keeps (records of cml-infra 0.1 kept a `scope` path)."""
+    fields = {key: value for key, value in saved.items() if value is not None}
+    scope = str(fields.pop("scope", ""))
+    if scope:
+        kind, _, slug = scope.partition("/")
+        fields["repo" if kind == "repos" else "org"] = slug
+    if "runner_group" in fields:
+        fields["group"] = fields.pop("runner_group")
+    return ForgeTarget.model_validate(fields)
+
+
+def all_live(state: StateDir) -> list[str]:
+    """Every runner not yet destroyed, unreadable records included (`down --all`)."""
+    scan = state.scan()
+    live = [record.name for record in scan.records if record.state in LIVE_STATES]
+    return sorted([*live, *(broken.name for broken in scan.broken)])
+
+
+def unknown_names(names: list[str], state: StateDir, consequence: str) -> UsageError:
+    known = ", ".join(state.names()) or "none"
+    missing = ", ".join(repr(name) for name in names)
+    return UsageError(
+        "NAME", f"no runner named {missing} in {state.root} ({consequence}); known: {known}"
+    )

@@ -1,0 +1,76 @@
+"""Spec → Launch: every attempt resolved and every input checked before anything is created.
+
+An unknown GPU or region, a budget the placements could exceed, a name the forge would refuse
+or a startup script too large for the cloud all fail here, with nothing written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cml_infra import clouds, cost, forge, placement, render
+from cml_infra.clouds.base import Boot, Cloud, RenderContext
+from cml_infra.forge.base import Registration, registration_labels
+from cml_infra.placement import Attempt
+from cml_infra.spec import RunnerSpec
+from cml_infra.state import StateDir, utcnow
+
+if TYPE_CHECKING:
+    from cml_infra.forge.base import Forge
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One `up`, planned: the cloud, the attempts in order, and the runner's lifetime."""
+
+    spec: RunnerSpec
+    cloud: Cloud
+    boot: Boot
+    attempts: list[Attempt]
+    created_at: datetime
+    expires_at: datetime
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The registration's labels (runner mode)."""
+        return registration_labels(self.spec, self.cloud.name, self.created_at.timestamp())
+
+    def startup_script(self, registration: Registration | None) -> str:
+        runner = None
+        if self.spec.forge is not None:
+            forge_class = forge.forge_class(self.spec.forge)
+            registration = registration or forge_class.placeholder()
+            runner = forge_class.agent_runner(self.spec, registration, self.labels, self.boot)
+        return render.startup_script(self.boot, self.spec, self.expires_at.timestamp(), runner)
+
+    def context(self, script: str) -> RenderContext:
+        return RenderContext(script, self.created_at, self.expires_at)
+
+    def variables(self, attempt: Attempt, context: RenderContext) -> dict[str, Any]:
+        return self.cloud.module_vars(self.spec, attempt.placement, context)
+
+    def forge(self, token: str | None) -> Forge | None:
+        """A client of the runner's forge, holding the token (runner mode only)."""
+        return None if self.spec.forge is None else forge.for_target(self.spec.forge, token)
+
+
+def plan(spec: RunnerSpec, state: StateDir | None) -> Launch:
+    cloud = clouds.get(spec.cloud, state)
+    if spec.forge is not None:
+        forge.check(spec.forge)
+    attempts = placement.attempts(spec, cloud)
+    cost.check_budget([attempt.placement for attempt in attempts], spec.ttl, spec.budget)
+    created = utcnow()
+    launch = Launch(
+        spec=spec,
+        cloud=cloud,
+        boot=cloud.boot(spec),
+        attempts=attempts,
+        created_at=created,
+        expires_at=created + timedelta(seconds=spec.ttl),
+    )
+    # Every attempt gets the same script, so the first one's variables show whether it fits.
+    launch.variables(attempts[0], launch.context(launch.startup_script(None)))
+    return launch

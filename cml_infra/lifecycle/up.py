@@ -1,0 +1,241 @@
+"""`up`: claim the name, register with the forge, apply the first attempt that fits, wait for
+the runner, record it running.
+
+`up` either returns a running instance or leaves nothing behind: any failure, Ctrl-C or SIGTERM
+after the record is written rolls back what was created, and a rollback that cannot finish
+leaves a `failed` record for `down` or `cleanup` to finish.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cml_infra import render, ui
+from cml_infra.errors import CmlInfraError, Interrupted, UsageError
+from cml_infra.forge.base import Forge, Registration, RunnerInfo
+from cml_infra.lifecycle import failover, prepare, teardown
+from cml_infra.lifecycle.guard import SignalGuard
+from cml_infra.lifecycle.prepare import Launch
+from cml_infra.placement import Attempt
+from cml_infra.record import RunnerRecord
+from cml_infra.spec import RunnerSpec
+from cml_infra.state import BrokenRecord, StateDir
+from cml_infra.terraform import Engine, TerraformError
+
+# `up` fails when another command works on the name; it waits only this long, so that a
+# cleanup that just looks whether anyone holds the lock (StateDir.held) does not fail it.
+CLAIM_WAIT_SECONDS = 2.0
+
+
+def up(
+    spec: RunnerSpec, state: StateDir, terraform: str | None, token: str | None = None
+) -> RunnerRecord:
+    launch = prepare.plan(spec, state)
+    forge = launch.forge(token)
+    engine = Engine.discover(terraform, state.engine_home())
+    with SignalGuard() as guard, state.lock(spec.name, wait=CLAIM_WAIT_SECONDS, claim=True):
+        return _Up(launch, state, engine, forge, guard).run()
+
+
+class _Up:
+    """One `up`, step by step; `created` says whether the cloud may hold anything of it."""
+
+    def __init__(
+        self,
+        launch: Launch,
+        state: StateDir,
+        engine: Engine,
+        forge: Forge | None,
+        guard: SignalGuard,
+    ) -> None:
+        self.launch, self.state, self.engine, self.forge, self.guard = (
+            launch, state, engine, forge, guard,
+        )  # fmt: skip
+        self.name = launch.spec.name
+        self.created = self.registered = False
+
+    def run(self) -> RunnerRecord:
+        previous = _free_name(self.state, self.name)
+        record = self.claim()
+        try:
+            registration = self.register()
+            record, instance = self.apply_first_that_fits(record, registration)
+            self.wait_online()
+        except BaseException as exc:
+            self.roll_back(record, exc, previous)
+            raise
+        record = self.state.save(
+            record.model_copy(
+                update={"state": "running", "instance_id": instance["id"], "outputs": instance}
+            )
+        )
+        self.guard.commit()
+        return record
+
+    def claim(self) -> RunnerRecord:
+        """The record, `provisioning`, before anything is created: whatever happens next,
+        `down` and `cleanup` know the name."""
+        spec, launch = self.launch.spec, self.launch
+        record = self.state.save(
+            RunnerRecord(
+                name=spec.name,
+                cloud=launch.cloud.name,
+                state="provisioning",
+                created_at=launch.created_at,
+                updated_at=launch.created_at,
+                expires_at=launch.expires_at,
+                idle_timeout=spec.idle_timeout,
+                ttl=spec.ttl,
+                single=spec.single,
+                labels=spec.all_labels,
+                command=spec.command,
+                engine=self.engine.argv,
+                forge=self.forge.describe() if self.forge else None,
+                **launch.attempts[0].placement.record_fields(),
+            )
+        )
+        # A reused name starts clean: no workspace, and no log of the runner it replaces.
+        self.state.remove_workspace(spec.name)
+        shutil.rmtree(self.state.log_dir(spec.name), ignore_errors=True)
+        return record
+
+    def register(self) -> Registration | None:
+        if self.forge is None:
+            return None
+        registration = self.forge.register(self.name, self.launch.labels, self.launch.spec.single)
+        self.registered = True
+        self.guard.check()
+        return registration
+
+    def apply_first_that_fits(
+        self, record: RunnerRecord, registration: Registration | None
+    ) -> tuple[RunnerRecord, dict[str, Any]]:
+        """Apply the attempts in turn until one creates the instance; what a failed one made
+        is destroyed before the next starts elsewhere."""
+        launch = self.launch
+        context = launch.context(launch.startup_script(registration))
+        workspace = self.state.workspace(self.name)
+        attempt = launch.attempts[0]
+        while True:
+            if attempt.number:
+                update = attempt.placement.record_fields()
+                record = self.state.save(record.model_copy(update=update))
+            _write(workspace, launch, attempt, context)
+            try:
+                return record, self.apply(workspace, attempt)
+            except TerraformError as exc:
+                following = (
+                    None
+                    if self.guard.received
+                    else failover.next_attempt(launch.cloud, exc, launch.attempts, attempt)
+                )
+                if following is None:
+                    raise
+                self.clear(record, exc, attempt, following)
+                attempt = following
+
+    def apply(self, workspace: Path, attempt: Attempt) -> dict[str, Any]:
+        """init and apply one attempt; the instance's outputs."""
+        self.guard.engine = self.engine
+        with ui.terraform_progress(f"{self.name}: terraform init") as on_event:
+            self.engine.init(workspace, on_event)
+        self.guard.check()
+        self.created = True  # from here on the cloud may hold something of ours
+        where = f" in {attempt.placement.where}" if attempt.number else ""
+        title = f"{self.name}: creating on {self.launch.cloud.name}{where}"
+        with ui.terraform_progress(title) as on_event:
+            outputs = self.engine.apply(workspace, on_event)
+        self.guard.check()
+        instance = outputs.get("instance")
+        if not isinstance(instance, dict) or not instance.get("id"):
+            raise CmlInfraError(
+                f"{self.name}: terraform apply reported no instance (its outputs lack "
+                f"instance.id); is {self.engine.label} a Terraform or OpenTofu?"
+            )
+        return instance
+
+    def clear(
+        self, record: RunnerRecord, error: TerraformError, failed: Attempt, following: Attempt
+    ) -> None:
+        """Destroy whatever the failed attempt created before the next one starts elsewhere;
+        if that fails, up stops and rolls back as for any other failure."""
+        ui.warn(
+            f"{record.name}: could not create in {failed.placement.where} ({error}); "
+            f"trying {following.placement.where}"
+        )
+        problems = teardown.destroy(self.engine, self.state, self.launch.cloud, record)
+        if problems:
+            raise CmlInfraError(f"{error}; cleaning up before the next attempt failed: {problems}")
+        self.state.remove_workspace(record.name)
+
+    def wait_online(self) -> None:
+        if self.forge is None or not self.launch.spec.wait:
+            return
+        ui.info(f"{self.name}: waiting for the runner to come online")
+        self.forge.wait_online(self.name, self.launch.spec.startup_timeout, sleep=self.guard.sleep)
+        self.guard.check()
+
+    def roll_back(
+        self, record: RunnerRecord, exc: BaseException, previous: RunnerRecord | None
+    ) -> None:
+        """Undo what this `up` did; a signal that came meanwhile makes it exit 130."""
+        self.guard.rolling_back = True
+        failure = Interrupted(self.guard.received) if self.guard.received else exc
+        teardown.rollback(
+            self.engine, self.state, self.launch.cloud, record, failure, self.created, previous
+        )
+        if self.registered and self.forge is not None:
+            teardown.deregister(self.forge, self.name)
+        if failure is not exc:
+            raise failure from None
+
+
+def _free_name(state: StateDir, name: str) -> RunnerRecord | None:
+    """The destroyed record a new runner of this name replaces; any other record is refused."""
+    try:
+        existing = state.load(name)
+    except BrokenRecord as exc:
+        raise UsageError(
+            "--name", f"{name!r} is in use ({exc}); run `cml-infra down {name}` first"
+        ) from None
+    if existing is not None and existing.state != "destroyed":
+        raise UsageError(
+            "--name",
+            f"{name!r} is in use (state {existing.state}); pick another name "
+            f"or run `cml-infra down {name}` first",
+        )
+    return existing
+
+
+def _write(workspace: Path, launch: Launch, attempt: Attempt, context: Any) -> None:
+    render.write_workspace(
+        workspace,
+        launch.cloud,
+        launch.spec,
+        attempt.placement,
+        context,
+        launch.variables(attempt, context),
+    )
+
+
+def reusable(spec: RunnerSpec, state: StateDir, token: str | None) -> RunnerInfo | None:
+    """An online idle runner of the scope that has every asked-for label (`up --reuse-idle`
+    then creates nothing). Input is checked first, as `up` would, so that bad input is an
+    error whether or not a runner is free."""
+    forge = prepare.plan(spec, state).forge(token)
+    return None if forge is None else forge.idle_runner(spec.labels)
+
+
+def render_only(spec: RunnerSpec, state: StateDir, out: Path) -> Launch:
+    """Write the workspace of `up`'s first attempt; its fallbacks are checked, not written."""
+    launch = prepare.plan(spec, state)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError("--output", f"{out} exists and is not an empty folder")
+    context = launch.context(launch.startup_script(None))
+    try:
+        _write(out, launch, launch.attempts[0], context)
+    except OSError as exc:
+        raise UsageError("--output", f"cannot write {out} ({exc.strerror or exc})") from None
+    return launch

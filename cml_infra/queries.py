@@ -1,0 +1,206 @@
+"""What the read-only commands show: status, logs, catalog rows, doctor.
+
+Nothing here changes a runner. Imports are kept inside the functions that need them, so that
+`status` on an empty state dir stays as quick as `--help`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cml_infra.errors import CmlInfraError
+from cml_infra.state import LIVE_STATES, StateDir
+
+if TYPE_CHECKING:
+    from cml_infra.clouds.base import ManagedInstance
+    from cml_infra.record import RunnerRecord
+
+# The agent's state → the state `status` shows for a running record.
+_AGENT_STATES = {
+    "busy": "running",
+    "idle": "idle",
+    "destroying": "destroying",
+    "stopped": "stopped",
+    "terminated": "stopped",
+    "agent-dead": "agent-dead",
+}
+
+
+def status(
+    state: StateDir,
+    include_destroyed: bool,
+    only: str | None = None,
+    warn: Any = None,
+) -> list[dict[str, Any]]:
+    """One row per runner; an unreadable record is one warning and no row."""
+    scan = state.scan()
+    for broken in scan.broken:
+        if only in (None, broken.name) and warn is not None:
+            warn(f"{broken}; `cml-infra down {broken.name}` still ends its instance")
+    records = [
+        r
+        for r in scan.records
+        if (include_destroyed or r.state != "destroyed") and only in (None, r.name)
+    ]
+    live = _live_instances(state, [r for r in records if r.state in LIVE_STATES], warn)
+    return [_status_row(record, live.get((record.cloud, record.name))) for record in records]
+
+
+def _live_instances(
+    state: StateDir, records: list[RunnerRecord], warn: Any
+) -> dict[tuple[str, str], ManagedInstance]:
+    if not records:
+        return {}
+    from cml_infra import clouds
+
+    live: dict[tuple[str, str], ManagedInstance] = {}
+    for cloud_name in sorted({r.cloud for r in records}):
+        cloud = clouds.get(cloud_name, state)
+        regions = sorted({r.region for r in records if r.cloud == cloud_name})
+        try:
+            live.update({(cloud_name, i.name): i for i in cloud.list_managed(regions)})
+        except CmlInfraError as exc:
+            if warn is not None:
+                warn(f"showing recorded states only for {cloud_name}: {exc}")
+    return live
+
+
+def _status_row(record: RunnerRecord, instance: ManagedInstance | None) -> dict[str, Any]:
+    from cml_infra import cost
+
+    state: str = record.state
+    idle_seconds = None
+    if state in ("running", "idle") and instance is not None:
+        state = _AGENT_STATES.get(instance.state, state)
+        idle_seconds = 0.0 if state == "running" else instance.idle_seconds
+    return {
+        "name": record.name,
+        "cloud": record.cloud,
+        "region": record.region,
+        "state": state,
+        "created_at": record.created_at.isoformat(),
+        "expires_at": record.expires_at.isoformat(),
+        "idle_seconds": None if idle_seconds is None else round(idle_seconds, 1),
+        "labels": list(record.labels),
+        "instance_type": record.instance_type,
+        "hourly_price": record.hourly_price,
+        "cost_usd": cost.accrued(record),
+        "instance_id": record.instance_id,
+        "end_reason": record.end_reason,
+        "error": record.error,
+    }
+
+
+def logs(name: str, state: StateDir, follow: bool) -> Iterator[str]:
+    """The instance log as it grows; with `follow`, until the instance is gone."""
+    from cml_infra import clouds
+    from cml_infra.clouds.base import Feature
+    from cml_infra.lifecycle.down import unknown_names
+    from cml_infra.spec import validate_name
+
+    record = state.load(validate_name(name, "NAME"))
+    if record is None:
+        raise unknown_names([name], state, "no log to show")
+    cloud = clouds.get(record.cloud, state)
+    path = cloud.instance_log(name)
+    if path is None:
+        if Feature.LOGS in cloud.UNSUPPORTED:
+            raise CmlInfraError(f"{name}: {cloud.UNSUPPORTED[Feature.LOGS]}")
+        raise CmlInfraError(f"{name}: the instance has written no log yet")
+    offset = 0
+    while True:
+        # Checked before the read, so that the last read sees everything the instance wrote.
+        ended = follow and _ended(state, name)
+        # When the sandbox goes, the log continues in the copy kept beside the record.
+        path = cloud.instance_log(name) or path
+        chunk, offset = _read_from(path, offset)
+        if chunk:
+            yield chunk
+        if not follow or ended:
+            return
+        time.sleep(0.5)
+
+
+def _ended(state: StateDir, name: str) -> bool:
+    record = state.load(name)
+    return record is None or record.state in ("destroyed", "failed")
+
+
+def _read_from(path: Path, offset: int) -> tuple[str, int]:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return "", offset
+    return data.decode("utf-8", errors="replace"), offset + len(data)
+
+
+def catalog_clouds(cloud: str | None) -> list[str]:
+    """The clouds `catalog --cloud` names (aliases allowed); every cloud with a catalog if None."""
+    from cml_infra import clouds
+    from cml_infra.errors import UsageError
+
+    priced = [name for name, cls in clouds.classes().items() if cls.HAS_CATALOG]
+    if cloud is None:
+        return priced
+    name = clouds.canonical(cloud)
+    if name not in priced:
+        raise UsageError("--cloud", f"no catalog for {cloud!r}; valid: {', '.join(priced)}")
+    return [name]
+
+
+def catalog_rows(cloud_names: list[str]) -> list[dict[str, Any]]:
+    """Every catalog row with the GPU name:count or size that selects it."""
+    from cml_infra.catalog import load
+
+    rows = []
+    for cloud_name in cloud_names:
+        catalog = load(cloud_name)
+        sizes = {ref: size for size, ref in catalog.sizes.items()}
+        for offer in catalog.instance_types:
+            rows.append(
+                {
+                    "cloud": cloud_name,
+                    "gpu": f"{offer.gpu}:{offer.gpu_count}" if offer.gpu else None,
+                    "size": sizes.get(offer.id),
+                    "instance_type": offer.instance_type,
+                    "accelerator": offer.accelerator,
+                    "vcpus": offer.vcpus,
+                    "memory_gib": offer.memory_gib,
+                    "price": offer.price,
+                    "spot_price": offer.spot_price,
+                    "region": catalog.default_region,
+                    "as_of": catalog.as_of.isoformat(),
+                    "source": catalog.source,
+                }
+            )
+    return rows
+
+
+def doctor(
+    cloud_names: list[str] | None, default_cloud: str, terraform: str | None, state: StateDir
+) -> list[tuple[str, bool | None, str]]:
+    """(subject, ready, sentence) for the config file, the Terraform engine and the clouds:
+    the ones asked about, or else the default cloud, with the others as information only
+    (ready None): a cloud nobody uses does not make the set-up NOT READY."""
+    from cml_infra import clouds, config
+    from cml_infra.errors import UsageError
+    from cml_infra.terraform import Engine
+
+    results: list[tuple[str, bool | None, str]] = [("config", True, config.describe())]
+    try:
+        engine = Engine.discover(terraform, state.engine_home())
+        results.append(("terraform", True, engine.label))
+    except UsageError as exc:
+        results.append(("terraform", False, str(exc)))
+    asked = [clouds.canonical(name) for name in cloud_names or []]
+    default = clouds.canonical(default_cloud)
+    for name in asked or clouds.names():
+        ready, detail = clouds.get(name).check()
+        required = name in asked or name == default
+        results.append((name, ready if required else (True if ready else None), detail))
+    return results

@@ -1,0 +1,302 @@
+"""The ledger: one folder per runner (its record and Terraform workspace), and the locks.
+
+Layout under the state dir (platformdirs user state dir, `--state-dir`, or `CML_INFRA_HOME`):
+
+    runners/<name>/runner.json     the ledger record (RunnerRecord)
+    runners/<name>/workspace/      the rendered Terraform workspace and its state
+    runners/<name>/logs/           logs kept after the instance is gone
+    locks/<name>.lock              held by whichever command runs Terraform for <name>
+    terraform/                     the engine's CLI config and plugin cache (terraform.py)
+
+Everything is private to the user: folders 0700, files 0600 (the process umask is 077 while
+cml-infra works, and Terraform inherits it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from cml_infra.errors import CmlInfraError, UsageError
+
+if TYPE_CHECKING:
+    from cml_infra.terraform import EngineHome
+
+State = Literal["provisioning", "running", "idle", "destroying", "destroyed", "failed"]
+LIVE_STATES: frozenset[str] = frozenset({"provisioning", "running", "idle", "destroying", "failed"})
+PRIVATE_UMASK = 0o077
+RECORD_FILE = "runner.json"
+# Where the option comes from, for errors about an unusable state dir.
+STATE_DIR_SOURCE = "--state-dir"
+STATE_DIR_HINT = "give --state-dir (or CML_INFRA_HOME) a folder this user can create and write"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def default_state_dir() -> Path:
+    from platformdirs import user_state_dir
+
+    return Path(user_state_dir("cml-infra", appauthor=False))
+
+
+def resolve_state_dir(value: str | Path | None) -> Path:
+    """`--state-dir`, else `CML_INFRA_HOME` (typer passes the env var in), else the default.
+
+    An empty value is refused rather than read as the working folder."""
+    if value is None:
+        return default_state_dir()
+    return user_path(str(value), STATE_DIR_SOURCE)
+
+
+def user_path(value: str, source: str) -> Path:
+    """A path a user typed: `~` expanded, made absolute; empty or unusable is a UsageError."""
+    if not value.strip():
+        raise UsageError(source, "the path is empty; give a folder")
+    try:
+        return Path(value).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, an unknown ~user
+        raise UsageError(source, f"{value!r} is not a usable path ({exc})") from None
+
+
+def _record_model() -> type[Any]:
+    # pydantic is imported when a record is read or written, not by `cml-infra status` on an
+    # empty state dir.
+    from cml_infra.record import RunnerRecord
+
+    return RunnerRecord
+
+
+if TYPE_CHECKING:
+    from cml_infra.record import RunnerRecord
+
+
+class BrokenRecord(CmlInfraError):
+    """A record file that cannot be read: reported and skipped, never fatal for the others."""
+
+    def __init__(self, name: str, path: Path, reason: str) -> None:
+        self.name = name
+        super().__init__(f"{path}: unreadable runner record ({reason})")
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Every record of a state dir: the readable ones, and one line for each that is not."""
+
+    records: list[RunnerRecord]
+    broken: list[BrokenRecord]
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 whatever the umask, so a reader never sees half a file.
+
+    The temporary file gets a fresh random name (O_EXCL), so a file or symlink planted beside
+    the target is never written through; the final rename replaces a link, never its target.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create `path` and its missing parents 0700; a folder that exists keeps its mode (it may
+    be the user's, as with `--state-dir .`)."""
+    missing = []
+    folder = path
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(folder, 0o700)
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    return path
+
+
+class StateDir:
+    """Access to one state dir; creates nothing until something is written."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def runners(self) -> Path:
+        return self.root / "runners"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    def runner_dir(self, name: str) -> Path:
+        return self.runners / name
+
+    def record_path(self, name: str) -> Path:
+        return self.runner_dir(name) / RECORD_FILE
+
+    def workspace(self, name: str) -> Path:
+        return self.runner_dir(name) / "workspace"
+
+    def log_dir(self, name: str) -> Path:
+        return self.runner_dir(name) / "logs"
+
+    def engine_home(self) -> EngineHome:
+        from cml_infra.terraform import EngineHome
+
+        return EngineHome(self.root / "terraform")
+
+    def ensure(self) -> None:
+        """Create the state dir's folders, or fail in one line naming the option."""
+        os.umask(PRIVATE_UMASK)
+        with unusable_as_usage(self.root):
+            for folder in (self.root, self.runners, self.locks):
+                make_private_dir(folder)
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.root))
+
+    @contextlib.contextmanager
+    def lock(self, name: str, *, wait: float, claim: bool | None = None) -> Iterator[None]:
+        """Hold `name`'s lock; `wait` seconds at most. For a claim of the name (`up`; the
+        default when `wait` is 0) a lock held past the wait is bad input, the name being in
+        use; otherwise it is a failure."""
+        from filelock import FileLock, Timeout
+
+        self.ensure()
+        lock = FileLock(self.locks / f"{name}.lock", mode=0o600)
+        try:
+            lock.acquire(timeout=wait)
+        except Timeout:
+            if claim or (claim is None and wait == 0):
+                raise UsageError(
+                    "--name", f"{name!r} is in use: another cml-infra command is working on it"
+                ) from None
+            raise CmlInfraError(
+                f"{name}: another cml-infra command has held its lock for over {wait:.0f}s"
+            ) from None
+        except OSError as exc:  # Timeout is one too, so it is caught first
+            raise UsageError(
+                STATE_DIR_SOURCE,
+                f"cannot use {self.root} as the state dir ({exc.strerror or exc}); "
+                f"{STATE_DIR_HINT}",
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def held(self, name: str) -> bool:
+        """Whether a live command holds `name`'s lock (a killed one holds nothing). It takes
+        the lock for a moment to know, which `up` allows for (it waits a little)."""
+        if not (self.locks / f"{name}.lock").exists():
+            return False
+        try:
+            with self.lock(name, wait=0):
+                return False
+        except UsageError:
+            return True
+
+    def load(self, name: str) -> RunnerRecord | None:
+        path = self.record_path(name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # a folder in its place, no permission
+            raise BrokenRecord(name, path, exc.strerror or type(exc).__name__) from None
+        try:
+            record: RunnerRecord = _record_model().model_validate_json(text)
+        except ValueError as exc:
+            first = str(exc).splitlines()
+            reason = f"{first[0]}: {first[1].strip()}" if len(first) > 1 else str(exc)
+            raise BrokenRecord(name, path, reason) from None
+        return record
+
+    def save(self, record: RunnerRecord) -> RunnerRecord:
+        now = utcnow()
+        record = record.model_copy(update={"updated_at": now})
+        if record.state == "destroyed" and record.ended_at is None:
+            record = record.model_copy(update={"ended_at": now})
+        self.ensure()
+        path = self.record_path(record.name)
+        with unusable_as_usage(self.root):
+            make_private_dir(path.parent)
+            if path.is_dir() and not path.is_symlink():
+                # A folder where the record belongs cannot be replaced by rename; it is junk.
+                shutil.rmtree(path)
+            write_private(path, record.model_dump_json(indent=2))
+        return record
+
+    def names(self) -> list[str]:
+        """Every runner folder's name, records readable or not."""
+        try:
+            return sorted(path.name for path in self.runners.iterdir() if path.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise UsageError(
+                STATE_DIR_SOURCE, f"{self.root}: cannot read it ({exc.strerror}); {STATE_DIR_HINT}"
+            ) from None
+
+    def scan(self) -> Scan:
+        records, broken = [], []
+        for name in self.names():
+            try:
+                record = self.load(name)
+            except BrokenRecord as exc:
+                broken.append(exc)
+                continue
+            if record is not None:
+                records.append(record)
+        return Scan(records, broken)
+
+    def records(self) -> list[RunnerRecord]:
+        """The readable records (see `scan` for the others)."""
+        return self.scan().records
+
+    def set_aside(self, name: str) -> Path | None:
+        """Move an unreadable record out of the way (kept for a person to read)."""
+        path = self.record_path(name)
+        if not path.exists():
+            return None
+        kept = path.with_name(f"{RECORD_FILE}.unreadable-{int(utcnow().timestamp())}")
+        os.replace(path, kept)
+        return kept
+
+    def remove_workspace(self, name: str) -> None:
+        shutil.rmtree(self.workspace(name), ignore_errors=True)
+
+    def forget(self, name: str) -> None:
+        """Remove everything of a runner that never existed: record, workspace, logs."""
+        shutil.rmtree(self.runner_dir(name), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def unusable_as_usage(root: Path) -> Iterator[None]:
+    """An OSError on the state dir itself becomes one line that names the option."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(
+            STATE_DIR_SOURCE, f"cannot use {root} as the state dir ({reason}); {STATE_DIR_HINT}"
+        ) from None

@@ -1,0 +1,208 @@
+"""cml_infra.placement: the attempts `up` makes, in order, and what a Placement says of itself."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from cml_infra import clouds
+from cml_infra.catalog import load
+from cml_infra.errors import UsageError
+from cml_infra.placement import Attempt, Placement, attempts
+from cml_infra.spec import RunnerSpec
+from cml_infra.state import StateDir
+
+
+def _spec(cloud, **changes):
+    fields = {"name": "box-1", "cloud": cloud, "idle_timeout": 60, "ttl": 3600}
+    fields.update(changes)
+    return RunnerSpec(**fields)
+
+
+def _where(found):
+    return [attempt.placement.where for attempt in found]
+
+
+class RecordingCloud:
+    """Resolves any region, with two zones in each, and notes what it was asked."""
+
+    def __init__(self, zones=("a", "b")):
+        self.asked = []
+        self.zone_names = zones
+
+    def resolve(self, spec, *, region, spot, max_price):
+        self.asked.append((region, spot, max_price))
+        return Placement(
+            cloud="fake",
+            region=region or "home",
+            instance_type="t",
+            hourly_price=0.1 if spot else 0.3,
+            spot=spot,
+            max_price=max_price,
+        )
+
+    def zones(self, region):
+        return tuple(f"{region}-{zone}" for zone in self.zone_names)
+
+
+# --- the order of the attempts -----------------------------------------------------------------
+
+
+def test_each_region_on_the_asked_market_then_each_region_on_demand():
+    cloud = RecordingCloud()
+    spec = _spec(
+        "fake",
+        region="r1",
+        fallback_regions=("r2",),
+        spot=True,
+        max_price=0.2,
+        on_demand_fallback=True,
+    )
+    found = attempts(spec, cloud)
+    assert _where(found) == [
+        "r1-a (spot)",
+        "r1-b (spot)",
+        "r2-a (spot)",
+        "r2-b (spot)",
+        "r1-a (on-demand)",
+        "r1-b (on-demand)",
+        "r2-a (on-demand)",
+        "r2-b (on-demand)",
+    ]
+    assert [attempt.number for attempt in found] == list(range(8))
+    # Each region and market is resolved once, the fallback with no price cap.
+    assert cloud.asked == [
+        ("r1", True, 0.2),
+        ("r2", True, 0.2),
+        ("r1", False, None),
+        ("r2", False, None),
+    ]
+
+
+def test_without_the_fallback_only_the_asked_market_is_tried():
+    spec = _spec("fake", region="r1", fallback_regions=("r2",), spot=True)
+    assert _where(attempts(spec, RecordingCloud())) == [
+        "r1-a (spot)",
+        "r1-b (spot)",
+        "r2-a (spot)",
+        "r2-b (spot)",
+    ]
+
+
+def test_on_demand_is_tried_once_per_zone():
+    assert _where(attempts(_spec("fake", region="r1"), RecordingCloud())) == [
+        "r1-a (on-demand)",
+        "r1-b (on-demand)",
+    ]
+
+
+def test_no_region_asks_the_cloud_for_its_default():
+    cloud = RecordingCloud()
+    found = attempts(_spec("fake"), cloud)
+    assert cloud.asked == [(None, False, None)]
+    assert {attempt.placement.region for attempt in found} == {"home"}
+
+
+def test_a_region_without_zones_is_one_attempt():
+    found = attempts(_spec("fake", region="r1"), RecordingCloud(zones=()))
+    assert [(a.number, a.placement.zone, a.placement.where) for a in found] == [
+        (0, None, "r1 (on-demand)")
+    ]
+
+
+def test_every_attempt_is_resolved_before_any_is_made():
+    spec = _spec("gcp", region="us-central1", fallback_regions=("mars-central1",))
+    with pytest.raises(UsageError) as caught:
+        attempts(spec, clouds.get("gcp"))
+    assert caught.value.source == "--region"
+    assert "'mars-central1'" in str(caught.value)
+
+
+# --- the zones of each cloud -------------------------------------------------------------------
+
+
+def test_gcp_tries_each_of_the_catalogs_zones():
+    spec = _spec("gcp", region="us-east1", fallback_regions=("us-west1",))
+    zones = [attempt.placement.zone for attempt in attempts(spec, clouds.get("gcp"))]
+    assert zones == [*load("gcp").regions["us-east1"], *load("gcp").regions["us-west1"]]
+    assert zones == ["us-east1-b", "us-east1-c", "us-east1-d", "us-west1-a", "us-west1-b"]
+
+
+def test_aws_lets_ec2_pick_the_zone_first_then_names_the_catalogs():
+    found = attempts(_spec("aws", region="us-east-2"), clouds.get("aws"))
+    assert [attempt.placement.zone for attempt in found] == [
+        None,
+        *load("aws").regions["us-east-2"],
+    ]
+    assert _where(found)[:2] == ["us-east-2 (on-demand)", "us-east-2a (on-demand)"]
+
+
+def test_azure_places_in_the_region():
+    spec = _spec("azure", region="eastus", fallback_regions=("westeurope",), spot=True)
+    assert _where(attempts(spec, clouds.get("azure"))) == ["eastus (spot)", "westeurope (spot)"]
+
+
+def test_local_has_one_attempt_and_no_zone(tmp_path):
+    local = clouds.get("local", StateDir(tmp_path))
+    [attempt] = attempts(_spec("local"), local)
+    assert (attempt.number, attempt.placement.zone, attempt.placement.region) == (0, None, "local")
+
+
+def test_the_spot_attempts_of_a_vm_cloud_are_priced_on_their_market():
+    spec = _spec("aws", gpu="t4", gpu_count=1, spot=True, max_price=0.3, on_demand_fallback=True)
+    found = attempts(spec, clouds.get("aws"))
+    offer = load("aws").offer(load("aws").gpus["t4"][1])
+    spot = {(a.placement.hourly_price, a.placement.max_price) for a in found if a.placement.spot}
+    on_demand = {
+        (a.placement.hourly_price, a.placement.max_price) for a in found if not a.placement.spot
+    }
+    assert spot == {(offer.spot_price, 0.3)}
+    assert on_demand == {(offer.price, None)}
+
+
+# --- Placement and Attempt ---------------------------------------------------------------------
+
+PLACED = Placement(cloud="gcp", region="us-east1", instance_type="n1-standard-4", hourly_price=0.5)
+
+
+def test_the_market_is_spot_or_on_demand():
+    assert PLACED.market == "on-demand"
+    assert replace(PLACED, spot=True).market == "spot"
+
+
+def test_where_names_the_zone_or_else_the_region_and_the_market():
+    assert PLACED.where == "us-east1 (on-demand)"
+    zoned = replace(PLACED, zone="us-east1-b", spot=True)
+    assert zoned.where == "us-east1-b (spot)"
+
+
+def test_record_fields_say_where_and_on_what():
+    assert PLACED.record_fields() == {
+        "region": "us-east1",
+        "instance_type": "n1-standard-4",
+        "gpu": None,
+        "spot": False,
+        "hourly_price": 0.5,
+    }
+    with_gpu = replace(PLACED, gpu="t4", gpu_count=2, spot=True, zone="us-east1-b")
+    assert with_gpu.record_fields() == {
+        "region": "us-east1",
+        "instance_type": "n1-standard-4",
+        "gpu": "t4:2",
+        "spot": True,
+        "hourly_price": 0.5,
+    }
+
+
+def test_an_attempt_shares_region_and_market_across_zones_only():
+    spec = _spec(
+        "gcp", region="us-east1", fallback_regions=("us-west1",), spot=True, on_demand_fallback=True
+    )
+    first, second, *rest = attempts(spec, clouds.get("gcp"))
+    assert first.same_region_and_market(second)
+    other_region = next(a for a in rest if a.placement.region == "us-west1")
+    on_demand = next(a for a in rest if not a.placement.spot)
+    assert not first.same_region_and_market(other_region)
+    assert not first.same_region_and_market(on_demand)
+    assert isinstance(first, Attempt)
