@@ -41,6 +41,8 @@ ENV = "CML_INFRA_CONFIG"
 SECTIONS = ("cleanup",)
 # Never from a file that may be committed.
 REFUSED = frozenset({"token"})
+# Top-level keys that every command with the option takes, not only `up` and `render`.
+SHARED = frozenset({"state_dir", "terraform"})
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,11 @@ def load(path: Path | None, options: Mapping[str, Mapping[str, str]]) -> Config:
         return Config()
     table = _read(path)
     if path.name == PYPROJECT:
-        table = table.get("tool", {}).get("cml-infra", {})
+        tool = table.get("tool", {})
+        ours = tool.get("cml-infra", {}) if isinstance(tool, dict) else None
+        if not isinstance(ours, dict):
+            raise UsageError(str(path), "[tool.cml-infra] must be a table of options")
+        table = ours
     top = _checked(path, "", {k: v for k, v in table.items() if k not in SECTIONS}, options["up"])
     # `render` takes the placement of `up`, not its launch-only options (--budget, --wait, ...).
     defaults = {
@@ -148,12 +154,19 @@ def load(path: Path | None, options: Mapping[str, Mapping[str, str]]) -> Config:
             name: value for name, value in top.items() if name in set(options["render"].values())
         },
     }
+    # Where runners live and what runs Terraform hold for every command, or `status` and
+    # `down` would not see the runners `up` made.
+    shared = {name: value for name, value in top.items() if name in SHARED}
+    for command, keys in options.items():
+        if command not in defaults:
+            defaults[command] = {n: v for n, v in shared.items() if n in set(keys.values())}
     for section in SECTIONS:
         value = table.get(section, {})
         if not isinstance(value, dict):
             raise UsageError(str(path), f"[{section}] must be a table of {section}'s options")
-        defaults[section] = _checked(path, f"{section}.", value, options[section])
-    return Config(path, defaults)
+        checked = _checked(path, f"{section}.", value, options[section])
+        defaults[section] = {**defaults.get(section, {}), **checked}
+    return Config(path, {command: values for command, values in defaults.items() if values})
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -169,6 +182,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise UsageError(str(path), f"cannot read the config file: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(str(path), f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(str(path), "not valid TOML: the file is not UTF-8") from None
 
 
 def _checked(
@@ -200,4 +215,7 @@ def _relative_to(folder: Path, name: str, value: Any) -> Any:
         return value
     if "/" not in value and name != "state_dir":
         return value
-    return str(folder / Path(value).expanduser())
+    try:
+        return str(folder / Path(value).expanduser())
+    except RuntimeError as exc:  # ~user of a user this machine does not know
+        raise UsageError(f"--{name.replace('_', '-')}", f"{value!r}: {exc}") from None

@@ -24,6 +24,7 @@ _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # No lifetime, timeout or age we take is longer than a year; larger numbers are typos (and
 # overflow the date arithmetic).
 MAX_DURATION_SECONDS = 366 * 86400
+_MAX_DURATION_TEXT = 40
 _INTEGER = re.compile(r"-?[0-9]+")
 _DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
 # Short enough for every cloud's instance name and for the GitHub label `cml-infra-<name>`;
@@ -43,6 +44,10 @@ def parse_duration(text: str, flag: str) -> int:
     """Seconds in `text` (`90`, `30s`, `5m`, `6h`, `1d`, `1h30m`); zero or negative is an error."""
     value = text.strip().lower()
     hint = "use a whole number with a unit: 30s, 5m, 6h, 1d or 1h30m"
+    if len(value) > _MAX_DURATION_TEXT:
+        # Far more digits than any duration up to the maximum has (Python refuses to turn
+        # over 4,300 digits into a number at all).
+        raise UsageError(flag, f"{text[:20]!r}... is longer than the maximum, 366d")
     if _INTEGER.fullmatch(value):
         seconds = int(value)
     else:

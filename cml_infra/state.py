@@ -63,6 +63,11 @@ def user_path(value: str, source: str) -> Path:
     if not value.strip():
         raise UsageError(source, "the path is empty; give a folder")
     try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8: such a path could not be written into a workspace.
+        raise UsageError(source, f"{value!r} is not valid UTF-8") from None
+    try:
         return Path(value).expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop, an unknown ~user
         raise UsageError(source, f"{value!r} is not a usable path ({exc})") from None

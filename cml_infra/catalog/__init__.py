@@ -153,6 +153,11 @@ def parse_gpu(text: str, flag: str = "--gpu") -> tuple[str, int]:
         raise UsageError(flag, f"unknown GPU {name!r}; " + _choices(name, GPU_NAMES))
     if not colon:
         return name, 1
-    if not count_text.isascii() or not count_text.isdigit() or not 1 <= int(count_text) <= 16:
+    if (
+        not count_text.isascii()
+        or not count_text.isdigit()
+        or len(count_text) > 2
+        or not 1 <= int(count_text) <= 16
+    ):
         raise UsageError(flag, f"{text!r}: the count after ':' must be a whole number from 1 to 16")
     return name, int(count_text)

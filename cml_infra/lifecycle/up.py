@@ -231,11 +231,23 @@ def reusable(spec: RunnerSpec, state: StateDir, token: str | None) -> RunnerInfo
 def render_only(spec: RunnerSpec, state: StateDir, out: Path) -> Launch:
     """Write the workspace of `up`'s first attempt; its fallbacks are checked, not written."""
     launch = prepare.plan(spec, state)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError("--output", f"{out} exists and is not an empty folder")
     context = launch.context(launch.startup_script(None))
+    created = None
     try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError("--output", f"{out} exists and is not an empty folder")
+        created = _first_missing(out)
         _write(out, launch, launch.attempts[0], context)
     except OSError as exc:
+        if created is not None:  # half a workspace is worse than none
+            shutil.rmtree(created, ignore_errors=True)
         raise UsageError("--output", f"cannot write {out} ({exc.strerror or exc})") from None
     return launch
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what writing it creates)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing

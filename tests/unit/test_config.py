@@ -214,3 +214,15 @@ def test_a_relative_path_in_the_file_is_relative_to_the_file(tmp_path):
     loaded = config.load(path, options).defaults
     assert loaded["up"]["terraform"] == "tofu", "a command name is looked up on PATH"
     assert loaded["cleanup"]["state_dir"] == "/var/lib/ci-state"
+
+
+def test_the_state_dir_of_the_file_holds_for_every_command(project, monkeypatch, make_record):
+    """Else `status` and `down` would not see the runners `up` made there."""
+    from cml_infra.state import StateDir
+
+    monkeypatch.delenv("CML_INFRA_HOME")
+    (project / ".cml-infra.toml").write_text('state-dir = "my-state"\n')
+    StateDir(project / "my-state").save(make_record("box-1", state="destroyed"))
+    result = CliRunner().invoke(app, ["status", "--all", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [row["name"] for row in json.loads(result.stdout)] == ["box-1"]
