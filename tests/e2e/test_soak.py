@@ -6,7 +6,7 @@ measured by two unsignalled `up`s first), sends one signal to one random victim:
 
 - the CLI itself: SIGKILL, SIGINT or SIGTERM;
 - a Terraform child of the CLI (found by walking /proc parent pids): SIGKILL or SIGINT;
-- the instance's agent (the `agent.py` process whose working folder is the sandbox
+- the instance's agent (the `python -m cml_infra_agent` process whose working folder is the sandbox
   `<state>/local/instances/<name>/`): SIGKILL or SIGINT. The agent may also be hit after `up`
   returned: an instance whose agent died is one of the leftovers cleanup has to reap. (The
   agent inherits SIGINT ignored from create.sh's background start, so its SIGINT is a no-op;
@@ -162,7 +162,7 @@ def agents(sandbox: Path) -> list[int]:
     return [
         pid
         for pid in procs_under(sandbox)
-        if _cwd(pid) == str(sandbox) and any(arg.endswith("agent.py") for arg in _argv(pid))
+        if _cwd(pid) == str(sandbox) and "cml_infra_agent" in _argv(pid)[1:3]
     ]
 
 
