@@ -6,13 +6,13 @@ organization); whether a name is valid there is the forge's to say (forge/).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 import secrets
 import string
 from collections.abc import Iterable, Sequence
-
-from pydantic import BaseModel, ConfigDict
+from dataclasses import dataclass, field
 
 from cml_infra.errors import UsageError
 
@@ -38,6 +38,35 @@ AUTO_LABEL_PREFIX = "cml-infra-"
 CLOUD_LABEL = AUTO_LABEL_PREFIX + "on-"
 SINCE_LABEL = AUTO_LABEL_PREFIX + "since-"
 RESERVED_NAME_PREFIXES = ("on-", "since-")
+
+
+GPU_NAMES = ("t4", "l4", "a10g", "v100", "a100", "a100-80gb", "h100")
+SIZES = ("s", "m", "l", "xl")
+
+
+def choices(value: str, choices: Iterable[str]) -> str:
+    """`valid: a, b, c`, led by the closest match to `value` when there is one."""
+    names = sorted(choices)
+    close = difflib.get_close_matches(value, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}valid: {', '.join(names)}"
+
+
+def parse_gpu(text: str, flag: str = "--gpu") -> tuple[str, int]:
+    """`t4` → ("t4", 1); `a100:8` → ("a100", 8); unknown names list every known GPU."""
+    name, colon, count_text = text.strip().lower().partition(":")
+    if name not in GPU_NAMES:
+        raise UsageError(flag, f"unknown GPU {name!r}; " + choices(name, GPU_NAMES))
+    if not colon:
+        return name, 1
+    if (
+        not count_text.isascii()
+        or not count_text.isdigit()
+        or len(count_text) > 2
+        or not 1 <= int(count_text) <= 16
+    ):
+        raise UsageError(flag, f"{text!r}: the count after ':' must be a whole number from 1 to 16")
+    return name, int(count_text)
 
 
 def parse_duration(text: str, flag: str) -> int:
@@ -182,13 +211,12 @@ def parse_max_price(text: str | None, spot: bool, flag: str = "--max-price") -> 
     return price
 
 
-class ForgeTarget(BaseModel):
+@dataclass(frozen=True)
+class ForgeTarget:
     """Where a runner registers: a repository or an organization of one forge, forge-neutral.
 
     Whether `repo` and `org` are valid names there, and the API URL, are checked by the forge.
     """
-
-    model_config = ConfigDict(frozen=True)
 
     kind: str = "github"
     repo: str | None = None
@@ -211,18 +239,17 @@ class ForgeTarget(BaseModel):
         return hashlib.sha256(self.scope_path.lower().encode()).hexdigest()[:16]
 
 
-class RunnerSpec(BaseModel):
-    """One runner as asked for; immutable once built."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class RunnerSpec:
+    """One runner as asked for; immutable once built (build_spec checks every field)."""
 
     name: str
     cloud: str
+    idle_timeout: int
+    ttl: int
     # The first region to try (None: the cloud's default), then the others in order.
     region: str | None = None
     fallback_regions: tuple[str, ...] = ()
-    idle_timeout: int
-    ttl: int
     single: bool = False
     labels: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
@@ -236,7 +263,7 @@ class RunnerSpec(BaseModel):
     # USD that the hourly price times the ttl may reach; None: no limit.
     budget: float | None = None
     image: str | None = None
-    tags: dict[str, str] = {}
+    tags: dict[str, str] = field(default_factory=dict)
     # Runner mode (a forge given): the instance runs the forge's runner instead of a task.
     forge: ForgeTarget | None = None
     startup_timeout: int = 900
@@ -300,8 +327,6 @@ def build_spec(
 ) -> RunnerSpec:
     """Parse raw flag values into a RunnerSpec; cloud, region and catalog names are checked by
     the cloud that resolves it, repository and organization names by the forge."""
-    from cml_infra.catalog import SIZES, parse_gpu
-
     gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 0)
     if size is not None and size not in SIZES:
         raise UsageError("--size", f"unknown size {size!r}; valid: {', '.join(SIZES)}")

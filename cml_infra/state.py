@@ -19,11 +19,12 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from cml_infra.errors import CmlInfraError, UsageError
 
@@ -37,6 +38,8 @@ RECORD_FILE = "runner.json"
 # Where the option comes from, for errors about an unusable state dir.
 STATE_DIR_SOURCE = "--state-dir"
 STATE_DIR_HINT = "give --state-dir (or CML_INFRA_HOME) a folder this user can create and write"
+# How often a wait for a lock looks again.
+LOCK_POLL_SECONDS = 0.05
 
 
 def utcnow() -> datetime:
@@ -73,9 +76,9 @@ def user_path(value: str, source: str) -> Path:
         raise UsageError(source, f"{value!r} is not a usable path ({exc})") from None
 
 
-def _record_model() -> type[Any]:
-    # pydantic is imported when a record is read or written, not by `cml-infra status` on an
-    # empty state dir.
+def _record_model() -> type[RunnerRecord]:
+    # Imported when a record is read or written, not by `cml-infra status` on an empty state
+    # dir.
     from cml_infra.record import RunnerRecord
 
     return RunnerRecord
@@ -184,30 +187,21 @@ class StateDir:
         """Hold `name`'s lock; `wait` seconds at most. For a claim of the name (`up`; the
         default when `wait` is 0) a lock held past the wait is bad input, the name being in
         use; otherwise it is a failure."""
-        from filelock import FileLock, Timeout
-
         self.ensure()
-        lock = FileLock(self.locks / f"{name}.lock", mode=0o600)
-        try:
-            lock.acquire(timeout=wait)
-        except Timeout:
+        with unusable_as_usage(self.root):
+            fd = acquire(self.locks / f"{name}.lock", wait)
+        if fd is None:
             if claim or (claim is None and wait == 0):
                 raise UsageError(
                     "--name", f"{name!r} is in use: another cml-infra command is working on it"
-                ) from None
+                )
             raise CmlInfraError(
                 f"{name}: another cml-infra command has held its lock for over {wait:.0f}s"
-            ) from None
-        except OSError as exc:  # Timeout is one too, so it is caught first
-            raise UsageError(
-                STATE_DIR_SOURCE,
-                f"cannot use {self.root} as the state dir ({exc.strerror or exc}); "
-                f"{STATE_DIR_HINT}",
-            ) from None
+            )
         try:
             yield
         finally:
-            lock.release()
+            release(fd)
 
     def held(self, name: str) -> bool:
         """Whether a live command holds `name`'s lock (a killed one holds nothing). It takes
@@ -229,18 +223,16 @@ class StateDir:
         except OSError as exc:  # a folder in its place, no permission
             raise BrokenRecord(name, path, exc.strerror or type(exc).__name__) from None
         try:
-            record: RunnerRecord = _record_model().model_validate_json(text)
-        except ValueError as exc:
-            first = str(exc).splitlines()
-            reason = f"{first[0]}: {first[1].strip()}" if len(first) > 1 else str(exc)
-            raise BrokenRecord(name, path, reason) from None
+            record: RunnerRecord = _record_model().from_json(text)
+        except ValueError as exc:  # msgspec's DecodeError and ValidationError are ValueErrors
+            raise BrokenRecord(name, path, " ".join(str(exc).split())) from None
         return record
 
     def save(self, record: RunnerRecord) -> RunnerRecord:
         now = utcnow()
-        record = record.model_copy(update={"updated_at": now})
+        record = record.replace(updated_at=now)
         if record.state == "destroyed" and record.ended_at is None:
-            record = record.model_copy(update={"ended_at": now})
+            record = record.replace(ended_at=now)
         self.ensure()
         path = self.record_path(record.name)
         with unusable_as_usage(self.root):
@@ -248,7 +240,7 @@ class StateDir:
             if path.is_dir() and not path.is_symlink():
                 # A folder where the record belongs cannot be replaced by rename; it is junk.
                 shutil.rmtree(path)
-            write_private(path, record.model_dump_json(indent=2))
+            write_private(path, record.to_json())
         return record
 
     def names(self) -> list[str]:
@@ -293,6 +285,36 @@ class StateDir:
     def forget(self, name: str) -> None:
         """Remove everything of a runner that never existed: record, workspace, logs."""
         shutil.rmtree(self.runner_dir(name), ignore_errors=True)
+
+
+def acquire(path: Path, wait: float) -> int | None:
+    """An exclusive lock on `path` (created 0600): its descriptor, or None when another open
+    of it held the lock for `wait` seconds. An flock ends with its holder, however it dies."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        except OSError:
+            os.close(fd)
+            raise
+
+
+def release(fd: int) -> None:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

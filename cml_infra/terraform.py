@@ -25,6 +25,8 @@ from typing import Any
 from cml_infra.errors import CmlInfraError, UsageError
 
 BUNDLED = "bundled"
+# Inits share the plugin cache one at a time; a wait past this is a hung init elsewhere.
+INIT_LOCK_WAIT_SECONDS = 600.0
 SECRET_VARIABLES = frozenset({"CML_INFRA_TOKEN", "GITHUB_TOKEN", "GH_TOKEN"})
 
 
@@ -120,10 +122,19 @@ class EngineHome:
     @contextmanager
     def init_lock(self) -> Iterator[None]:
         """The plugin cache is not safe for concurrent writers, so inits take turns."""
-        from filelock import FileLock
+        from cml_infra.state import acquire, make_private_dir, release
 
-        with FileLock(self.root / "plugin-cache.lock", mode=0o600, timeout=600):
+        make_private_dir(self.root)
+        fd = acquire(self.root / "plugin-cache.lock", INIT_LOCK_WAIT_SECONDS)
+        if fd is None:
+            raise CmlInfraError(
+                f"another terraform init has held {self.root / 'plugin-cache.lock'} for over "
+                f"{INIT_LOCK_WAIT_SECONDS:.0f}s"
+            )
+        try:
             yield
+        finally:
+            release(fd)
 
 
 class Engine:

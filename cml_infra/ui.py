@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -88,17 +89,26 @@ def stderr() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _say(text: str, style: str | None = None) -> None:
+    """A line on stderr: styled by rich on a terminal, plain (and without loading rich)
+    when it goes to a log."""
+    if sys.stderr.isatty():
+        stderr().print(text, markup=False, style=style)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 def info(message: str) -> None:
     if not QUIET.get():
-        stderr().print(message, markup=False)
+        _say(message)
 
 
 def warn(message: str) -> None:
-    stderr().print(f"warning: {message}", markup=False, style="yellow")
+    _say(f"warning: {message}", "yellow")
 
 
 def error(message: str) -> None:
-    stderr().print(f"error: {message}", markup=False, style="bold red")
+    _say(f"error: {message}", "bold red")
 
 
 def result(text: str) -> None:
@@ -115,7 +125,7 @@ def terraform_progress(title: str) -> Iterator[Callable[[Event], None]]:
     """An event handler: a spinner with the latest step on a TTY, plain lines otherwise."""
     if QUIET.get():
         yield lambda event: None
-    elif stderr().is_terminal:
+    elif sys.stderr.isatty():
         with stderr().status(title) as status:
 
             def on_tty_event(event: Event) -> None:
@@ -125,11 +135,11 @@ def terraform_progress(title: str) -> Iterator[Callable[[Event], None]]:
 
             yield on_tty_event
     else:
-        stderr().print(title, markup=False)
+        _say(title)
 
         def on_plain_event(event: Event) -> None:
             if _shown(event):
-                stderr().print(f"  {event.message}", markup=False)
+                _say(f"  {event.message}")
             _warn_diagnostic(event)
 
         yield on_plain_event

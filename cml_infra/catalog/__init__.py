@@ -6,7 +6,6 @@ Each file maps the generic sizes (s, m, l, xl) and GPU names with counts (`t4:2`
 
 from __future__ import annotations
 
-import difflib
 from datetime import date
 from functools import cache
 from importlib import resources
@@ -16,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from cml_infra.errors import UsageError
 
-GPU_NAMES = ("t4", "l4", "a10g", "v100", "a100", "a100-80gb", "h100")
-SIZES = ("s", "m", "l", "xl")
+# The generic names a user types are the spec's; a catalog maps them to its own types.
+from cml_infra.spec import GPU_NAMES, SIZES, choices
 
 
 class Offer(BaseModel):
@@ -97,7 +96,7 @@ class Catalog(BaseModel):
         if region not in self.regions:
             raise UsageError(
                 "--region",
-                f"unknown region {region!r} for {self.cloud}; " + _choices(region, self.regions),
+                f"unknown region {region!r} for {self.cloud}; " + choices(region, self.regions),
             )
         return region
 
@@ -126,13 +125,6 @@ class Catalog(BaseModel):
         return None
 
 
-def _choices(value: str, choices: Any) -> str:
-    names = sorted(choices)
-    close = difflib.get_close_matches(value, names, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{hint}valid: {', '.join(names)}"
-
-
 def path(cloud: str) -> Any:
     """The packaged data file of `cloud` (it may not exist: not every cloud has a catalog)."""
     return resources.files(__package__).joinpath("data").joinpath(f"{cloud}.yaml")
@@ -144,20 +136,3 @@ def load(cloud: str) -> Catalog:
 
     text = path(cloud).read_text(encoding="utf-8")
     return Catalog.model_validate(yaml.safe_load(text))
-
-
-def parse_gpu(text: str, flag: str = "--gpu") -> tuple[str, int]:
-    """`t4` → ("t4", 1); `a100:8` → ("a100", 8); unknown names list every known GPU."""
-    name, colon, count_text = text.strip().lower().partition(":")
-    if name not in GPU_NAMES:
-        raise UsageError(flag, f"unknown GPU {name!r}; " + _choices(name, GPU_NAMES))
-    if not colon:
-        return name, 1
-    if (
-        not count_text.isascii()
-        or not count_text.isdigit()
-        or len(count_text) > 2
-        or not 1 <= int(count_text) <= 16
-    ):
-        raise UsageError(flag, f"{text!r}: the count after ':' must be a whole number from 1 to 16")
-    return name, int(count_text)

@@ -7,6 +7,7 @@ inside the methods that call them.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import pkgutil
@@ -70,4 +71,12 @@ def canonical(name: str, flag: str = "--cloud") -> str:
 
 def get(name: str, state: StateDir | None = None, flag: str = "--cloud") -> Cloud:
     """The cloud called `name`; `state` where its instances may live on this machine."""
+    key = name.lower()
+    if key not in _REGISTRY and key.isidentifier() and key not in _SUPPORT:
+        # A cloud lives in the module of its name: one import, not all of them, for the
+        # commands that name their cloud (every `up` and `down`). Aliases need the rest.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"{__name__}.{key}")
+    if key in _REGISTRY:
+        return _REGISTRY[key](state)
     return classes()[canonical(name, flag)](state)

@@ -11,15 +11,17 @@ import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from cml_infra.catalog import Offer
 from cml_infra.clouds import register, tags
 from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.placement import Placement
 from cml_infra.spec import RunnerSpec
+
+if TYPE_CHECKING:
+    from cml_infra.catalog import Offer
 
 USER_DATA_LIMIT = 16 * 1024
 MANAGED_FILTER = {"Name": f"tag:{tags.MANAGED}", "Values": ["true"]}

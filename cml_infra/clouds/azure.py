@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cml_infra.catalog import Offer
 from cml_infra.clouds import register, tags
 from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
@@ -21,6 +20,7 @@ from cml_infra.placement import Placement
 from cml_infra.spec import RunnerSpec
 
 if TYPE_CHECKING:
+    from cml_infra.catalog import Offer
     from cml_infra.state import StateDir
 
 CUSTOM_DATA_LIMIT = 64 * 1024

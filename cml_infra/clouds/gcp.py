@@ -14,16 +14,18 @@ import re
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from cml_infra.catalog import Offer
 from cml_infra.clouds import register, tags
 from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, RenderContext
 from cml_infra.clouds.vm import VmCloud
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.placement import Placement
 from cml_infra.spec import RunnerSpec
+
+if TYPE_CHECKING:
+    from cml_infra.catalog import Offer
 
 METADATA_LIMIT = 256 * 1024
 MIN_RUN_SECONDS, MAX_RUN_SECONDS = 30, 120 * 86400
@@ -56,6 +58,8 @@ class GcpCloud(VmCloud):
     )
 
     def attach_gpu(self, spec: RunnerSpec, instance_type: str) -> Offer:
+        from cml_infra.catalog import Offer
+
         if spec.gpu_count not in (1, 2, 4, 8):
             raise UsageError("--gpu", f"gcp attaches 1, 2, 4 or 8 GPUs, not {spec.gpu_count}")
         if not instance_type.startswith("n1-") or spec.gpu not in ATTACHABLE:

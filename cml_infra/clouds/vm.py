@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import gzip
 from abc import abstractmethod
+from typing import TYPE_CHECKING
 
-from cml_infra.catalog import Catalog, Offer, load
 from cml_infra.clouds.base import Boot, Cloud
 from cml_infra.errors import UsageError
 from cml_infra.placement import Placement
 from cml_infra.spec import RunnerSpec
+
+if TYPE_CHECKING:
+    # The catalog (pydantic) loads when a VM cloud resolves a placement, not with the registry.
+    from cml_infra.catalog import Catalog, Offer
 
 DEFAULT_SIZE = "m"
 
@@ -27,6 +31,8 @@ class VmCloud(Cloud):
 
     @property
     def catalog(self) -> Catalog:
+        from cml_infra.catalog import load
+
         return load(self.name)
 
     def resolve(
@@ -51,6 +57,8 @@ class VmCloud(Cloud):
         )
 
     def _offer(self, spec: RunnerSpec, catalog: Catalog) -> Offer:
+        from cml_infra.catalog import Offer
+
         if spec.instance_type is not None:
             if spec.gpu is not None:
                 return self.attach_gpu(spec, spec.instance_type)

@@ -7,6 +7,7 @@ object; the instance only ever gets what `register` mints.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -90,7 +91,8 @@ class Forge(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What a record keeps of the forge: never the token."""
-        return {"kind": self.kind, **self.target.model_dump(exclude={"kind"}, exclude_none=True)}
+        fields = {k: v for k, v in dataclasses.asdict(self.target).items() if v is not None}
+        return {**fields, "kind": self.kind}
 
     def owns(self, tags: Mapping[str, str]) -> bool:
         """Whether an instance with these tags is a runner of this forge target."""

@@ -3,6 +3,7 @@ record cannot be read is still found and ended."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 
@@ -62,18 +63,16 @@ def _down_one(
             return record
         engine = explicit or Engine.from_argv(record.engine, state.engine_home())
         cloud = clouds.get(record.cloud, state, flag=f"{name}: cloud")
-        record = state.save(record.model_copy(update={"state": "destroying"}))
+        record = state.save(record.replace(state="destroying"))
         problems = teardown.destroy(engine, state, cloud, record)
         if problems:
-            state.save(record.model_copy(update={"state": "failed", "error": problems}))
+            state.save(record.replace(state="failed", error=problems))
             raise CmlInfraError(f"{name}: destroy failed: {problems}")
         state.remove_workspace(name)
         if record.forge:
             _down_registration(record, token)
         ui.info(f"{name} destroyed" + (f" ({reason})" if reason else ""))
-        return state.save(
-            record.model_copy(update={"state": "destroyed", "end_reason": reason, "error": None})
-        )
+        return state.save(record.replace(state="destroyed", end_reason=reason, error=None))
 
 
 def _stand_in(name: str, state: StateDir, broken: BrokenRecord) -> RunnerRecord:
@@ -142,7 +141,8 @@ def target_of_record(saved: dict[str, object]) -> ForgeTarget:
         fields["repo" if kind == "repos" else "org"] = slug
     if "runner_group" in fields:
         fields["group"] = fields.pop("runner_group")
-    return ForgeTarget.model_validate(fields)
+    known = {f.name for f in dataclasses.fields(ForgeTarget)}
+    return ForgeTarget(**{key: str(value) for key, value in fields.items() if key in known})
 
 
 def all_live(state: StateDir) -> list[str]:

@@ -6,7 +6,7 @@ or a startup script too large for the cloud all fail here, with nothing written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,8 @@ class Launch:
     attempts: list[Attempt]
     created_at: datetime
     expires_at: datetime
+    # The script `plan` checked: with a stand-in registration in runner mode, else the real one.
+    checked_script: str = ""
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -38,6 +40,8 @@ class Launch:
         return registration_labels(self.spec, self.cloud.name, self.created_at.timestamp())
 
     def startup_script(self, registration: Registration | None) -> str:
+        if registration is None and self.checked_script:
+            return self.checked_script
         runner = None
         if self.spec.forge is not None:
             forge_class = forge.forge_class(self.spec.forge)
@@ -72,5 +76,6 @@ def plan(spec: RunnerSpec, state: StateDir | None) -> Launch:
         expires_at=created + timedelta(seconds=spec.ttl),
     )
     # Every attempt gets the same script, so the first one's variables show whether it fits.
-    launch.variables(attempts[0], launch.context(launch.startup_script(None)))
+    launch = replace(launch, checked_script=launch.startup_script(None))
+    launch.variables(attempts[0], launch.context(launch.checked_script))
     return launch

@@ -66,18 +66,14 @@ def rollback(
     ui.warn(f"{record.name}: {reason}; destroying what was created")
     problems = destroy(engine, state, cloud, record)
     if problems:
-        state.save(
-            record.model_copy(
-                update={"state": "failed", "error": f"{reason}; rollback failed: {problems}"}
-            )
-        )
+        state.save(record.replace(state="failed", error=f"{reason}; rollback failed: {problems}"))
         ui.error(
             f"{record.name}: rollback failed ({problems}); it is recorded as failed: "
             f"run `cml-infra down {record.name}` to finish"
         )
         return
     state.remove_workspace(record.name)
-    state.save(record.model_copy(update={"state": "destroyed", "error": f"up failed: {reason}"}))
+    state.save(record.replace(state="destroyed", error=f"up failed: {reason}"))
     ui.info(f"{record.name}: rolled back; nothing is left running")
 
 

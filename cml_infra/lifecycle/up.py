@@ -67,8 +67,8 @@ class _Up:
             self.roll_back(record, exc, previous)
             raise
         record = self.state.save(
-            record.model_copy(
-                update={"state": "running", "instance_id": instance["id"], "outputs": instance}
+            record.replace(
+                **{"state": "running", "instance_id": instance["id"], "outputs": instance}
             )
         )
         self.guard.commit()
@@ -121,7 +121,7 @@ class _Up:
         while True:
             if attempt.number:
                 update = attempt.placement.record_fields()
-                record = self.state.save(record.model_copy(update=update))
+                record = self.state.save(record.replace(**update))
             _write(workspace, launch, attempt, context)
             try:
                 return record, self.apply(workspace, attempt)

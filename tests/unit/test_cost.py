@@ -75,8 +75,8 @@ def test_saving_a_destroyed_record_stamps_its_end_once(tmp_path, make_record):
     state = StateDir(tmp_path / "state")
     live = state.save(make_record("box", hourly_price=1.0))
     assert live.ended_at is None
-    gone = state.save(live.model_copy(update={"state": "destroyed"}))
+    gone = state.save(live.replace(state="destroyed"))
     assert gone.ended_at is not None
-    again = state.save(gone.model_copy(update={"end_reason": "noted later"}))
+    again = state.save(gone.replace(end_reason="noted later"))
     assert again.ended_at == gone.ended_at
     assert state.load("box").ended_at == gone.ended_at

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cml_infra import forge, spec
@@ -182,8 +184,8 @@ def test_all_labels_adds_the_unique_label_last():
 
 def test_runner_spec_is_frozen():
     runner = _spec()
-    with pytest.raises(ValueError):
-        runner.name = "other"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        runner.name = "other"  # type: ignore[misc]
 
 
 def test_build_spec_parses_every_flag():

@@ -11,9 +11,9 @@ import yaml
 from pydantic import ValidationError
 
 from cml_infra import clouds
-from cml_infra.catalog import GPU_NAMES, SIZES, Catalog, load, parse_gpu, path
+from cml_infra.catalog import Catalog, load, path
 from cml_infra.errors import UsageError
-from cml_infra.spec import RunnerSpec
+from cml_infra.spec import GPU_NAMES, SIZES, RunnerSpec, parse_gpu
 
 CLOUDS = ("aws", "gcp", "azure")
 

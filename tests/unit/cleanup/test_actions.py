@@ -35,7 +35,7 @@ def downs(monkeypatch, state):
         assert on_state is state
         for name in names:
             record = on_state.load(name)
-            on_state.save(record.model_copy(update={"state": "destroyed", "end_reason": reason}))
+            on_state.save(record.replace(state="destroyed", end_reason=reason))
         return []
 
     monkeypatch.setattr(down_module, "down", down)

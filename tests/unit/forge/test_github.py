@@ -4,6 +4,7 @@ whose traffic is checked against GitHub's OpenAPI description. Only 127.0.0.1 is
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -70,7 +71,7 @@ def clock(monkeypatch):
 
 def forge(gh, target=REPO, token=TOKEN, runner_group=None):
     """The forge for `target`, on the fake's API."""
-    return GitHubForge(target.model_copy(update={"api_url": gh.url, "group": runner_group}), token)
+    return GitHubForge(dataclasses.replace(target, api_url=gh.url, group=runner_group), token)
 
 
 def assert_clean_error(exc: CmlInfraError, *tokens: str, api: bool = True) -> str:
@@ -448,9 +449,7 @@ def closed_port() -> int:
 def test_unreachable_api(clock):
     url = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(CmlInfraError) as raised:
-        GitHubForge(ORG.model_copy(update={"api_url": url}), TOKEN).register(
-            "box-9", (), single=True
-        )
+        GitHubForge(dataclasses.replace(ORG, api_url=url), TOKEN).register("box-9", (), single=True)
     message = assert_clean_error(raised.value)
     assert "unreachable" in message and url in message
     assert clock.sleeps == []
