@@ -285,8 +285,30 @@ def test_help_imports_nothing_heavy():
 
 def test_subcommand_help_imports_nothing_heavy():
     _, modules = _imported_modules("up", "--help")
-    # typer itself coerces a subcommand's parameters through pydantic; that one is not ours.
-    assert sorted(modules & (set(HEAVY) - {"pydantic"})) == []
+    assert sorted(modules & set(HEAVY)) == []
+
+
+def test_status_of_an_empty_state_dir_imports_nothing_heavy(tmp_path):
+    """`status` must stay as quick as `--help`: nothing but the state dir is looked at."""
+    _, modules = _imported_modules("status", "--state-dir", str(tmp_path / "empty"))
+    heavy = set(HEAVY) - {"cml_infra.lifecycle"}
+    assert sorted(modules & heavy) == []
+    assert not (tmp_path / "empty").exists()
+
+
+def test_up_and_down_on_the_local_cloud_import_no_pydantic_catalog_or_other_cloud(tmp_path):
+    state = str(tmp_path / "state")
+    _, up = _imported_modules("up", "--state-dir", state, "--idle-timeout", "1h",
+                              "--name", "light", "--", "sleep", "600")  # fmt: skip
+    _, down = _imported_modules("down", "light", "--state-dir", state)
+    for modules in (up, down):
+        loaded = {m for m in modules if m.startswith(("pydantic", "cml_infra.clouds.", "boto3"))}
+        assert loaded <= {
+            "cml_infra.clouds.base",
+            "cml_infra.clouds.local",
+            "cml_infra.clouds.tags",
+        }
+        assert "cml_infra.catalog" not in modules
 
 
 # --- catalog, render and doctor for the VM clouds ---------------------------------------------
