@@ -117,24 +117,25 @@ def umask_022():
     os.umask(previous)
 
 
+def record_of(name="runner-a", **changes) -> RunnerRecord:
+    now = datetime.now(timezone.utc)
+    fields = {
+        "name": name,
+        "cloud": "local",
+        "region": "local",
+        "state": "running",
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": now + timedelta(hours=1),
+        "idle_timeout": 300,
+        "ttl": 3600,
+        "labels": ("gpu", f"cml-infra-{name}"),
+        "command": ("echo", "hi"),
+    }
+    fields.update(changes)
+    return RunnerRecord(**fields)
+
+
 @pytest.fixture
 def make_record():
-    def make(name="runner-a", **changes):
-        now = datetime.now(timezone.utc)
-        fields = {
-            "name": name,
-            "cloud": "local",
-            "region": "local",
-            "state": "running",
-            "created_at": now,
-            "updated_at": now,
-            "expires_at": now + timedelta(hours=1),
-            "idle_timeout": 300,
-            "ttl": 3600,
-            "labels": ("gpu", f"cml-infra-{name}"),
-            "command": ("echo", "hi"),
-        }
-        fields.update(changes)
-        return RunnerRecord(**fields)
-
-    return make
+    return record_of

@@ -66,6 +66,18 @@ def assert_one_line_error(result, flag, state_root):
         (["up", "--labels", "gpu", "--labels", "cml-infra-x"], "--labels", "reserved"),
         (["up", "--name", "ok-name", "--ttl", "1h30"], "--ttl", "'1h30'"),
         (["render", "-o", "out", "--ttl", "0"], "--ttl", "must be longer than zero"),
+        # Found by a new user: accepted without complaint before.
+        (["up", "--labels", ""], "--labels", "has an empty label"),
+        (["up", "--labels", "a,,b"], "--labels", "has an empty label"),
+        (["up", "--single"], "--single", "nothing to do"),
+        (["up", "--state-dir", ""], "--state-dir", "the path is empty"),
+        (["up", "--ttl", "99999999999999999999d"], "--ttl", "longer than the maximum, 366d"),
+        (["up", "--ttl", "9999999999999s"], "--ttl", "longer than the maximum, 366d"),
+        (["cleanup", "--max-age", "9999999999999s"], "--max-age", "maximum, 366d"),
+        (["cleanup", "--idle", "99999999999999999999d"], "--idle", "maximum, 366d"),
+        (["cleanup", "--orphan-grace", "9999999999999s"], "--orphan-grace", "maximum, 366d"),
+        (["cleanup", "--max-destroy", "-1"], "--max-destroy", "0 (no limit) or more"),
+        (["render", "-o", "x" * 300, "--name", "ok-name"], "--output", "cannot write"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_flag(state_root, args, flag, fragment):
@@ -462,3 +474,46 @@ def test_doctor_local_is_ready():
 
 def test_doctor_unknown_cloud(state_root):
     assert_one_line_error(invoke("doctor", "--cloud", "gpc"), "--cloud", state_root)
+
+
+def test_a_usage_error_of_the_command_line_itself_is_one_line(state_root):
+    done = subprocess.run(
+        [sys.executable, "-m", "cml_infra", "up", "--bogus"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: No such option")
+
+
+def test_a_tilde_output_is_expanded_as_the_state_dir_is(state_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = invoke("render", "-o", "~/ws")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "home" / "ws" / "main.tf").is_file()
+    assert not (tmp_path / "~").exists()
+
+
+def test_up_with_an_engine_that_creates_nothing_fails_and_records_no_runner(state_root):
+    """`--terraform /bin/true` exits 0 and prints nothing: before, `up` recorded it running."""
+    result = invoke("up", "--name", "fake-tf", "--terraform", "/bin/true", "--", "true")
+    assert result.exit_code == 1, result.output
+    assert "reported no instance" in result.output
+    rows = json.loads(invoke("status", "--all", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in rows] == [("fake-tf", "destroyed")]
+
+
+def test_one_unreadable_record_blocks_nothing_else(state_root):
+    from cml_infra.state import StateDir
+    from tests.unit.conftest import record_of
+
+    state = StateDir(state_root)
+    for name in ("a-1", "b-1"):
+        state.save(record_of(name, state="destroyed"))
+    state.record_path("b-1").write_text("{truncated")
+    result = invoke("status", "--all", "--json")
+    assert result.exit_code == 0, result.output
+    assert [row["name"] for row in json.loads(result.stdout)] == ["a-1"]
+    assert "unreadable runner record" in result.stderr and "Traceback" not in result.output
+    assert invoke("down", "--all").exit_code == 0
+    assert invoke("cleanup", "--cloud", "local", "--yes").exit_code == 0
