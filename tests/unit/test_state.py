@@ -190,26 +190,29 @@ def test_lock_with_wait_times_out_as_runtime_error(tmp_path):
     assert "held its lock" in str(caught.value)
 
 
-def test_lock_held_by_another_process(tmp_path):
-    state = StateDir(tmp_path / "state")
+def hold_in_child(state: StateDir, name: str) -> subprocess.Popen[str]:
+    """Another process holding `name`'s lock until a line comes on its stdin."""
     script = textwrap.dedent(
         f"""
         import sys
         from pathlib import Path
         from cml_infra.state import StateDir
-        with StateDir(Path({str(state.root)!r})).lock("shared", wait=0):
+        with StateDir(Path({str(state.root)!r})).lock({name!r}, wait=0):
             print("held", flush=True)
             sys.stdin.readline()
         """
     )
     child = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_lock_held_by_another_process(tmp_path):
+    state = StateDir(tmp_path / "state")
+    child = hold_in_child(state, "shared")
     try:
-        assert child.stdout.readline().strip() == "held"
         with (
             pytest.raises(UsageError, match=r"^--name: 'shared' is in use"),
             state.lock("shared", wait=0),
@@ -330,21 +333,8 @@ def test_forget_removes_everything_of_a_runner(tmp_path, make_record):
 def test_held_tells_whether_a_live_process_holds_the_lock(tmp_path):
     state = StateDir(tmp_path / "state")
     assert not state.held("shared")
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from pathlib import Path
-        from cml_infra.state import StateDir
-        with StateDir(Path({str(state.root)!r})).lock("shared", wait=0):
-            print("held", flush=True)
-            sys.stdin.readline()
-        """
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    child = hold_in_child(state, "shared")
     try:
-        assert child.stdout.readline().strip() == "held"
         assert state.held("shared")
     finally:
         child.communicate("\n", timeout=10)
@@ -353,24 +343,9 @@ def test_held_tells_whether_a_live_process_holds_the_lock(tmp_path):
 
 def test_a_killed_holder_holds_nothing(tmp_path):
     state = StateDir(tmp_path / "state")
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from pathlib import Path
-        from cml_infra.state import StateDir
-        with StateDir(Path({str(state.root)!r})).lock("shared", wait=0):
-            print("held", flush=True)
-            sys.stdin.readline()
-        """
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert child.stdout.readline().strip() == "held"
+    child = hold_in_child(state, "shared")
     child.kill()
-    child.wait(10)
-    child.stdout.close()
-    child.stdin.close()
+    child.communicate(timeout=10)
     assert not state.held("shared")
 
 
