@@ -29,7 +29,9 @@ STATUS_COLUMNS = (
 CATALOG_COLUMNS = (
     "cloud", "gpu", "size", "instance_type", "vcpus", "memory_gib", "price", "spot_price", "as_of",
 )  # fmt: skip
-CLEANUP_COLUMNS = ("kind", "cloud", "region", "name", "rule", "reason", "result", "hourly_price")
+CLEANUP_COLUMNS = (
+    "kind", "cloud", "region", "name", "launch", "rule", "reason", "result", "hourly_price",
+)  # fmt: skip
 # Flags of `up` that are not part of what it makes.
 _LAUNCH_ONLY = ("state_dir", "token", "terraform", "json_output")
 
@@ -108,6 +110,8 @@ def _step_outputs(record: RunnerRecord) -> None:
     step_outputs(
         {
             "name": record.name,
+            # The launch's unique id (the `cml-infra-id` tag): the name may be another's too.
+            "id": record.launch_id,
             "labels": labels,
             "region": record.region,
             "spot": "true" if record.spot else "false",

@@ -46,22 +46,30 @@ def status(
         if (include_destroyed or r.state != "destroyed") and only in (None, r.name)
     ]
     live = _live_instances(state, [r for r in records if r.state in LIVE_STATES], warn)
-    return [_status_row(record, live.get((record.cloud, record.name))) for record in records]
+    return [_status_row(record, live.get(_key(record))) for record in records]
+
+
+def _key(runner: RunnerRecord | ManagedInstance) -> tuple[str, str, str]:
+    """What ties a record to its instance: the launch id (another launch may share the name);
+    for a record or instance older than launch ids, the name."""
+    if runner.launch_id:
+        return runner.cloud, "launch", runner.launch_id
+    return runner.cloud, "name", runner.name
 
 
 def _live_instances(
     state: StateDir, records: list[RunnerRecord], warn: Any
-) -> dict[tuple[str, str], ManagedInstance]:
+) -> dict[tuple[str, str, str], ManagedInstance]:
     if not records:
         return {}
     from cml_infra import clouds
 
-    live: dict[tuple[str, str], ManagedInstance] = {}
+    live: dict[tuple[str, str, str], ManagedInstance] = {}
     for cloud_name in sorted({r.cloud for r in records}):
         cloud = clouds.get(cloud_name, state)
         regions = sorted({r.region for r in records if r.cloud == cloud_name})
         try:
-            live.update({(cloud_name, i.name): i for i in cloud.list_managed(regions)})
+            live.update({_key(i): i for i in cloud.list_managed(regions)})
         except CmlInfraError as exc:
             if warn is not None:
                 warn(f"showing recorded states only for {cloud_name}: {exc}")
@@ -89,6 +97,7 @@ def _status_row(record: RunnerRecord, instance: ManagedInstance | None) -> dict[
         "hourly_price": record.hourly_price,
         "cost_usd": cost.accrued(record),
         "instance_id": record.instance_id,
+        "launch_id": record.launch_id,
         "end_reason": record.end_reason,
         "error": record.error,
     }

@@ -35,6 +35,10 @@ class RunnerRecord(msgspec.Struct, kw_only=True):
     spot: bool = False
     hourly_price: float | None = None
     instance_id: str | None = None
+    # The launch's unique id, in the `cml-infra-id` tag of everything its module made: what
+    # `down`, a rollback and a failover's clean-up match (a name is not an identity). "" in a
+    # record written before launch ids.
+    launch_id: str = ""
     engine: tuple[str, ...] = ()
     outputs: dict[str, Any] = {}
     # The forge the runner registered with (kind, repository or organization, api_url): never

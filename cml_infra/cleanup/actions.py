@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from cml_infra import clouds
-from cml_infra.cleanup.world import InstanceItem, RecordItem, RegistrationItem, World
+from cml_infra.cleanup.world import InstanceItem, RecordItem, RegistrationItem, World, made_by
 from cml_infra.errors import CmlInfraError
 
 I = TypeVar("I", InstanceItem, RegistrationItem, RecordItem)  # noqa: E741
@@ -39,8 +39,12 @@ def action(name: str) -> Callable[[type[Action[Any]]], type[Action[Any]]]:
 
 @action("destroy")
 class Destroy(Action[InstanceItem]):
-    """Through Terraform where this state dir has the runner's workspace, else the cloud API;
-    a runner instance's registration goes with it."""
+    """Through Terraform where this state dir has the workspace of the launch that made the
+    instance, else the cloud API (by the instance's id; AWS then deletes the security groups of
+    its launch id); a runner instance's registration goes with it.
+
+    A record of the same name but another launch is not this instance's: its `down` would
+    destroy that other runner and leave this one."""
 
     def run(self, item: InstanceItem, world: World, reason: str) -> str:
         instance = item.instance
@@ -49,7 +53,7 @@ class Destroy(Action[InstanceItem]):
         if (
             state is not None
             and record is not None
-            and record.cloud == instance.cloud
+            and made_by(record, instance)
             and state.workspace(instance.name).is_dir()
         ):
             _down(world, instance.name, reason)

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
-from cml_infra.cleanup.world import InstanceItem, Item, RecordItem, RegistrationItem, World
+from cml_infra.cleanup.world import (
+    InstanceItem,
+    Item,
+    RecordItem,
+    RegistrationItem,
+    World,
+    made_by,
+)
 from cml_infra.errors import UsageError
 
 I = TypeVar("I", InstanceItem, RegistrationItem, RecordItem)  # noqa: E741
@@ -159,8 +166,7 @@ class StaleState(Rule[RecordItem]):
             return None
         if record.state in _UNFINISHED:
             return f"left {record.state} by a command that is no longer running"
-        alive = {(i.cloud, i.name) for i in world.instances}
-        if (record.cloud, record.name) in alive:
+        if any(made_by(record, i) for i in world.instances):
             return None
         return f"recorded as {record.state}, but no instance of it exists"
 
@@ -206,8 +212,8 @@ class Untracked(Rule[InstanceItem]):
     default = False
 
     def match(self, item: InstanceItem, world: World) -> str | None:
-        known = {(r.cloud, r.name) for r in world.records if r.state != "destroyed"}
-        if (item.instance.cloud, item.instance.name) in known:
+        live = (r for r in world.records if r.state != "destroyed")
+        if any(made_by(record, item.instance) for record in live):
             return None
         return "no state record knows it"
 
@@ -231,10 +237,9 @@ def match_all(rules: list[Rule[Any]], candidates: list[Item], world: World) -> l
     matched: list[Match] = []
     for item in candidates:
         if isinstance(item, RecordItem) and any(
-            isinstance(m.item, InstanceItem) and m.item.where[0] == item.where[0]
-            and m.item.name == item.name
+            isinstance(m.item, InstanceItem) and made_by(item.record, m.item.instance)
             for m in matched
-        ):  # fmt: skip
+        ):
             continue
         for found in rules:
             if not found.applies_to(item):

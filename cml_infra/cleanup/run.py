@@ -28,6 +28,9 @@ class Row:
     region: str
     id: str
     name: str
+    # The launch id (`cml-infra-id`) of the instance or record; "" for a registration, or one
+    # older than launch ids.
+    launch: str
     rule: str
     reason: str
     action: str
@@ -149,8 +152,8 @@ def run(
 def row(match: Match, result: str) -> Row:
     item = match.item
     cloud, region = item.where
-    return Row(item.kind, cloud, region, item.id, item.name, match.rule.name, match.reason,
-               match.rule.action, result, item.hourly_price)  # fmt: skip
+    return Row(item.kind, cloud, region, item.id, item.name, item.launch, match.rule.name,
+               match.reason, match.rule.action, result, item.hourly_price)  # fmt: skip
 
 
 def interactive() -> bool:

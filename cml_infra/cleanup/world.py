@@ -30,7 +30,7 @@ class Settings:
 
 
 # Each item says what the report shows of it: kind, cloud (or forge), region (or scope), id,
-# name and what it costs per hour.
+# name, launch id and what it costs per hour.
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ class InstanceItem:
         return self.instance.name
 
     @property
+    def launch(self) -> str:
+        return self.instance.launch_id
+
+    @property
     def hourly_price(self) -> float | None:
         return self.instance.hourly_price
 
@@ -65,6 +69,7 @@ class RegistrationItem:
     where: tuple[str, str]
     kind = "registration"
     hourly_price = None
+    launch = ""
 
     @property
     def id(self) -> str:
@@ -95,11 +100,28 @@ class RecordItem:
         return self.record.name
 
     @property
+    def launch(self) -> str:
+        return self.record.launch_id
+
+    @property
     def hourly_price(self) -> float | None:
         return self.record.hourly_price
 
 
 Item = Union[InstanceItem, RegistrationItem, RecordItem]  # noqa: UP007 - a runtime alias on 3.10
+
+
+def made_by(record: RunnerRecord, instance: ManagedInstance) -> bool:
+    """Whether `instance` is the one `record`'s launch made: the same cloud and launch id (a
+    name is not an identity: another launch may share it). A record and an instance both older
+    than launch ids have only the instance the record's Terraform outputs name, or failing
+    that, the name."""
+    if record.cloud != instance.cloud:
+        return False
+    if record.launch_id or instance.launch_id:
+        return record.launch_id == instance.launch_id
+    recorded = clouds.get(record.cloud).listed_id(record.outputs)
+    return instance.id == recorded if recorded else instance.name == record.name
 
 
 @dataclass

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -83,6 +84,7 @@ class AwsCloud(VmCloud):
             "gpu": placement.gpu is not None,
             "image_id": spec.image,
             "user_data_base64": user_data,
+            "launch_id": context.launch_id,
             "expires_at": int(context.expires_at.timestamp()),
             "tags": tags.resource_tags(spec),
         }
@@ -106,12 +108,18 @@ class AwsCloud(VmCloud):
             by_region.setdefault(region, []).append(instance_id)
         for region, instance_ids in by_region.items():
             client = _ec2(region)
-            names = _names(client, region, instance_ids)
+            # Read before terminating: a terminated instance no longer lists its groups.
+            groups = _groups_of(client, region, instance_ids)
             # Batches of 100 keep each call under EC2's request size limits.
             for start in range(0, len(instance_ids), 100):
                 _terminate_batch(client, region, instance_ids[start : start + 100])
                 _wait_terminated(client, region, instance_ids[start : start + 100])
-            _delete_security_groups(client, region, names)
+            _delete_security_groups(client, region, groups)
+
+    def listed_id(self, outputs: Mapping[str, Any]) -> str | None:
+        if outputs.get("id") and outputs.get("region"):
+            return f"{outputs['region']}/{outputs['id']}"
+        return None
 
     def check(self) -> tuple[bool, str]:
         import boto3
@@ -154,11 +162,22 @@ def enabled_regions() -> list[str]:
     return sorted(region["RegionName"] for region in answer["Regions"])
 
 
-def _names(client: Any, region: str, instance_ids: list[str]) -> set[str]:
-    """The cml-infra names of these instances (their security groups carry the same)."""
+@dataclass(frozen=True)
+class _Groups:
+    """What of the module's security groups goes with some instances: every managed group
+    tagged with one of their launch ids (the module tags its group with it), and, for an
+    instance older than launch ids, the managed groups it is attached to that carry no launch
+    id. Never a group found by name: another launch may use the same name."""
+
+    launch_ids: frozenset[str]
+    attached: frozenset[str]
+
+
+def _groups_of(client: Any, region: str, instance_ids: list[str]) -> _Groups:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    names: set[str] = set()
+    launch_ids: set[str] = set()
+    attached: set[str] = set()
     for instance_id in instance_ids:
         try:
             answer = client.describe_instances(InstanceIds=[instance_id])
@@ -169,9 +188,13 @@ def _names(client: Any, region: str, instance_ids: list[str]) -> set[str]:
         for reservation in answer["Reservations"]:
             for raw in reservation["Instances"]:
                 found = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
-                if tags.is_managed(found) and tags.NAME in found:
-                    names.add(found[tags.NAME])
-    return names
+                if not tags.is_managed(found):
+                    continue
+                if found.get(tags.LAUNCH_ID):
+                    launch_ids.add(found[tags.LAUNCH_ID])
+                else:
+                    attached.update(g["GroupId"] for g in raw.get("SecurityGroups", []))
+    return _Groups(frozenset(launch_ids), frozenset(attached))
 
 
 def _wait_terminated(client: Any, region: str, instance_ids: list[str]) -> None:
@@ -187,23 +210,39 @@ def _wait_terminated(client: Any, region: str, instance_ids: list[str]) -> None:
             raise CmlInfraError(f"aws {region}: instances not terminated: {exc}") from None
 
 
-def _delete_security_groups(client: Any, region: str, names: set[str]) -> None:
+def _delete_security_groups(client: Any, region: str, groups: _Groups) -> None:
     """The module's security group outlives an instance terminated outside Terraform."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    if not names:
-        return
-    groups = client.describe_security_groups(
-        Filters=[MANAGED_FILTER, {"Name": f"tag:{tags.NAME}", "Values": sorted(names)}]
-    )["SecurityGroups"]
-    for group in groups:
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        if groups.launch_ids:
+            by_launch = client.describe_security_groups(
+                Filters=[
+                    MANAGED_FILTER,
+                    {"Name": f"tag:{tags.LAUNCH_ID}", "Values": sorted(groups.launch_ids)},
+                ]
+            )["SecurityGroups"]
+            found.update({group["GroupId"]: group for group in by_launch})
+        if groups.attached:
+            legacy = client.describe_security_groups(
+                Filters=[MANAGED_FILTER, {"Name": "group-id", "Values": sorted(groups.attached)}]
+            )["SecurityGroups"]
+            found.update(
+                {
+                    group["GroupId"]: group
+                    for group in legacy
+                    if not any(t["Key"] == tags.LAUNCH_ID for t in group.get("Tags", []))
+                }
+            )
+    except (BotoCoreError, ClientError) as exc:
+        raise CmlInfraError(f"aws {region}: could not list security groups: {exc}") from None
+    for group_id in sorted(found):
         try:
-            client.delete_security_group(GroupId=group["GroupId"])
+            client.delete_security_group(GroupId=group_id)
         except ClientError as exc:
             if "InvalidGroup.NotFound" not in str(exc):
-                raise CmlInfraError(
-                    f"aws {region}: security group {group['GroupId']}: {exc}"
-                ) from None
+                raise CmlInfraError(f"aws {region}: security group {group_id}: {exc}") from None
 
 
 def _terminate_batch(client: Any, region: str, instance_ids: list[str]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cml_infra.clouds import register, tags
@@ -93,6 +93,7 @@ class AzureCloud(VmCloud):
             "gpu": placement.gpu is not None,
             "source_image_id": spec.image,
             "custom_data_base64": custom_data,
+            "launch_id": context.launch_id,
             "expires_at": int(context.expires_at.timestamp()),
             "tags": tags.resource_tags(spec),
         }
@@ -125,6 +126,10 @@ class AzureCloud(VmCloud):
                 poller.result()
         except AzureError as exc:
             raise CmlInfraError(f"azure: delete failed: {exc}") from None
+
+    def listed_id(self, outputs: Mapping[str, Any]) -> str | None:
+        found = outputs.get("resource_group_name")
+        return str(found) if found else None
 
     def check(self) -> tuple[bool, str]:
         try:

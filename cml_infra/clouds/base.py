@@ -9,6 +9,7 @@ to do: it asks the cloud.
 from __future__ import annotations
 
 import enum
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class ManagedInstance:
     idle_seconds: float | None = None
     hourly_price: float | None = None
     instance_type: str | None = None
+    # The `cml-infra-id` tag: which launch made it ("" on an instance older than launch ids).
+    # Names are chosen by people and collide; teardown acts on this, never on the name.
+    launch_id: str = ""
 
     @property
     def dead(self) -> bool:
@@ -85,6 +89,12 @@ class Boot:
     reads_launcher_files: bool = False
 
 
+def new_launch_id() -> str:
+    """A fresh launch id: 16 lowercase hex digits, valid as a tag and a GCP label value
+    everywhere, and as the module variable `launch_id` (`^[a-z0-9]{8,32}$`)."""
+    return secrets.token_hex(8)
+
+
 @dataclass(frozen=True)
 class RenderContext:
     """Launcher-side facts a module needs besides the spec and placement."""
@@ -92,6 +102,9 @@ class RenderContext:
     startup_script: str
     created_at: datetime
     expires_at: datetime
+    # This launch's identity, on every resource the module creates (the `cml-infra-id` tag);
+    # one `up` keeps the same id across its failover attempts.
+    launch_id: str = field(default_factory=new_launch_id)
 
 
 class Cloud(ABC):
@@ -157,7 +170,14 @@ class Cloud(ABC):
 
     @abstractmethod
     def terminate(self, ids: Iterable[str]) -> None:
-        """Destroy instances by id; an id that is already gone is not an error."""
+        """Destroy instances by id; an id that is already gone is not an error. What else a
+        module made beside an instance goes by the instance's launch id, never its name."""
+
+    def listed_id(self, outputs: Mapping[str, Any]) -> str | None:
+        """The id `list_managed` and `terminate` use for the instance that a module's outputs
+        (a record's `outputs`) describe; None when they do not say."""
+        found = outputs.get("id")
+        return str(found) if found else None
 
     def check(self) -> tuple[bool, str]:
         """Whether credentials and project/subscription are usable, and a sentence saying so."""

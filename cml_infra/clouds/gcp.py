@@ -12,7 +12,7 @@ import gzip
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
@@ -116,6 +116,7 @@ class GcpCloud(VmCloud):
             "image": spec.image,
             "startup_script": metadata_script(context.startup_script),
             "max_run_duration_seconds": spec.ttl,
+            "launch_id": context.launch_id,
             "expires_at": int(context.expires_at.timestamp()),
             "labels": tags.resource_tags(spec),
         }
@@ -165,6 +166,11 @@ class GcpCloud(VmCloud):
                 pass
             except (GoogleAPIError, RequestException) as exc:
                 raise CmlInfraError(f"gcp {full_id}: delete failed: {exc}") from None
+
+    def listed_id(self, outputs: Mapping[str, Any]) -> str | None:
+        if outputs.get("zone") and outputs.get("name"):
+            return f"{outputs['zone']}/{outputs['name']}"
+        return None
 
     def check(self) -> tuple[bool, str]:
         try:

@@ -1,12 +1,18 @@
 """Our tag keys (GCP: labels) and the one parser of a ManagedInstance from a cloud's tags.
 
-Every resource a module creates carries `cml-infra-managed = "true"`, `cml-infra-name` and
-`cml-infra-expires`; a runner's also names its forge and scope, so that `cleanup` given a
-repository acts only on that repository's runners.
+Every resource a module creates carries `cml-infra-managed = "true"`, `cml-infra-name`,
+`cml-infra-expires` and `cml-infra-id`; a runner's also names its forge and scope, so that
+`cleanup` given a repository acts only on that repository's runners.
+
+A name is chosen by people and is not an identity (`gpu-${{ github.run_id }}` collides across
+repositories and re-runs): `cml-infra-id` is the launch's own, minted by each `up`, and it is
+what teardown matches (`down`, a rollback, a failover's clean-up, the AWS security groups of a
+terminated instance).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -22,6 +28,9 @@ NAME = "cml-infra-name"
 EXPIRES = "cml-infra-expires"
 FORGE = "cml-infra-forge"
 SCOPE = "cml-infra-scope"
+LAUNCH_ID = "cml-infra-id"
+# What the modules accept as a launch id (their `launch_id` variable's validation).
+LAUNCH_ID_FORMAT = re.compile(r"[a-z0-9]{8,32}")
 
 
 def resource_tags(spec: RunnerSpec) -> dict[str, str]:
@@ -32,14 +41,16 @@ def resource_tags(spec: RunnerSpec) -> dict[str, str]:
     return {**spec.tags, FORGE: spec.forge.kind, SCOPE: spec.forge.scope_tag}
 
 
-def managed_tags(spec: RunnerSpec, expires_at: datetime) -> dict[str, str]:
-    """Everything on a resource: `resource_tags` and the marks cleanup finds it by (modules of
-    the VM clouds add these themselves; the local module takes them whole)."""
+def managed_tags(spec: RunnerSpec, expires_at: datetime, launch_id: str) -> dict[str, str]:
+    """Everything on a resource: `resource_tags` and the marks cleanup and teardown find it by
+    (modules of the VM clouds add these themselves from their variables; the local module takes
+    them whole)."""
     return {
         **resource_tags(spec),
         MANAGED: "true",
         NAME: spec.name,
         EXPIRES: str(int(expires_at.timestamp())),
+        LAUNCH_ID: launch_id,
     }
 
 
@@ -60,7 +71,8 @@ def instance(
     hourly_price: float | None = None,
     instance_type: str | None = None,
 ) -> ManagedInstance:
-    """A ManagedInstance from what the cloud reports: the name and deadline come from our tags."""
+    """A ManagedInstance from what the cloud reports: the name, deadline and launch id come
+    from our tags."""
     tags = {str(key): str(value) for key, value in tags.items()}
     return ManagedInstance(
         id=id,
@@ -74,6 +86,7 @@ def instance(
         idle_seconds=idle_seconds,
         hourly_price=hourly_price,
         instance_type=instance_type,
+        launch_id=tags.get(LAUNCH_ID, ""),
     )
 
 

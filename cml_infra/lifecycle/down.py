@@ -4,10 +4,13 @@ record cannot be read is still found and ended."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Iterable
 
 from cml_infra import clouds, forge, ui
+from cml_infra.clouds import tags
+from cml_infra.clouds.base import ManagedInstance
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.lifecycle import teardown
 from cml_infra.record import RunnerRecord
@@ -77,9 +80,21 @@ def _down_one(
 
 def _stand_in(name: str, state: StateDir, broken: BrokenRecord) -> RunnerRecord:
     """A record for a runner whose own cannot be read, from what else the state dir knows (its
-    workspace names the cloud; a local sandbox is the local cloud's), so that its instance is
-    still found and ended. The unreadable file is kept beside it for a person to read."""
-    cloud = _cloud_of_workspace(state, name) or _cloud_on_this_machine(state, name)
+    workspace names the cloud and, in its variables, the launch id; a local sandbox is the
+    local cloud's), so that its instance is still found and ended. The unreadable file is kept
+    beside it for a person to read.
+
+    The launch id is what the sweep after `terraform destroy` matches; with none, nothing is
+    swept by name (another launch may carry it). On the local cloud the sandbox under this
+    state dir is the instance's id, which no other launch can hold while it exists."""
+    cloud = _cloud_of_workspace(state, name)
+    launch_id = _launch_id_of_workspace(state, name)
+    instance_id = None
+    if cloud is None:
+        cloud, instance = _on_this_machine(state, name)
+        if instance is not None:
+            launch_id = launch_id or instance.launch_id
+            instance_id = instance.id
     kept = state.set_aside(name)
     now = utcnow()
     error = f"{broken}; kept as {kept}" if kept else str(broken)
@@ -87,6 +102,11 @@ def _stand_in(name: str, state: StateDir, broken: BrokenRecord) -> RunnerRecord:
         ui.warn(
             f"{name}: neither a workspace nor a local instance says where it ran; "
             "`cml-infra cleanup` finds what is left of it by its tags"
+        )
+    elif not launch_id and instance_id is None:
+        ui.warn(
+            f"{name}: no launch id in its workspace, so nothing of it is swept by name (another "
+            "launch may use it); `cml-infra cleanup` finds what is left of it by its tags"
         )
     return RunnerRecord(
         name=name,
@@ -100,17 +120,42 @@ def _stand_in(name: str, state: StateDir, broken: BrokenRecord) -> RunnerRecord:
         idle_timeout=0,
         ttl=0,
         error=error,
+        launch_id=launch_id,
+        instance_id=instance_id,
     )
 
 
-def _cloud_on_this_machine(state: StateDir, name: str) -> str | None:
-    """The cloud on this machine (local) that has an instance of this name, if one has."""
+def _on_this_machine(state: StateDir, name: str) -> tuple[str | None, ManagedInstance | None]:
+    """The cloud on this machine (local) that has an instance of this name in this state dir,
+    and that instance, if one has."""
     for cloud_name, cls in clouds.classes().items():
-        if cls.ON_THIS_MACHINE and any(
-            i.name == name for i in clouds.get(cloud_name, state).list_managed(None)
-        ):
-            return cloud_name
-    return None
+        if not cls.ON_THIS_MACHINE:
+            continue
+        for instance in clouds.get(cloud_name, state).list_managed(None):
+            if instance.name == name:
+                return cloud_name, instance
+    return None, None
+
+
+def _launch_id_of_workspace(state: StateDir, name: str) -> str:
+    """The launch id the workspace was rendered with: the module variable `launch_id`, or the
+    `cml-infra-id` tag of the tags the local module takes whole; "" when neither is there."""
+    try:
+        variables = json.loads(
+            (state.workspace(name) / "terraform.tfvars.json").read_text(encoding="utf-8")
+        )
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(variables, dict):
+        return ""
+    found = variables.get("launch_id")
+    if not found:
+        for key in ("tags", "labels"):
+            marks = variables.get(key)
+            if isinstance(marks, dict) and marks.get(tags.LAUNCH_ID):
+                found = marks[tags.LAUNCH_ID]
+                break
+    return found if isinstance(found, str) and tags.LAUNCH_ID_FORMAT.fullmatch(found) else ""
 
 
 def _cloud_of_workspace(state: StateDir, name: str) -> str | None:

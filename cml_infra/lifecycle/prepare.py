@@ -6,12 +6,12 @@ or a startup script too large for the cloud all fail here, with nothing written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cml_infra import clouds, cost, forge, placement, render
-from cml_infra.clouds.base import Boot, Cloud, RenderContext
+from cml_infra.clouds.base import Boot, Cloud, RenderContext, new_launch_id
 from cml_infra.forge.base import Registration, registration_labels
 from cml_infra.placement import Attempt
 from cml_infra.spec import RunnerSpec
@@ -33,6 +33,9 @@ class Launch:
     expires_at: datetime
     # The script `plan` checked: with a stand-in registration in runner mode, else the real one.
     checked_script: str = ""
+    # This launch's identity, minted once: the record keeps it, every attempt's resources carry
+    # it (`cml-infra-id`), and teardown matches it rather than the name.
+    launch_id: str = field(default_factory=new_launch_id)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -50,7 +53,7 @@ class Launch:
         return render.startup_script(self.boot, self.spec, self.expires_at.timestamp(), runner)
 
     def context(self, script: str) -> RenderContext:
-        return RenderContext(script, self.created_at, self.expires_at)
+        return RenderContext(script, self.created_at, self.expires_at, self.launch_id)
 
     def variables(self, attempt: Attempt, context: RenderContext) -> dict[str, Any]:
         return self.cloud.module_vars(self.spec, attempt.placement, context)

@@ -30,13 +30,40 @@ def destroy(engine: Engine, state: StateDir, cloud: Cloud, record: RunnerRecord)
         except CmlInfraError as exc:
             problems.append(str(exc))
     try:
-        regions = [record.region] if record.region else None
-        leftovers = [i.id for i in cloud.list_managed(regions) if i.name == record.name]
+        leftovers = _leftovers(cloud, record)
         if leftovers:
             cloud.terminate(leftovers)
     except CmlInfraError as exc:
         problems.append(str(exc))
     return "; ".join(problems)
+
+
+def _leftovers(cloud: Cloud, record: RunnerRecord) -> list[str]:
+    """The instances of this runner the cloud still lists: those tagged with its launch id.
+
+    Never those that merely carry its name: names are chosen by people and collide (another
+    team's `gpu-ci`, a re-run's `gpu-<run id>`), and a rollback that went by name destroyed
+    someone else's runner. A record written before launch ids sweeps only the instance its
+    Terraform outputs name, by id; anything else of it is left to `cleanup`, which finds it by
+    its tags and its own rules.
+    """
+    if not record.launch_id and not record.instance_id:
+        ui.warn(
+            f"{record.name}: its record predates launch ids and names no instance, so nothing "
+            "is swept by name; `cml-infra cleanup` finds leftovers by their tags"
+        )
+        return []
+    regions = [record.region] if record.region else None
+    listed = cloud.list_managed(regions)
+    if record.launch_id:
+        return [i.id for i in listed if i.launch_id == record.launch_id]
+    recorded = cloud.listed_id(record.outputs) or record.instance_id
+    ui.warn(
+        f"{record.name}: its record predates launch ids; only the instance it names "
+        f"({recorded}) is swept, nothing by name; `cml-infra cleanup` finds leftovers by their "
+        "tags"
+    )
+    return [i.id for i in listed if i.id == recorded]
 
 
 def rollback(

@@ -35,6 +35,10 @@ def up(
     launch = prepare.plan(spec, state)
     forge = launch.forge(token)
     engine = Engine.discover(terraform, state.engine_home())
+    # Both before the state dir is touched: bad input creates nothing. This state dir's own
+    # answer comes first, and is asked again under the name's lock.
+    _free_name(state, spec.name)
+    _refuse_a_name_in_use(launch)
     with SignalGuard() as guard, state.lock(spec.name, wait=CLAIM_WAIT_SECONDS, claim=True):
         return _Up(launch, state, engine, forge, guard).run()
 
@@ -93,6 +97,7 @@ class _Up:
                 command=spec.command,
                 engine=self.engine.argv,
                 forge=self.forge.describe() if self.forge else None,
+                launch_id=launch.launch_id,
                 **launch.attempts[0].placement.record_fields(),
             )
         )
@@ -207,6 +212,42 @@ def _free_name(state: StateDir, name: str) -> RunnerRecord | None:
             f"or run `cml-infra down {name}` first",
         )
     return existing
+
+
+def _refuse_a_name_in_use(launch: Launch) -> None:
+    """Refuse a name that a live instance of another launch already has where `up` may create
+    (this cloud, the regions of its attempts), before anything is created. Teardown tells two
+    launches apart by their launch ids, but a job's `runs-on: cml-infra-<name>` cannot, nor can
+    a cloud that wants instance names unique (GCP answers a second one with a 409).
+
+    Listing is a check in advance, not a guard: two `up`s of one name may race past it, which
+    is why teardown never acts on a name. When the cloud cannot be asked (no credentials, no
+    network), `up` warns and goes on rather than fail here: Terraform then fails the same way,
+    with the cloud's own diagnostic, and a cloud that can be reached by Terraform but not
+    listed (a narrower role) should not stop a launch that teardown keeps safe anyway.
+    """
+    spec, cloud = launch.spec, launch.cloud
+    regions = sorted({attempt.placement.region for attempt in launch.attempts})
+    try:
+        found = cloud.list_managed(regions)
+    except CmlInfraError as exc:  # each cloud turns its SDK's failures into this
+        ui.warn(
+            f"{spec.name}: could not check whether a live {cloud.name} instance already uses "
+            f"this name ({exc}); going on"
+        )
+        return
+    taken = sorted(
+        f"{i.id} in {i.region} (launch {i.launch_id or 'unknown'}, {i.state})"
+        for i in found
+        if i.name == spec.name and i.launch_id != launch.launch_id
+    )
+    if taken:
+        raise UsageError(
+            "--name",
+            f"{spec.name!r} is in use on {cloud.name} by a live instance of another launch: "
+            f"{'; '.join(taken)}; pick another name (if it is yours, `cml-infra down` or "
+            "`cml-infra cleanup` ends it first)",
+        )
 
 
 def _write(workspace: Path, launch: Launch, attempt: Attempt, context: Any) -> None:

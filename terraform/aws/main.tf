@@ -6,6 +6,8 @@ locals {
       "cml-infra-managed" = "true"
       "cml-infra-name"    = var.name
       "cml-infra-expires" = tostring(var.expires_at)
+      # The launch's identity: names collide, so teardown and cleanup match this, not the name.
+      "cml-infra-id" = var.launch_id
     },
   )
 
@@ -68,7 +70,7 @@ data "aws_ami" "this" {
 # ingress rule at all and a security group denies everything it does not allow.
 resource "aws_security_group" "this" {
   name_prefix = "cml-infra-${var.name}-"
-  description = "cml-infra runner ${var.name}: no inbound, all outbound"
+  description = "cml-infra runner ${var.name} (launch ${var.launch_id}): no inbound, all outbound"
   vpc_id      = local.vpc_id
   tags        = local.tags
 

@@ -9,6 +9,17 @@ variable "name" {
   }
 }
 
+variable "launch_id" {
+  description = "This launch's unique id (cml-infra mints one per `up`): the cml-infra-id tag on every resource. Teardown and cleanup match it, never the name, which another launch may share."
+  type        = string
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^[a-z0-9]{8,32}$", var.launch_id))
+    error_message = "The launch_id must be 8 to 32 lowercase letters and digits."
+  }
+}
+
 variable "instance_type" {
   description = "EC2 instance type, e.g. \"g4dn.xlarge\". x86_64 only when the image is looked up (image_id = null)."
   type        = string
@@ -86,15 +97,15 @@ variable "expires_at" {
 }
 
 variable "tags" {
-  description = "Extra tags for every resource. The keys Name, cml-infra-managed, cml-infra-name and cml-infra-expires are set by the module."
+  description = "Extra tags for every resource. The keys Name, cml-infra-managed, cml-infra-name, cml-infra-expires and cml-infra-id are set by the module."
   type        = map(string)
   default     = {}
   nullable    = false
 
   validation {
-    # EC2 allows 50 tags per resource; the module adds 4.
-    condition     = length(var.tags) <= 46
-    error_message = "At most 46 tags are allowed (EC2's limit is 50 and the module adds 4)."
+    # EC2 allows 50 tags per resource; the module adds 5.
+    condition     = length(var.tags) <= 45
+    error_message = "At most 45 tags are allowed (EC2's limit is 50 and the module adds 5)."
   }
 
   validation {

@@ -4,7 +4,13 @@ locals {
     "cml-infra-managed" = "true"
     "cml-infra-name"    = var.name
     "cml-infra-expires" = tostring(var.expires_at)
+    # The launch's identity: names collide, so teardown and cleanup match this, not the name.
+    "cml-infra-id" = var.launch_id
   })
+
+  # Resource group names are unique in the subscription: the launch id's hash keeps two
+  # launches of one runner name from colliding (and a failed one from deleting the other's).
+  resource_group_name = "cml-infra-${var.name}-${substr(sha1(var.launch_id), 0, 8)}"
 
   # Marked here so a failed precondition on it never prints the script (see variables.tf).
   custom_data_base64 = sensitive(var.custom_data_base64)
@@ -27,7 +33,7 @@ locals {
 # Everything the runner owns lives in this group, so deleting the group (as the VM does to
 # terminate itself, and as cleanup does for leftovers) removes all of it in one call.
 resource "azurerm_resource_group" "this" {
-  name     = "cml-infra-${var.name}"
+  name     = local.resource_group_name
   location = var.location
   tags     = local.tags
 }
@@ -217,7 +223,7 @@ resource "azurerm_role_assignment" "self_delete" {
   scope                = azurerm_resource_group.this.id
   role_definition_name = "Contributor"
   principal_id         = azurerm_linux_virtual_machine.this.identity[0].principal_id
-  description          = "cml-infra runner ${var.name}: lets the VM delete its own resource group when idle or at its TTL."
+  description          = "cml-infra runner ${var.name} (launch ${var.launch_id}): lets the VM delete its own resource group when idle or at its TTL."
 
   # The identity was created seconds ago; the principal type lets Azure assign the role
   # before the new service principal has replicated through Entra ID.

@@ -9,7 +9,7 @@ output "name" {
 }
 
 output "resource_group_name" {
-  description = "Name of the resource group that holds every resource of the runner (cml-infra-<name>); deleting it removes the runner."
+  description = "Name of the resource group that holds every resource of the runner (cml-infra-<name>-<launch hash>); deleting it removes the runner."
   value       = azurerm_resource_group.this.name
 }
 

@@ -1,11 +1,22 @@
 variable "name" {
-  description = "Runner name. Names the VM and its NIC, IP, network and security group; the resource group is cml-infra-<name>."
+  description = "Runner name. Names the VM and its NIC, IP, network and security group; the resource group is cml-infra-<name>-<first 8 hex digits of sha1(launch_id)>."
   type        = string
   nullable    = false
 
   validation {
     condition     = can(regex("^[a-z][a-z0-9-]{0,37}[a-z0-9]$", var.name))
     error_message = "The name must be 2 to 39 lowercase letters, digits and '-', starting with a letter and not ending with '-'."
+  }
+}
+
+variable "launch_id" {
+  description = "This launch's unique id (cml-infra mints one per `up`): the cml-infra-id tag on every taggable resource, the resource group included, and hashed into the resource group's name so that two launches of one name never collide. Teardown and cleanup match it, never the name."
+  type        = string
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^[a-z0-9]{8,32}$", var.launch_id))
+    error_message = "The launch_id must be 8 to 32 lowercase letters and digits."
   }
 }
 
@@ -91,15 +102,15 @@ variable "expires_at" {
 }
 
 variable "tags" {
-  description = "Extra tags for every taggable resource. The cml-infra-managed, cml-infra-name and cml-infra-expires tags are always added and win over keys given here."
+  description = "Extra tags for every taggable resource. The cml-infra-managed, cml-infra-name, cml-infra-expires and cml-infra-id tags are always added and win over keys given here."
   type        = map(string)
   default     = {}
   nullable    = false
 
   validation {
-    # Azure allows 50 tags per resource; the module adds 3.
-    condition     = length(var.tags) <= 47
-    error_message = "The tags map may hold at most 47 entries (Azure allows 50 per resource and the module adds 3)."
+    # Azure allows 50 tags per resource; the module adds 4.
+    condition     = length(var.tags) <= 46
+    error_message = "The tags map may hold at most 46 entries (Azure allows 50 per resource and the module adds 4)."
   }
 
   validation {

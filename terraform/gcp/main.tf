@@ -7,16 +7,23 @@ locals {
     "cml-infra-managed" = "true"
     "cml-infra-name"    = var.name
     "cml-infra-expires" = tostring(var.expires_at)
+    # The launch's identity: names collide, so teardown and cleanup match this, not the name.
+    "cml-infra-id" = var.launch_id
   })
 
+  # Service accounts and firewall rules take no labels and their names are project-wide, so
+  # the names this module chooses carry a hash of the launch id: two launches of the same
+  # runner name (in two zones, or one after the other) never collide, nor delete each other's.
+  launch_hash = substr(sha1(var.launch_id), 0, 8)
+
   # The deny-ingress rule selects the instance by this network tag, so the rule can exist
-  # before the instance does.
-  network_tag = "cml-infra-${var.name}"
+  # before the instance does. 10 + 39 + 1 + 8 = 58 of the 63 characters a tag may have.
+  network_tag = "cml-infra-${var.name}-${local.launch_hash}"
 
   # Service account IDs are 6-30 characters: a name prefix keeps them readable in IAM
-  # listings, the hash keeps two names with the same prefix apart. 4 + 19 + 1 + 6 = 30 at
-  # most; trailing dashes of the cut are dropped so the separator stays readable.
-  service_account_id = "cml-${replace(substr(var.name, 0, 19), "/-+$/", "")}-${substr(sha1(var.name), 0, 6)}"
+  # listings, the launch hash keeps two launches apart. 4 + 19 + 1 + 6 = 30 at most; trailing
+  # dashes of the cut are dropped so the separator stays readable.
+  service_account_id = "cml-${replace(substr(var.name, 0, 19), "/-+$/", "")}-${substr(local.launch_hash, 0, 6)}"
 
   image = coalesce(
     var.image,
@@ -48,7 +55,7 @@ resource "google_service_account" "runner" {
   project      = var.project
   account_id   = local.service_account_id
   display_name = "cml-infra runner ${var.name}"
-  description  = "Identity of cml-infra runner VM ${var.name} (expires ${var.expires_at}); may delete only that instance."
+  description  = "Identity of cml-infra runner VM ${var.name} (launch ${var.launch_id}, expires ${var.expires_at}); may delete only that instance."
 }
 
 # GCP firewalls have an implied deny-ingress, but the default network adds default-allow-ssh,
@@ -57,9 +64,9 @@ resource "google_service_account" "runner" {
 # later. Firewalls are stateful, so replies to the VM's own outbound connections still come in.
 resource "google_compute_firewall" "deny_ingress" {
   project     = var.project
-  name        = "${local.network_tag}-deny-ingress"
+  name        = "${local.network_tag}-deny" # 58 + 5 = 63 characters at most, GCP's limit
   network     = var.network
-  description = "cml-infra runner ${var.name}: no inbound traffic at all (managed by cml-infra, expires ${var.expires_at})."
+  description = "cml-infra runner ${var.name}: no inbound traffic at all (managed by cml-infra, launch ${var.launch_id}, expires ${var.expires_at})."
   direction   = "INGRESS"
   priority    = 0
 
@@ -77,7 +84,7 @@ resource "google_compute_instance" "runner" {
   zone         = var.zone
   name         = var.name
   machine_type = var.machine_type
-  description  = "cml-infra runner ${var.name}"
+  description  = "cml-infra runner ${var.name} (launch ${var.launch_id})"
   labels       = local.labels
   tags         = [local.network_tag]
 

@@ -9,6 +9,17 @@ variable "name" {
   }
 }
 
+variable "launch_id" {
+  description = "This launch's unique id (cml-infra mints one per `up`): the cml-infra-id label on the instance and its boot disk, in the description of the service account and firewall rule (which take no labels), and hashed into their names so that two launches of one name never collide. Teardown and cleanup match it, never the name."
+  type        = string
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^[a-z0-9]{8,32}$", var.launch_id))
+    error_message = "The launch_id must be 8 to 32 lowercase letters and digits (a valid GCP label value)."
+  }
+}
+
 variable "project" {
   description = "Project to create the runner in. null: the google provider's project."
   type        = string
@@ -137,7 +148,7 @@ variable "expires_at" {
 }
 
 variable "labels" {
-  description = "Extra labels (the user's tags) on the instance and its boot disk. Values are made label-safe (lowercased, other characters than a-z 0-9 _ - become _, cut to 63). The cml-infra-managed, cml-infra-name and cml-infra-expires labels are always set and win over keys of the same name."
+  description = "Extra labels (the user's tags) on the instance and its boot disk. Values are made label-safe (lowercased, other characters than a-z 0-9 _ - become _, cut to 63). The cml-infra-managed, cml-infra-name, cml-infra-expires and cml-infra-id labels are always set and win over keys of the same name."
   type        = map(string)
   default     = {}
   nullable    = false
@@ -148,8 +159,8 @@ variable "labels" {
   }
 
   validation {
-    condition     = length(var.labels) <= 61
-    error_message = "At most 61 labels: Compute Engine allows 64 and this module sets 3."
+    condition     = length(var.labels) <= 60
+    error_message = "At most 60 labels: Compute Engine allows 64 and this module sets 4."
   }
 }
 

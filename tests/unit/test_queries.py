@@ -20,11 +20,13 @@ def state(tmp_path):
     return StateDir(tmp_path / "state")
 
 
-def sandbox_with(state, name, *, agent_alive: bool):
+def sandbox_with(state, name, *, agent_alive: bool, launch_id: str = ""):
     """A local instance: a process group in its sandbox, and an agent that is alive or gone."""
     sandbox = state.root / "local" / "instances" / name
     sandbox.mkdir(parents=True)
     tags = {"cml-infra-managed": "true", "cml-infra-name": name}
+    if launch_id:
+        tags["cml-infra-id"] = launch_id
     (sandbox / "instance.json").write_text(json.dumps({"id": name, "tags": tags}))
     group = subprocess.Popen(["sleep", "600"], cwd=sandbox, start_new_session=True)
     (sandbox / "pgid").write_text(str(group.pid))
@@ -92,6 +94,24 @@ def test_an_instance_whose_process_group_is_gone_is_stopped(state, make_record, 
     group.wait()
     [row] = queries.status(state, include_destroyed=False)
     assert row["state"] == "stopped"
+
+
+def test_status_reads_the_instance_of_the_records_launch_not_of_its_name(
+    state, make_record, groups
+):
+    """An instance of the same name but another launch is not this record's: its state is not
+    shown as this runner's."""
+    state.save(make_record("a-1", state="running", launch_id="0123456789abcdef"))
+    groups.append(sandbox_with(state, "a-1", agent_alive=False, launch_id="a11ce0000000beef"))
+    [row] = queries.status(state, include_destroyed=False)
+    assert (row["state"], row["launch_id"]) == ("running", "0123456789abcdef")
+
+
+def test_status_of_a_record_and_its_launchs_instance(state, make_record, groups):
+    state.save(make_record("a-1", state="running", launch_id="0123456789abcdef"))
+    groups.append(sandbox_with(state, "a-1", agent_alive=False, launch_id="0123456789abcdef"))
+    [row] = queries.status(state, include_destroyed=False)
+    assert row["state"] == "agent-dead"
 
 
 def test_catalog_clouds_are_the_priced_ones():

@@ -210,3 +210,23 @@ def test_fake_records_what_arm_would_reject():
         == 404
     )
     assert len(fake.violations) == 4
+
+
+def test_a_rollback_deletes_only_the_group_of_its_own_launch(cloud, arm, tmp_path, make_record):
+    """Two launches of `gpu-ci` (their groups' names differ by the launch hash): the sweep of
+    ours deletes the group tagged with our launch id, never the other of the same name."""
+    from cml_infra.lifecycle import teardown
+    from cml_infra.state import StateDir
+
+    for group, launch_id in (("cml-infra-gpu-ci-0a1b2c3d", "ours0001"),
+                             ("cml-infra-gpu-ci-9f8e7d6c", "theirs01")):  # fmt: skip
+        arm.add_group(
+            group, "eastus", {**MANAGED, "cml-infra-name": "gpu-ci", "cml-infra-id": launch_id}
+        )
+    record = make_record("gpu-ci", cloud="azure", region="eastus", launch_id="ours0001")
+    assert teardown.destroy(None, StateDir(tmp_path / "state"), cloud, record) == ""
+    assert "cml-infra-gpu-ci-9f8e7d6c" in arm.groups
+    assert "cml-infra-gpu-ci-0a1b2c3d" not in arm.groups
+    assert arm.requests_for("DELETE") == [
+        f"{ARM}/resourcegroups/cml-infra-gpu-ci-0a1b2c3d?api-version=2025-04-01"
+    ]

@@ -458,7 +458,7 @@ def test_module_vars(cloud, tmp_path):
     created = datetime(2030, 1, 1, tzinfo=timezone.utc)
     expires = created + timedelta(hours=2)
     spec = _spec()
-    context = RenderContext("#!/bin/sh\n", created, expires)
+    context = RenderContext("#!/bin/sh\n", created, expires, "0123456789abcdef")
     variables = cloud.module_vars(spec, _resolve(cloud, spec), context)
     assert variables == {
         "name": "box-1",
@@ -469,6 +469,7 @@ def test_module_vars(cloud, tmp_path):
             "cml-infra-managed": "true",
             "cml-infra-name": "box-1",
             "cml-infra-expires": str(int(expires.timestamp())),
+            "cml-infra-id": "0123456789abcdef",
         },
         "log_archive_dir": str(tmp_path / "state" / "runners" / "box-1" / "logs"),
         "ready_timeout_seconds": READY_TIMEOUT_SECONDS,
@@ -732,12 +733,13 @@ def test_resolve_rejects_vm_flags(cloud, flag, changes, fragment):
 def test_module_vars_carry_the_user_tags(cloud):
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
     spec = _spec(tags={"team": "ml"})
-    context = RenderContext("", now, now)
+    context = RenderContext("", now, now, "feedc0de12345678")
     assert cloud.module_vars(spec, _resolve(cloud, spec), context)["tags"] == {
         "team": "ml",
         "cml-infra-managed": "true",
         "cml-infra-name": "box-1",
         "cml-infra-expires": str(int(now.timestamp())),
+        "cml-infra-id": "feedc0de12345678",
     }
 
 

@@ -3,6 +3,7 @@ reports back into a ManagedInstance."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -13,6 +14,7 @@ from cml_infra.spec import ForgeTarget, RunnerSpec
 EXPIRES = datetime(2030, 1, 1, tzinfo=timezone.utc)
 EXPIRES_TAG = "1893456000"
 CREATED = datetime(2029, 12, 31, tzinfo=timezone.utc)
+LAUNCH_ID = "0123456789abcdef"
 
 
 def _spec(**changes):
@@ -68,31 +70,35 @@ def test_the_scope_mark_tells_repositories_and_organizations_apart():
 
 
 def test_managed_tags_add_the_marks_cleanup_finds_a_resource_by():
-    assert tags.managed_tags(_spec(tags={"team": "ml"}), EXPIRES) == {
+    assert tags.managed_tags(_spec(tags={"team": "ml"}), EXPIRES, LAUNCH_ID) == {
         "team": "ml",
         "cml-infra-managed": "true",
         "cml-infra-name": "box-1",
         "cml-infra-expires": EXPIRES_TAG,
+        "cml-infra-id": LAUNCH_ID,
     }
 
 
 def test_managed_tags_of_a_runner_keep_its_forge_marks():
-    managed = tags.managed_tags(_spec(forge=ForgeTarget(org="octo")), EXPIRES)
+    managed = tags.managed_tags(_spec(forge=ForgeTarget(org="octo")), EXPIRES, LAUNCH_ID)
     assert managed[tags.FORGE] == "github"
     assert tags.SCOPE in managed
     assert tags.is_managed(managed)
 
 
 def test_our_marks_win_over_a_user_tag_of_the_same_key():
-    spec = _spec(tags={"cml-infra-name": "spoofed", "cml-infra-managed": "false"})
-    managed = tags.managed_tags(spec, EXPIRES)
+    spec = _spec(
+        tags={"cml-infra-name": "spoofed", "cml-infra-managed": "false", "cml-infra-id": "x"}
+    )
+    managed = tags.managed_tags(spec, EXPIRES, LAUNCH_ID)
     assert (managed[tags.NAME], managed[tags.MANAGED]) == ("box-1", "true")
+    assert managed[tags.LAUNCH_ID] == LAUNCH_ID
 
 
 def test_every_key_of_ours_has_the_prefix():
     assert all(
         key.startswith(tags.PREFIX)
-        for key in (tags.MANAGED, tags.NAME, tags.EXPIRES, tags.FORGE, tags.SCOPE)
+        for key in (tags.MANAGED, tags.NAME, tags.EXPIRES, tags.FORGE, tags.SCOPE, tags.LAUNCH_ID)
     )
 
 
@@ -142,6 +148,38 @@ def test_instance_without_a_name_tag_is_named_by_the_fallback():
     instance = _instance({"cml-infra-managed": "true"})
     assert instance.name == "i-0abc"
     assert instance.expires_at is None
+
+
+def test_instance_takes_its_launch_id_from_our_tag():
+    found = {"cml-infra-managed": "true", "cml-infra-name": "gpu-ci", "cml-infra-id": LAUNCH_ID}
+    assert _instance(found).launch_id == LAUNCH_ID
+
+
+def test_an_instance_older_than_launch_ids_has_none():
+    """Not its name, nor anything else: teardown then matches it by nothing but its id."""
+    instance = _instance({"cml-infra-managed": "true", "cml-infra-name": "gpu-ci"})
+    assert instance.launch_id == ""
+
+
+def test_the_launch_id_of_managed_tags_is_what_instance_reads_back():
+    managed = tags.managed_tags(_spec(name="gpu-ci"), EXPIRES, LAUNCH_ID)
+    instance = _instance(managed)
+    assert (instance.name, instance.launch_id) == ("gpu-ci", LAUNCH_ID)
+
+
+def test_a_fresh_launch_id_is_valid_for_every_module_and_unique():
+    from cml_infra.clouds.base import RenderContext, new_launch_id
+
+    minted = {new_launch_id() for _ in range(1000)}
+    assert len(minted) == 1000
+    assert all(tags.LAUNCH_ID_FORMAT.fullmatch(launch_id) for launch_id in minted)
+    # A GCP label value: lowercase letters, digits, '_' and '-', 63 at most.
+    assert all(re.fullmatch(r"[a-z0-9_-]{0,63}", launch_id) for launch_id in minted)
+    # Each render context gets its own unless it is given one.
+    assert (
+        RenderContext("", CREATED, EXPIRES).launch_id
+        != RenderContext("", CREATED, EXPIRES).launch_id
+    )
 
 
 @pytest.mark.parametrize(

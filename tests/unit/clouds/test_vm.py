@@ -29,6 +29,7 @@ EXPIRES = CREATED + timedelta(hours=1)
 EXPIRES_AT = 1893459600
 SCRIPT = "#!/usr/bin/env bash\necho booted\n"
 SCRIPT_B64 = base64.b64encode(SCRIPT.encode()).decode()
+LAUNCH_ID = "0123456789abcdef"
 
 
 def _spec(cloud, **changes):
@@ -52,7 +53,7 @@ def _module_vars(cloud_name, tmp_path, script=SCRIPT, **changes):
     cloud = _get(cloud_name, tmp_path)
     spec = _spec(cloud_name, **changes)
     placement = attempts(spec, cloud)[0].placement
-    context = RenderContext(script, CREATED, EXPIRES)
+    context = RenderContext(script, CREATED, EXPIRES, LAUNCH_ID)
     return cloud.module_vars(spec, placement, context)
 
 
@@ -94,6 +95,7 @@ GOLDEN = {
             "gpu": False,
             "image_id": None,
             "user_data_base64": SCRIPT_B64,
+            "launch_id": LAUNCH_ID,
             "expires_at": EXPIRES_AT,
             "tags": {},
         },
@@ -113,6 +115,7 @@ GOLDEN = {
             "image": None,
             "startup_script": SCRIPT,
             "max_run_duration_seconds": 3600,
+            "launch_id": LAUNCH_ID,
             "expires_at": EXPIRES_AT,
             "labels": {},
         },
@@ -141,6 +144,7 @@ GOLDEN = {
             "gpu": False,
             "source_image_id": None,
             "custom_data_base64": SCRIPT_B64,
+            "launch_id": LAUNCH_ID,
             "expires_at": EXPIRES_AT,
             "tags": {},
         },
@@ -447,3 +451,34 @@ def test_resolve_leaves_the_zone_to_the_attempts(tmp_path):
     tried = [attempt.placement.zone for attempt in attempts(spec, gcp)]
     assert tried == list(gcp.zones("us-central1"))
     assert tried[0] == "us-central1-a"
+
+
+@pytest.mark.parametrize("cloud", VM_CLOUDS)
+def test_module_vars_pass_the_launch_id_to_a_required_validated_variable(tmp_path, cloud):
+    assert _module_vars(cloud, tmp_path)["launch_id"] == LAUNCH_ID
+    module = _get(cloud, tmp_path).module
+    assert _declared(module)["launch_id"] is False, "no default: every launch gives its own"
+    text = (packaged.module_dir(module) / "variables.tf").read_text(encoding="utf-8")
+    body = re.search(r'^variable "launch_id" \{\n(.*?)^\}', text, flags=re.DOTALL | re.MULTILINE)
+    assert body is not None
+    assert 'regex("^[a-z0-9]{8,32}$", var.launch_id)' in body.group(1)
+    assert re.search(r"^\s*type\s*=\s*string$", body.group(1), flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("cloud", "outputs", "listed"),
+    [
+        ("aws", {"id": "i-0abc", "region": "us-east-1"}, "us-east-1/i-0abc"),
+        ("aws", {"id": "i-0abc"}, None),
+        ("gcp", {"id": "projects/p/zones/z/instances/box-1", "zone": "us-central1-a",
+                 "name": "box-1"}, "us-central1-a/box-1"),
+        ("azure", {"id": "/subscriptions/s/providers/vm/box-1",
+                   "resource_group_name": "cml-infra-box-1-0a1b2c3d"}, "cml-infra-box-1-0a1b2c3d"),
+        ("local", {"id": "box-1", "name": "box-1"}, "box-1"),
+        ("local", {}, None),
+    ],
+)  # fmt: skip
+def test_listed_id_is_the_id_list_managed_reports_for_the_modules_outputs(
+    tmp_path, cloud, outputs, listed
+):
+    assert _get(cloud, tmp_path).listed_id(outputs) == listed

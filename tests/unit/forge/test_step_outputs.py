@@ -39,11 +39,12 @@ def test_outputs_and_summary_row(step_files, make_record):
         spot=True,
         hourly_price=0.2104,
         labels=("gpu", "cml-infra-gpu-1"),
+        launch_id="0123456789abcdef",
     )
     commands._step_outputs(record)
     assert output.read_text() == (
-        "earlier=1\nname=gpu-1\nlabels=gpu,cml-infra-gpu-1\nregion=us-east-1\nspot=true\n"
-        "reused=false\n"
+        "earlier=1\nname=gpu-1\nid=0123456789abcdef\nlabels=gpu,cml-infra-gpu-1\n"
+        "region=us-east-1\nspot=true\nreused=false\n"
     )
     lines = summary.read_text().splitlines()
     assert lines[0] == "| name | cloud | type | GPU | spot | $/h | labels |"

@@ -57,7 +57,9 @@ class ScriptedEngine:
         name = workspace.parent.name
         sandbox = self.state.root / "local" / "instances" / name
         sandbox.mkdir(parents=True, exist_ok=True)
-        tags = {"cml-infra-managed": "true", "cml-infra-name": name}
+        # The tags the workspace asks for, launch id included, as the local module records them.
+        variables = json.loads((workspace / "terraform.tfvars.json").read_text())
+        tags = variables["tags"]
         (sandbox / "instance.json").write_text(json.dumps({"id": name, "tags": tags}))
         self._run("apply")
         if self.outputs_of_apply is not None:

@@ -18,6 +18,7 @@ module "runner" {
   source = "../.."
 
   name             = "cml-example-1"
+  launch_id        = "0123456789abcdef" # cml-infra mints a fresh one per launch
   instance_type    = "g4dn.xlarge"
   spot             = true
   gpu              = true

@@ -36,6 +36,7 @@ module "runner" {
   source = "../.."
 
   name               = "example-runner"
+  launch_id          = "0123456789abcdef" # cml-infra mints a fresh one per launch
   location           = "eastus"
   vm_size            = "Standard_NC4as_T4_v3"
   spot               = true

@@ -24,6 +24,7 @@ module "runner" {
   source = "../.."
 
   name                     = "cml-example"
+  launch_id                = "0123456789abcdef" # cml-infra mints a fresh one per launch
   zone                     = "us-central1-a"
   machine_type             = "n1-standard-8"
   gpu                      = true
