@@ -19,6 +19,10 @@ from cml_infra import __version__
 app = typer.Typer(
     name="cml-infra",
     help="Cloud GPUs for CI runners: created for a workflow, destroyed when idle or expired.",
+    epilog="Defaults may come from .cml-infra.toml or [tool.cml-infra] in pyproject.toml, "
+    "looked for up to the repository root or $HOME. Keys that run code or decide where the "
+    "token goes (terraform, runner-archive, github-url, state-dir) are taken from such a file "
+    "only with CML_INFRA_TRUST_CONFIG=1.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -134,7 +138,8 @@ Token = Annotated[
 ]  # fmt: skip
 GithubUrl = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="GitHub API URL (GitHub Enterprise: https://HOST/api/v3).",
+    typer.Option(help="GitHub API URL, https only: the token is sent there (GitHub Enterprise: "
+                 "https://HOST/api/v3; plain http only to 127.0.0.1, ::1 or localhost).",
                  envvar="CML_INFRA_GITHUB_URL", rich_help_panel=RUNNER),
 ]  # fmt: skip
 RunnerGroup = Annotated[
@@ -255,7 +260,10 @@ def main_options(
 ) -> None:
     """Cloud GPUs for CI runners: created for a workflow, destroyed when idle or expired.
 
-    Defaults may come from .cml-infra.toml or [tool.cml-infra] in pyproject.toml (see README).
+    Defaults may come from .cml-infra.toml or [tool.cml-infra] in pyproject.toml, looked for up
+    to the repository root or $HOME (see README). Keys that run code or decide where the token
+    goes (terraform, runner-archive, github-url, state-dir) are taken from such a file only with
+    CML_INFRA_TRUST_CONFIG=1.
     """
     from cml_infra import config, ui
 

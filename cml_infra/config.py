@@ -19,15 +19,25 @@ Keys are the flags without their dashes (`idle-timeout`, `type`; '_' may stand f
 key that is no option of its command, and a token (which belongs in a CI secret, never in a
 repository), is refused with the file's name. A relative path (`state-dir`, `terraform`,
 `runner-archive`) is relative to the file, not to the working folder.
+
+A config file is data, not code: in CI it comes from the commit under test, maybe a pull
+request's. So the search stops at the repository root (a folder holding `.git`) or at $HOME,
+whichever comes first; it passes over (`doctor` says so) a file that is not the user's, or
+whose folder others may write (or is not the user's or root's); and the keys that run a program
+or decide where code or the token comes from or goes (UNTRUSTED: `terraform`, `runner-archive`,
+`github-url`, `state-dir`) are refused from any file, `CML_INFRA_CONFIG`'s included, unless
+`CML_INFRA_TRUST_CONFIG=1` says that the user trusts it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +46,8 @@ from cml_infra.errors import UsageError
 FILE_NAME = ".cml-infra.toml"
 PYPROJECT = "pyproject.toml"
 ENV = "CML_INFRA_CONFIG"
+# `1`: the user trusts the config file with the UNTRUSTED keys.
+TRUST_ENV = "CML_INFRA_TRUST_CONFIG"
 # Top-level keys are options of `up` (and of `render` where it has them); a table named after
 # one of these commands holds that command's options.
 SECTIONS = ("cleanup",)
@@ -43,6 +55,11 @@ SECTIONS = ("cleanup",)
 REFUSED = frozenset({"token"})
 # Top-level keys that every command with the option takes, not only `up` and `render`.
 SHARED = frozenset({"state_dir", "terraform"})
+# Options (parameter names) that run a program (`terraform`), choose the code an instance runs
+# (`runner_archive`: a local file's checksum is taken as given), decide where the token is sent
+# (`github_url`), or where records, workspaces and the engine's plugin cache live (`state_dir`):
+# from a file only with TRUST_ENV=1, since in CI the file may come from a pull request.
+UNTRUSTED = frozenset({"terraform", "runner_archive", "github_url", "state_dir"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,8 @@ class Config:
 
     path: Path | None = None
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Files the search passed over, each with why (`doctor` says so).
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,8 +100,10 @@ def use(ctx: Any) -> None:
         }
         for name, command in getattr(ctx.command, "commands", {}).items()
     }
+    skipped: list[str] = []
+    found = find(Path.cwd(), skipped)
     in_use = InUse(
-        config=load(find(Path.cwd()), options),
+        config=replace(load(found, options), skipped=tuple(skipped)),
         flags={
             command: {f"--{key}": name for key, name in keys.items()}
             for command, keys in options.items()
@@ -116,22 +137,102 @@ def describe() -> str:
         if name in values
     )
     if in_use.config.path is None or not flags:
-        return f"no {FILE_NAME} or [tool.cml-infra] sets anything here; built-in defaults"
-    return f"{in_use.config.path} sets {', '.join(dict.fromkeys(flags))}"
+        said = f"no {FILE_NAME} or [tool.cml-infra] sets anything here; built-in defaults"
+    else:
+        said = f"{in_use.config.path} sets {', '.join(dict.fromkeys(flags))}"
+    return "; ".join((said, *(f"skipped {note}" for note in in_use.config.skipped)))
 
 
-def find(start: Path) -> Path | None:
-    """The config file for a command run in `start`, or None."""
+def trusted() -> bool:
+    """Whether the user trusts the config file with the UNTRUSTED keys."""
+    return os.environ.get(TRUST_ENV) == "1"
+
+
+def find(start: Path, skipped: list[str] | None = None) -> Path | None:
+    """The config file for a command run in `start`, or None. The search climbs from `start` to
+    the repository root or $HOME, whichever comes first (or to / when it meets neither), and
+    passes over files that others could have written; each one passed over, with why, is added
+    to `skipped`."""
     named = os.environ.get(ENV)
     if named is not None:
         return Path(named) if named else None
+    home = _home()
     for folder in (start, *start.parents):
-        if (folder / FILE_NAME).is_file():
-            return folder / FILE_NAME
-        pyproject = folder / PYPROJECT
-        if pyproject.is_file() and b"[tool.cml-infra]" in pyproject.read_bytes():
-            return pyproject
+        for path in (folder / FILE_NAME, folder / PYPROJECT):
+            if not path.is_file():
+                continue
+            if path.name == PYPROJECT and not _OURS.search(_head(path)):
+                continue
+            why = _unsafe(path)
+            if why is None:
+                return path
+            if skipped is not None:
+                skipped.append(f"{path} ({why})")
+        if os.path.lexists(folder / ".git") or folder == home:
+            return None
     return None
+
+
+# A pyproject.toml holds our table when it has `[tool.cml-infra]` or `[tool.cml-infra.cleanup]`.
+_OURS = re.compile(rb"^\s*\[\s*tool\s*\.\s*cml-infra\s*[\].]", re.MULTILINE)
+
+
+def _home() -> Path | None:
+    try:
+        return Path.home().resolve()
+    except (OSError, RuntimeError):  # no $HOME and no passwd entry
+        return None
+
+
+def _head(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _unsafe(path: Path) -> str | None:
+    """Why `path` may hold what others wrote, or None: a file not owned by the user (the
+    effective uid), or whose folder others may write (world-writable, a sticky /tmp too;
+    group-writable unless the group is the user's own; owned by neither the user nor root).
+    For a symbolic link, the folders of both the link and its target are checked."""
+    try:
+        info = path.stat()
+        folders = dict.fromkeys((path.parent, path.resolve().parent))
+        uid = os.geteuid()
+        if info.st_uid != uid:
+            return "not owned by you"
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not _own_group(info, uid):
+            return "writable by others"
+        for folder in folders:
+            held = folder.stat()
+            if held.st_uid not in (uid, 0):
+                return f"its folder {folder} is not owned by you or root"
+            if held.st_mode & stat.S_IWOTH or (
+                held.st_mode & stat.S_IWGRP and not _own_group(held, uid)
+            ):
+                return f"its folder {folder} is writable by others"
+    except OSError as exc:
+        return f"cannot check who may write it: {exc.strerror}"
+    return None
+
+
+def _own_group(info: os.stat_result, uid: int) -> bool:
+    """Whether the file's group is the user's private group (umask 002 set-ups): the user's
+    primary group, named after the user, with no other member."""
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid)
+        group = grp.getgrgid(info.st_gid)
+    except KeyError:
+        return False
+    return (
+        info.st_gid == user.pw_gid
+        and group.gr_name == user.pw_name
+        and set(group.gr_mem) <= {user.pw_name}
+    )
 
 
 def load(path: Path | None, options: Mapping[str, Mapping[str, str]]) -> Config:
@@ -146,7 +247,10 @@ def load(path: Path | None, options: Mapping[str, Mapping[str, str]]) -> Config:
         if not isinstance(ours, dict):
             raise UsageError(str(path), "[tool.cml-infra] must be a table of options")
         table = ours
-    top = _checked(path, "", {k: v for k, v in table.items() if k not in SECTIONS}, options["up"])
+    trust = trusted()
+    top = _checked(
+        path, "", {k: v for k, v in table.items() if k not in SECTIONS}, options["up"], trust
+    )
     # `render` takes the placement of `up`, not its launch-only options (--budget, --wait, ...).
     defaults = {
         "up": top,
@@ -164,7 +268,7 @@ def load(path: Path | None, options: Mapping[str, Mapping[str, str]]) -> Config:
         value = table.get(section, {})
         if not isinstance(value, dict):
             raise UsageError(str(path), f"[{section}] must be a table of {section}'s options")
-        checked = _checked(path, f"{section}.", value, options[section])
+        checked = _checked(path, f"{section}.", value, options[section], trust)
         defaults[section] = {**defaults.get(section, {}), **checked}
     return Config(path, {command: values for command, values in defaults.items() if values})
 
@@ -187,7 +291,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _checked(
-    path: Path, prefix: str, table: Mapping[str, Any], options: Mapping[str, str]
+    path: Path, prefix: str, table: Mapping[str, Any], options: Mapping[str, str], trust: bool
 ) -> dict[str, Any]:
     """`table` with each key turned into the parameter it sets."""
     checked = {}
@@ -201,6 +305,13 @@ def _checked(
         if name not in options:
             valid = ", ".join(sorted(set(options) - REFUSED))
             raise UsageError(str(path), f"unknown key '{prefix}{key}'; valid: {valid}")
+        if options[name] in UNTRUSTED and not trust:
+            raise UsageError(
+                str(path),
+                f"{prefix}{key}: not taken from a file unless you trust the file (it runs code "
+                f"or decides where code, state or the token goes): set {TRUST_ENV}=1, or give "
+                f"--{name}",
+            )
         checked[options[name]] = _relative_to(path.parent, options[name], value)
     return checked
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -25,8 +26,16 @@ if TYPE_CHECKING:
     from cml_infra.spec import RunnerSpec
 
 PUBLIC_API = "https://api.github.com"
-_OWNER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
-_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
+# GitHub's rules. A user or organization name: letters, digits and single hyphens, neither
+# first nor last, at most 39 characters. A repository name: letters, digits, '.', '-' and '_',
+# at most 100, and not '.' or '..'.
+_OWNER = re.compile(r"(?=[A-Za-z0-9-]{1,39}\Z)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\Z")
+_REPO_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9._-]{1,100}\Z")
+# A runner group name goes to config.sh as a value of its own (--runnergroup NAME). GitHub
+# documents no character set or length for it (the REST API's `name` is a plain string, and the
+# UI takes spaces), so only what cannot be a name, or could be read as an option, is refused:
+# empty, over 100 characters, a leading '-', leading or trailing spaces, control characters.
+GROUP_MAX = 100
 # Waiting for a rate-limit reset is worth it only when the reset is this close.
 RATE_LIMIT_WAIT_MAX = 60.0
 
@@ -51,6 +60,9 @@ class GitHubForge(Forge):
             raise UsageError(
                 "--token", "no GitHub token: give --token, CML_INFRA_TOKEN or GITHUB_TOKEN"
             )
+        # check_target ran before anything was created; this holds for every forge made, one
+        # from a record included, so that the token never goes out in clear text.
+        _check_api_url(self.URL_FLAG, target.api_url or PUBLIC_API)
         self.api_url = (target.api_url or PUBLIC_API).rstrip("/")
         self._token = token
         self._github: Any = None
@@ -60,13 +72,25 @@ class GitHubForge(Forge):
         if bool(target.repo) == bool(target.org):
             # Else the API paths would name no scope (`orgs/None`).
             raise UsageError("--repo", "give --repo OWNER/NAME or --org ORG (one of them)")
-        if target.repo is not None and not _REPO.fullmatch(target.repo):
-            raise UsageError("--repo", f"{target.repo!r} is not OWNER/NAME")
-        if target.org is not None and not _OWNER.fullmatch(target.org):
-            raise UsageError("--org", f"{target.org!r} is not an organization name")
-        api_url = target.api_url
-        if api_url is not None and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", api_url):
-            raise UsageError(cls.URL_FLAG, f"{api_url!r} is not an http(s) URL")
+        if target.repo is not None:
+            owner, _, name = target.repo.partition("/")
+            if not (_OWNER.match(owner) and _REPO_NAME.match(name)):
+                raise UsageError(
+                    "--repo",
+                    f"{target.repo!r} is not OWNER/NAME (an owner of letters, digits and "
+                    "single inner hyphens, up to 39; a name of letters, digits, '.', '-' and "
+                    "'_', up to 100, not '.' or '..')",
+                )
+        if target.org is not None and not _OWNER.match(target.org):
+            raise UsageError(
+                "--org",
+                f"{target.org!r} is not an organization name (letters, digits and single "
+                "hyphens, not first or last, up to 39)",
+            )
+        if target.group is not None:
+            _check_group(target.group)
+        if target.api_url is not None:
+            _check_api_url(cls.URL_FLAG, target.api_url)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "api_url": self.api_url}
@@ -247,6 +271,47 @@ class GitHubForge(Forge):
 
 class _NotFound(CmlInfraError):
     pass
+
+
+def _check_api_url(flag: str, url: str) -> None:
+    """The token goes only over https, or plain http to this machine (loopback test doubles)."""
+    parts = urlsplit(url)
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        host = None
+    if not host or not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", url, re.IGNORECASE):
+        raise UsageError(flag, f"{url!r} is not an http(s) URL; give https://HOST/api/v3")
+    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(host)):
+        return
+    raise UsageError(
+        flag,
+        f"{url!r}: the token is sent over https only (plain http only to 127.0.0.0/8, ::1 or "
+        "localhost); give https://HOST/api/v3",
+    )
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_group(group: str) -> None:
+    if not group or len(group) > GROUP_MAX:
+        raise UsageError("--runner-group", f"a runner group name has 1 to {GROUP_MAX} characters")
+    if group.startswith("-"):
+        raise UsageError("--runner-group", f"{group!r} must not start with '-'")
+    if group != group.strip():
+        raise UsageError("--runner-group", f"{group!r} must not start or end with a space")
+    if any(unicodedata.category(char) == "Cc" or char in "\u2028\u2029" for char in group):
+        raise UsageError("--runner-group", f"{group!r} must not hold control characters")
 
 
 def _rate_limit_wait(exc: Any) -> float | None:

@@ -81,6 +81,25 @@ def agent_config(out) -> dict:
             "not an http(s) URL",
         ),
         (
+            ["--org", "octo", "--runner-group=--ephemeral", "--token", TOKEN],
+            "--runner-group",
+            "must not start with '-'",
+        ),
+        (
+            ["--org", "octo", "--runner-group", "--ephemeral", "--token", TOKEN],
+            "--runner-group",
+            "must not start with '-'",
+        ),
+        (["--repo", "o/..", "--token", TOKEN], "--repo", "is not OWNER/NAME"),
+        (["--repo", "o/.", "--token", TOKEN], "--repo", "is not OWNER/NAME"),
+        (["--org", "-x", "--token", TOKEN], "--org", "not an organization name"),
+        (["--org", "a--b", "--token", TOKEN], "--org", "not an organization name"),
+        (
+            ["--repo", "o/r", "--token", TOKEN, "--github-url", "http://example.com/api/v3"],
+            "--github-url",
+            "https",
+        ),
+        (
             ["--repo", "o/r", "--token", TOKEN, "--startup-timeout", "0"],
             "--startup-timeout",
             "longer than zero",
@@ -92,6 +111,41 @@ def test_up_bad_runner_input_is_one_line_and_creates_nothing(state_root, args, f
     assert_usage_error(result, flag, state_root)
     assert fragment in result.output
     assert TOKEN not in result.output
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to reach the network, recorded (and refused)."""
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+def test_up_never_sends_the_token_over_plain_http(state_root, no_network):
+    result = invoke(
+        "up", "--repo", "o/r", "--token", TOKEN, "--github-url", "http://example.com/api/v3",
+        "--terraform", "false",
+    )  # fmt: skip
+    assert_usage_error(result, "--github-url", state_root)
+    assert "https" in result.output and TOKEN not in result.output
+    assert no_network == [], "a request was attempted before the URL was refused"
+
+
+def test_cleanup_never_sends_the_token_over_plain_http(state_root, no_network):
+    result = invoke(
+        "cleanup", "--cloud", "local", "--dry-run", "--repo", "o/r", "--token", TOKEN,
+        "--github-url", "http://example.com/api/v3",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --github-url: "), result.output
+    assert no_network == []
 
 
 def test_up_without_a_token_ignores_no_variable(state_root, monkeypatch):

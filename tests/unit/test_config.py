@@ -4,7 +4,11 @@ CML_INFRA_* variables, with every bad key refused by name."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -193,7 +197,8 @@ def test_an_error_is_put_on_the_file_only_for_the_command_it_configures(project)
     assert f"--cloud is set in {project / '.cml-infra.toml'}" in result.output
 
 
-def test_a_relative_path_in_the_file_is_relative_to_the_file(tmp_path):
+def test_a_relative_path_in_the_file_is_relative_to_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CML_INFRA_TRUST_CONFIG", "1")
     path = tmp_path / "team" / ".cml-infra.toml"
     path.parent.mkdir()
     path.write_text(
@@ -221,8 +226,189 @@ def test_the_state_dir_of_the_file_holds_for_every_command(project, monkeypatch,
     from cml_infra.state import StateDir
 
     monkeypatch.delenv("CML_INFRA_HOME")
+    monkeypatch.setenv("CML_INFRA_TRUST_CONFIG", "1")
     (project / ".cml-infra.toml").write_text('state-dir = "my-state"\n')
     StateDir(project / "my-state").save(make_record("box-1", state="destroyed"))
     result = CliRunner().invoke(app, ["status", "--all", "--json"])
     assert result.exit_code == 0, result.output
     assert [row["name"] for row in json.loads(result.stdout)] == ["box-1"]
+
+
+# --- trust: a config file is data, not code (the security issue's item A) ---------------------
+
+EVIL = "#!/bin/sh\n: > '{marker}'\nexit 1\n"
+# The keys that would run a program, fetch code or send the token elsewhere.
+UNTRUSTED = ("terraform", "runner-archive", "github-url", "state-dir")
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    """A pull request's checkout: a git repository whose .cml-infra.toml names its own
+    Terraform, ./evil, a script that leaves a marker file when it runs."""
+    monkeypatch.delenv("CML_INFRA_CONFIG")
+    monkeypatch.setenv("CML_INFRA_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_admin_CANARY_789")
+    root = tmp_path / "checkout"
+    (root / ".git").mkdir(parents=True)
+    marker = tmp_path / "marker"
+    evil = root / "evil"
+    evil.write_text(EVIL.format(marker=marker))
+    evil.chmod(0o755)
+    (root / ".cml-infra.toml").write_text('terraform = "./evil"\n')
+    monkeypatch.chdir(root)
+    return root, marker
+
+
+def assert_untrusted(result, path, key: str) -> None:
+    assert_file_error(result, path, f"{key}: ")
+    assert "CML_INFRA_TRUST_CONFIG=1" in result.output
+
+
+def test_a_checkouts_terraform_never_runs(checkout, tmp_path):
+    root, marker = checkout
+    result = CliRunner().invoke(app, ["up", "--cloud", "local", "--", "true"])
+    assert_untrusted(result, root / ".cml-infra.toml", "terraform")
+    assert not marker.exists(), "the checkout's program ran"
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_checkouts_terraform_runs_only_when_trusted(checkout, monkeypatch):
+    _, marker = checkout
+    monkeypatch.setenv("CML_INFRA_TRUST_CONFIG", "1")
+    result = CliRunner().invoke(app, ["up", "--cloud", "local", "--", "true"])
+    assert result.exit_code != 0, result.output
+    assert marker.exists(), "with the opt-in, the file's terraform is the engine"
+
+
+def test_a_checkouts_terraform_never_runs_in_a_process_with_a_token(checkout, tmp_path):
+    root, marker = checkout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CML_INFRA_")}
+    env.update(CML_INFRA_HOME=str(tmp_path / "state"), CML_INFRA_TOKEN="ghp_admin_CANARY_789")
+
+    def up(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cml_infra", "up", "--cloud", "local", "--", "true"],
+            cwd=root, env={**env, **extra}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    refused = up()
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(f"error: {root / '.cml-infra.toml'}: terraform: ")
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not marker.exists(), "the checkout's program ran"
+    trusted = up(CML_INFRA_TRUST_CONFIG="1")
+    assert trusted.returncode != 0
+    assert marker.exists(), trusted.stderr
+
+
+@pytest.mark.parametrize("key", UNTRUSTED)
+def test_a_key_that_runs_or_redirects_is_refused_from_a_file(project, key):
+    (project / ".cml-infra.toml").write_text(f'{key} = "./x"\n')
+    result = CliRunner().invoke(app, ["status"])
+    assert_untrusted(result, project / ".cml-infra.toml", key)
+
+
+@pytest.mark.parametrize("key", ["github-url", "github_url", "state-dir"])
+def test_a_key_that_runs_or_redirects_is_refused_from_the_cleanup_table(project, key):
+    (project / ".cml-infra.toml").write_text(f'[cleanup]\n{key} = "https://x.example/api/v3"\n')
+    result = CliRunner().invoke(app, ["cleanup", "--cloud", "local", "--dry-run"])
+    assert_untrusted(result, project / ".cml-infra.toml", f"cleanup.{key}")
+
+
+@pytest.mark.parametrize(
+    ("table", "key"), [("tool.cml-infra", "terraform"), ("tool.cml-infra.cleanup", "state-dir")]
+)
+def test_a_key_that_runs_or_redirects_is_refused_from_pyproject(project, table, key):
+    (project / "pyproject.toml").write_text(f'[project]\nname = "x"\n\n[{table}]\n{key} = "x"\n')
+    result = CliRunner().invoke(app, ["status"])
+    assert_untrusted(result, project / "pyproject.toml", key)
+
+
+def test_a_file_the_variable_names_is_not_trusted_either(project, monkeypatch, tmp_path):
+    named = tmp_path / "team.toml"
+    named.write_text('terraform = "tofu"\n')
+    monkeypatch.setenv("CML_INFRA_CONFIG", str(named))
+    assert_untrusted(CliRunner().invoke(app, ["status"]), named, "terraform")
+    monkeypatch.setenv("CML_INFRA_TRUST_CONFIG", "1")
+    assert CliRunner().invoke(app, ["status"]).exit_code == 0
+
+
+def test_only_the_exact_opt_in_trusts(project, monkeypatch):
+    (project / ".cml-infra.toml").write_text('state-dir = "s"\n')
+    for value in ("", "0", "yes", "true "):
+        monkeypatch.setenv("CML_INFRA_TRUST_CONFIG", value)
+        assert CliRunner().invoke(app, ["status"]).exit_code == 2, value
+
+
+def cloud_of_render(folder) -> bool:
+    """Whether `render` in `folder` took cloud = "aws" from a file (else: the local cloud)."""
+    shutil.rmtree(folder / "out", ignore_errors=True)
+    result = render()
+    assert result.exit_code == 0, result.output
+    return "instance_type" in tfvars(folder)
+
+
+@pytest.mark.parametrize("git", ["folder", "file"])
+def test_the_search_stops_at_the_repository_root(project, monkeypatch, git):
+    (project.parent / ".cml-infra.toml").write_text('cloud = "aws"\n')
+    if git == "folder":
+        (project / ".git").mkdir()
+    else:  # a worktree or submodule: .git is a file
+        (project / ".git").write_text("gitdir: /elsewhere\n")
+    monkeypatch.chdir(project / "sub")
+    assert not cloud_of_render(project / "sub"), "a file above the repository root was used"
+    (project / ".cml-infra.toml").write_text('cloud = "aws"\n')
+    assert cloud_of_render(project / "sub"), "the repository root's own file is found"
+
+
+def test_the_search_stops_at_home(project, monkeypatch):
+    (project.parent / ".cml-infra.toml").write_text('cloud = "aws"\n')
+    monkeypatch.setenv("HOME", str(project))
+    monkeypatch.chdir(project / "sub")
+    assert not cloud_of_render(project / "sub"), "a file above $HOME was used"
+    (project / ".cml-infra.toml").write_text('cloud = "aws"\n')
+    assert cloud_of_render(project / "sub"), "$HOME's own file is found"
+
+
+def doctor_config_line() -> str:
+    result = CliRunner().invoke(app, ["doctor", "--cloud", "local"])
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770, 0o775])
+def test_a_file_in_a_folder_others_may_write_is_skipped(project, monkeypatch, mode):
+    """World-writable (a sticky /tmp too), or writable by a group of other users."""
+    shared = project / "sub"
+    (shared / ".git").mkdir()
+    (shared / ".cml-infra.toml").write_text('cloud = "aws"\n')
+    if mode & 0o020:
+        if os.geteuid() != 0:
+            pytest.skip("giving a folder to another group needs root")
+        os.chown(shared, -1, 54321)  # a group that is not the user's own
+    shared.chmod(mode)
+    monkeypatch.chdir(shared)
+    assert not cloud_of_render(shared)
+    line = doctor_config_line()
+    assert f"skipped {shared / '.cml-infra.toml'}" in line and "writable by others" in line
+
+
+def test_a_file_owned_by_another_user_is_skipped(project):
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    (project / ".git").mkdir()
+    (project / ".cml-infra.toml").write_text('cloud = "aws"\n')
+    os.chown(project / ".cml-infra.toml", 54321, -1)
+    assert not cloud_of_render(project)
+    line = doctor_config_line()
+    assert f"skipped {project / '.cml-infra.toml'}" in line and "not owned by you" in line
+
+
+def test_a_pyproject_owned_by_another_user_is_skipped(project):
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    (project / ".git").mkdir()
+    (project / "pyproject.toml").write_text('[tool.cml-infra]\ncloud = "aws"\n')
+    os.chown(project / "pyproject.toml", 54321, -1)
+    assert not cloud_of_render(project)

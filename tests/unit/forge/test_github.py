@@ -130,6 +130,98 @@ def test_check_target_rejects_a_url_that_is_not_http(api_url):
     assert raised.value.source == "--github-url"
 
 
+@pytest.mark.parametrize(
+    "api_url",
+    [
+        "http://example.com/api/v3",
+        "http://ghe.example",
+        "http://127.0.0.1.nip.io:8080",  # a name, not the loopback address
+        "http://localhost.example.com",
+        "http://10.0.0.1/api/v3",
+        "http://[::2]:8080",
+        "HTTP://example.com",
+    ],
+)
+def test_check_target_sends_the_token_over_https_only(api_url):
+    with pytest.raises(UsageError) as raised:
+        GitHubForge.check_target(ForgeTarget(repo="octo/repo", api_url=api_url))
+    assert raised.value.source == "--github-url"
+    assert "https" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "api_url",
+    [
+        "https://ghe.example/api/v3",
+        "https://api.github.com",
+        "http://127.0.0.1:8080",
+        "http://127.9.8.7",
+        "http://localhost:3000/api/v3",
+        "http://[::1]:8080",
+    ],
+)
+def test_check_target_takes_https_and_plain_http_on_loopback(api_url):
+    GitHubForge.check_target(ForgeTarget(repo="octo/repo", api_url=api_url))
+
+
+def test_a_forge_on_plain_http_elsewhere_cannot_be_made():
+    """Defense in depth: the constructor checks the URL too (a record's forge, say)."""
+    with pytest.raises(UsageError) as raised:
+        GitHubForge(ForgeTarget(repo="octo/repo", api_url="http://ghe.example/api/v3"), TOKEN)
+    assert raised.value.source == "--github-url"
+
+
+@pytest.mark.parametrize(
+    ("repo", "org", "group", "flag"),
+    [
+        ("o/..", None, None, "--repo"),
+        ("o/.", None, None, "--repo"),
+        ("o/" + "r" * 101, None, None, "--repo"),
+        ("o/r r", None, None, "--repo"),
+        ("-o/r", None, None, "--repo"),
+        ("o-/r", None, None, "--repo"),
+        ("a--b/r", None, None, "--repo"),
+        ("o" * 40 + "/r", None, None, "--repo"),
+        ("o_o/r", None, None, "--repo"),
+        (None, "-x", None, "--org"),
+        (None, "x-", None, "--org"),
+        (None, "a--b", None, "--org"),
+        (None, "o" * 40, None, "--org"),
+        (None, "o.o", None, "--org"),
+        (None, "octo", "--ephemeral", "--runner-group"),
+        (None, "octo", "-", "--runner-group"),
+        (None, "octo", "", "--runner-group"),
+        (None, "octo", " gpu", "--runner-group"),
+        (None, "octo", "gpu ", "--runner-group"),
+        (None, "octo", "gpu\npool", "--runner-group"),
+        (None, "octo", "gpu\x00", "--runner-group"),
+        (None, "octo", "gpu\x7f", "--runner-group"),
+        (None, "octo", "g" * 101, "--runner-group"),
+    ],
+)
+def test_check_target_follows_githubs_naming_rules(repo, org, group, flag):
+    with pytest.raises(UsageError) as raised:
+        GitHubForge.check_target(ForgeTarget(repo=repo, org=org, group=group))
+    assert raised.value.source == flag
+
+
+@pytest.mark.parametrize(
+    ("repo", "org", "group"),
+    [
+        ("o" * 39 + "/" + "r" * 100, None, None),
+        ("octo-cat/.github", None, None),
+        ("o/a..b", None, None),
+        ("o/_r-r.r_", None, None),
+        ("a-b-c/r", None, None),
+        (None, "a-b-c", "GPU pool (A100)"),
+        (None, "octo", "3"),
+        (None, "octo", "g" * 100),
+    ],
+)
+def test_check_target_takes_what_github_takes(repo, org, group):
+    GitHubForge.check_target(ForgeTarget(repo=repo, org=org, group=group))
+
+
 def test_check_target_accepts_a_repo_or_an_org():
     repo = ForgeTarget(repo="octo/repo", api_url="https://ghe.example/api/v3")
     GitHubForge.check_target(repo)
