@@ -196,6 +196,10 @@ class Engine:
         env = environment_without_secrets()
         env.update(
             TF_CLI_CONFIG_FILE=str(self.home.write_cli_config()),
+            # Also here, where it wins over the file's: Terraform expands `$VAR` in the file's
+            # plugin_cache_dir (no escape exists), never in this variable, and a state dir
+            # may hold a `$`.
+            TF_PLUGIN_CACHE_DIR=str(self.home.plugin_cache),
             TF_IN_AUTOMATION="1",
             TF_INPUT="0",
             CHECKPOINT_DISABLE="1",

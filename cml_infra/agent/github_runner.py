@@ -12,6 +12,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from .hooks import PREEMPTION_PROBES, log
 LISTENING_LINE = "Listening for Jobs"
 RUNNER_STOP_GRACE = 30.0
 PREEMPTION_POLL_SECONDS = 5.0
+WORK_FOLDER = "_work"
 
 
 class Runner:
@@ -49,7 +51,7 @@ class Runner:
         if "path" in archive:
             shutil.copyfile(archive["path"], packed)
         else:
-            log(f"downloading the runner from {archive['url']}")
+            log(f"downloading the runner from {_loggable_url(archive['url'])}")
             with (
                 urllib.request.urlopen(archive["url"], timeout=120) as response,
                 packed.open("wb") as out,
@@ -72,12 +74,13 @@ class Runner:
 
     def start(self) -> None:
         registration = self.config["registration"]
+        _check_values(registration, self.config)
         if registration["kind"] == "token":
             args = [
                 "./config.sh", "--unattended", "--replace", "--disableupdate",
                 "--url", registration["url"], "--token", registration["secret"],
                 "--name", self.config["name"], "--labels", ",".join(self.config["labels"]),
-                "--work", "_work",
+                "--work", WORK_FOLDER,
             ]  # fmt: skip
             if self.config.get("ephemeral"):
                 args.append("--ephemeral")
@@ -156,6 +159,39 @@ class Runner:
             return PREEMPTION_PROBES[cloud](self.endpoints)
         except (OSError, ValueError, KeyError):
             return None  # no notice reachable: keep working, look again later
+
+
+def _check_values(registration: dict[str, Any], config: dict[str, Any]) -> None:
+    """config.sh and run.sh read a value that starts with '-' as an option of their own (say
+    `--ephemeral`), and a newline or NUL would end or split it: refuse to start with one. The
+    launcher validates all of these first; this holds even if a config got past it."""
+    values = [
+        ("url", registration.get("url")),
+        ("registration secret", registration.get("secret")),
+        ("name", config.get("name")),
+        ("runner group", config.get("group")),
+        ("work folder", WORK_FOLDER),
+    ]
+    values += [("label", label) for label in config.get("labels") or ()]
+    for what, value in values:
+        text = "" if value is None else str(value)
+        if text.startswith("-") or any(char in text for char in "\n\r\0"):
+            shown = "" if what == "registration secret" else f" {text!r}"
+            raise RuntimeError(
+                f"refusing to pass the {what}{shown} to the runner: it starts with '-' "
+                "or holds a line break or NUL"
+            )
+
+
+def _loggable_url(url: str) -> str:
+    """A URL as the log may show it: without user:password@ and without the query and fragment
+    (a signed URL carries its signature there)."""
+    try:
+        parts = urllib.parse.urlsplit(str(url))
+    except ValueError:
+        return "a URL that does not parse"
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _descendants(root: int) -> list[int]:

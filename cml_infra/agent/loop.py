@@ -19,12 +19,14 @@ itself for the launcher to read, and logs one line per event to standard output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -261,6 +263,14 @@ class Agent:
             "last_exit_code": self.last_exit_code,
             "reason": reason,
         }
-        tmp = self.home / f".{STATUS_FILE}.tmp"
-        tmp.write_text(json.dumps(status), encoding="utf-8")
-        os.replace(tmp, self.home / STATUS_FILE)
+        # A fresh file of our own (O_EXCL, 0600), renamed over the status: nothing planted at
+        # either name (a symlink) is written through.
+        fd, tmp = tempfile.mkstemp(prefix=f".{STATUS_FILE}.", dir=self.home)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(json.dumps(status))
+            os.replace(tmp, self.home / STATUS_FILE)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,9 @@ from cml_infra.terraform import environment_without_secrets
 REGION = "local"
 # How long the module waits for the agent to report before it calls the boot failed.
 READY_TIMEOUT_SECONDS = 60
+# What a pgid file may hold to name an instance's process group: a decimal integer above 1
+# (`kill -- -1` is every process, `-0` the caller's own group), as destroy.sh checks it.
+_PGID = re.compile(r"[1-9][0-9]{0,6}")
 
 
 @register("local")
@@ -97,7 +101,7 @@ class LocalCloud(Cloud):
             "instances_root": str(self.instances_root),
             "startup_script": context.startup_script,
             "created_at": context.created_at.isoformat(),
-            "tags": tags.managed_tags(spec, context.expires_at),
+            "tags": tags.managed_tags(spec, context.expires_at, context.launch_id),
             "log_archive_dir": str(self.home.log_dir(spec.name)),
             "ready_timeout_seconds": READY_TIMEOUT_SECONDS,
         }
@@ -189,7 +193,7 @@ def _number(value: object) -> float:
 def _state(sandbox: Path, status: dict[str, Any]) -> str:
     """The agent's own state while it runs; `stopped` when the sandbox's process group is gone,
     `agent-dead` when the group lives on without its agent (nothing would ever end it)."""
-    if not _group_alive(sandbox / "pgid"):
+    if not _group_alive(sandbox):
         return "stopped"
     if not status:
         return "booting"
@@ -198,24 +202,53 @@ def _state(sandbox: Path, status: dict[str, Any]) -> str:
     return str(status.get("state", "booting"))
 
 
-def _group_alive(pgid_file: Path) -> bool:
+def _group_alive(sandbox: Path) -> bool:
+    """Whether the process group the sandbox's pgid file names lives and is the sandbox's, as
+    destroy.sh decides before it signals one: an integer above 1, and a live member of the group
+    works in the sandbox (a pgid is reused once its group is gone)."""
     try:
-        pgid = int(pgid_file.read_text(encoding="utf-8").strip())
-        os.killpg(pgid, 0)
+        # As the scripts read it: `$(cat pgid)` drops the trailing newlines, nothing else.
+        text = (sandbox / "pgid").read_text(encoding="utf-8").rstrip("\n")
     except (OSError, ValueError):
         return False
-    return True
+    if not _PGID.fullmatch(text) or int(text) <= 1:
+        return False
+    pgid = int(text)
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    return any(
+        entry.name.isdigit()
+        and _process_group(entry.name) == pgid
+        and _works_in(int(entry.name), sandbox)
+        for entry in Path("/proc").iterdir()
+    )
+
+
+def _process_group(pid: str) -> int | None:
+    """The process group of a live (not zombie) process; None for a zombie or a gone one."""
+    try:
+        # The command name in parentheses may hold spaces: the fields follow the last ')'.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[2])
 
 
 def _agent_alive(pid: object, sandbox: Path) -> bool:
     """Whether `pid` is still this sandbox's agent (a pid is reused once its process is gone)."""
     if not isinstance(pid, int) or pid <= 1:
         return False
+    return _process_group(str(pid)) is not None and _works_in(pid, sandbox)
+
+
+def _works_in(pid: int, sandbox: Path) -> bool:
+    """Whether process `pid` has its working folder in `sandbox` or below it."""
     try:
         cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
     except OSError:
         return False
     # The kernel reports the cwd with every symlink resolved; the state dir may have some.
     real = Path(os.path.realpath(sandbox))
-    return state != "Z" and (cwd == real or real in cwd.parents)
+    return cwd == real or real in cwd.parents

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -164,6 +165,23 @@ def test_environment(home, monkeypatch):
     assert env["TF_INPUT"] == "0"
     assert env["CHECKPOINT_DISABLE"] == "1"
     assert env["KEEP_ME"] == "yes"
+
+
+def test_plugin_cache_of_a_state_dir_with_a_dollar_is_taken_literally(tmp_path, monkeypatch):
+    """Terraform expands `$VAR` in the CLI config's plugin_cache_dir, not in
+    TF_PLUGIN_CACHE_DIR (which wins): a state dir may hold a `$`."""
+    monkeypatch.setenv("TF_PLUGIN_CACHE_DIR", "/the/users/own")
+    home = EngineHome(tmp_path / "sd$HOME${HOME}")
+    env = Engine(("x",), "x", home).environment()
+    assert env["TF_PLUGIN_CACHE_DIR"] == str(home.plugin_cache)
+    assert Path(env["TF_PLUGIN_CACHE_DIR"]).is_dir()
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        return
+    done = subprocess.run([terraform, "version"], env=env, capture_output=True, text=True,
+                          check=False, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "plugin cache dir" not in done.stdout + done.stderr
 
 
 def test_run_passes_our_environment_to_the_child(tmp_path, home, workspace, monkeypatch):

@@ -25,12 +25,16 @@ printf '%s\n' "$INSTANCE_JSON" >"$SANDBOX/instance.json"
 printf '%s\n' "$STARTUP_SCRIPT" >"$SANDBOX/startup.sh"
 
 # setsid gives the instance its own session; `$$` of the sh it runs is then the process-group
-# id that destroy signals. No descriptor of Terraform's is inherited, or apply would wait on it.
-# Like a fresh VM, the instance inherits nothing of the launcher's environment but the basics:
-# no credentials of any kind reach it.
+# id that destroy signals (written whole, through a rename, so it is never read half written).
+# No descriptor of Terraform's is inherited, or apply would wait on it.
+# Like a fresh VM, the instance gets a clean environment: no variable of the launcher's but the
+# basics, so no token or key passed in one. It is no isolation boundary, though: it runs as the
+# same user, on this machine, so whatever credentials that user keeps in files are within its
+# reach. The local cloud runs trusted code only.
 cd "$SANDBOX"
 env -i PATH="$PATH" HOME="${HOME:-/}" LANG="${LANG:-C.UTF-8}" TMPDIR="${TMPDIR:-/tmp}" \
-  setsid sh -c 'echo "$$" >pgid; exec bash startup.sh' </dev/null >>console.log 2>&1 &
+  setsid sh -c 'echo "$$" >pgid.tmp && mv -f pgid.tmp pgid && exec bash startup.sh' \
+  </dev/null >>console.log 2>&1 &
 
 fail() {
   echo "local instance: $1" >&2
@@ -51,7 +55,9 @@ while [ ! -f "$SANDBOX/agent-status.json" ]; do
   if [ "$waited" -ge $((ready_timeout * 10)) ]; then
     fail "the agent did not start within ${ready_timeout}s"
   fi
-  if [ -f "$SANDBOX/pgid" ] && ! group_alive "$(cat "$SANDBOX/pgid")"; then
+  # Once the pgid is written, its group must live on and be this sandbox's (a startup script
+  # that exits early leaves a pgid that another process group may take over).
+  if [ -f "$SANDBOX/pgid" ] && ! group_of_sandbox "$(cat "$SANDBOX/pgid")" "$SANDBOX"; then
     fail "the startup script exited before the agent started"
   fi
   sleep 0.1

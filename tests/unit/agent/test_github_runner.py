@@ -135,6 +135,51 @@ def test_install_downloads_from_a_url(tmp_path, double_archive, quiet_log):
     assert any(url in line for line in quiet_log)
 
 
+def test_install_logs_a_download_url_without_its_credentials(tmp_path, double_archive, quiet_log):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FileHandler)
+    server.payload = double_archive.read_bytes()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/mirror/runner.tar.gz"
+        signed = f"{base}?X-Amz-Signature=SIGNED-SECRET&token=QUERY-SECRET#FRAGMENT-SECRET"
+        archive = {"url": signed, "sha256": file_sha256(double_archive)}
+        Runner(runner_config(archive=archive), tmp_path, {}).install()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "runner" / "run.sh").is_file(), "the download used the whole URL"
+    assert f"downloading the runner from {base}" in quiet_log
+    assert not [line for line in quiet_log if "SECRET" in line]
+
+
+def test_install_logs_a_mirror_url_without_its_userinfo(tmp_path, quiet_log):
+    url = "https://mirror-user:MIRROR-PASSWORD@127.0.0.1:9/path/actions-runner.tar.gz?sig=S3CRET"
+    archive = {"url": url, "sha256": "0" * 64}
+    with pytest.raises(OSError):
+        Runner(runner_config(archive=archive), tmp_path, {}).install()
+    assert quiet_log[0] == (
+        "downloading the runner from https://127.0.0.1:9/path/actions-runner.tar.gz"
+    )
+    assert not [line for line in quiet_log if "PASSWORD" in line or "S3CRET" in line]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://user:pa%40ss@mirror.example/path/actions-runner.tar.gz?X-Amz-Signature=abc",
+            "https://mirror.example/path/actions-runner.tar.gz",
+        ),
+        ("https://token@mirror.example:8443/a.tgz#x", "https://mirror.example:8443/a.tgz"),
+        ("https://u:p@[::1]:8443/a.tgz?s=1", "https://[::1]:8443/a.tgz"),
+        ("https://mirror.example/a.tgz", "https://mirror.example/a.tgz"),
+        ("http://[::1/a.tgz?s=SECRET", "a URL that does not parse"),
+    ],
+)
+def test_loggable_url_drops_userinfo_query_and_fragment(url, shown):
+    assert github_runner._loggable_url(url) == shown
+
+
 # --- Runner processes: _descendants, _is_worker, start, busy, stop ----------------------------
 
 
@@ -254,6 +299,50 @@ def test_start_fails_when_config_sh_fails(tmp_path, quiet_log):
     with pytest.raises(RuntimeError, match=r"config\.sh exited with 3"):
         runner.start()
     assert runner.process is None
+
+
+TOKEN_REGISTRATION = {"kind": "token", "secret": "AREG", "url": "https://github.com/o/r"}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"name": "--ephemeral"},
+        {"labels": ["gpu", "--replace"]},
+        {"labels": ["-x"]},
+        {"group": "--ephemeral"},
+        {"group": "gpu\npool"},
+        {"name": "box\x00-1"},
+        {"registration": {**TOKEN_REGISTRATION, "url": "--url"}},
+        {"registration": {**TOKEN_REGISTRATION, "secret": "-AREG"}},
+        {"registration": {**TOKEN_REGISTRATION, "secret": "AREG\n--ephemeral"}},
+    ],
+)
+def test_start_passes_config_sh_no_value_that_reads_as_an_option(tmp_path, quiet_log, changes):
+    """Defense in depth (the launcher validates first): a value starting with '-' would be read
+    by config.sh as a flag of its own, a newline or NUL would end or split it."""
+    argv_file = tmp_path / "config-args"
+    _fake_runner_dir(tmp_path, "exec sleep 5\n")
+    config_sh = tmp_path / "runner" / "config.sh"
+    config_sh.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >"{argv_file}"\n')
+    config_sh.chmod(0o755)
+    config = runner_config(**{"registration": TOKEN_REGISTRATION, **changes})
+    runner = Runner(config, tmp_path, {})
+    with pytest.raises(RuntimeError, match="refusing to pass") as raised:
+        runner.start()
+    assert not argv_file.exists(), "config.sh ran"
+    assert runner.process is None
+    assert "AREG" not in str(raised.value), "the registration token is never shown"
+
+
+def test_start_passes_run_sh_no_jit_config_that_reads_as_an_option(tmp_path, quiet_log):
+    started_file = tmp_path / "started"
+    _fake_runner_dir(tmp_path, f': > "{started_file}"\nexec sleep 5\n')
+    registration = {"kind": "jit", "secret": "--once", "url": "https://github.com/o/r"}
+    runner = Runner(runner_config(registration=registration), tmp_path, {})
+    with pytest.raises(RuntimeError, match="refusing to pass"):
+        runner.start()
+    assert runner.process is None and not started_file.exists()
 
 
 def test_stop_kills_a_runner_that_ignores_sigint(tmp_path, quiet_log):

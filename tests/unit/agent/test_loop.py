@@ -222,6 +222,36 @@ def test_write_status_busy_has_zero_idle_and_a_reason(tmp_path, monkeypatch):
     assert status["reason"] == "ttl reached"
 
 
+@pytest.mark.parametrize("planted", [f".{STATUS_FILE}.tmp", STATUS_FILE])
+def test_write_status_writes_a_fresh_file_not_through_a_planted_link(tmp_path, planted):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / planted).symlink_to(victim)
+    a = Agent(config(), home)
+    a._write_status()
+    assert victim.read_text() == "precious\n"
+    written = home / STATUS_FILE
+    assert not written.is_symlink()
+    assert json.loads(written.read_text())["name"] == "box-1"
+    assert oct(written.stat().st_mode & 0o777) == oct(0o600)
+    leftovers = {p.name for p in home.iterdir()} - {STATUS_FILE, planted}
+    assert leftovers == set()
+
+
+def test_write_status_leaves_no_temporary_file_when_it_fails(tmp_path, monkeypatch):
+    a = Agent(config(), tmp_path)
+
+    def refuse(src, dst):
+        raise OSError("read-only")
+
+    monkeypatch.setattr(loop.os, "replace", refuse)
+    with pytest.raises(OSError, match="read-only"):
+        a._write_status()
+    assert list(tmp_path.iterdir()) == []
+
+
 def _imports(path: Path) -> tuple[set[str], set[str]]:
     """(absolute top-level modules, modules of the package) that a module imports."""
     absolute, relative = set(), set()
