@@ -173,8 +173,13 @@ def _down_registration(record: RunnerRecord, token: str | None) -> None:
         # and a multi-job one is removed by `cleanup`.
         ui.info(f"{record.name}: no forge token here; its runner registration is left to cleanup")
         return
-    target = target_of_record(record.forge or {})
-    teardown.deregister(forge.for_target(target, token), record.name)
+    try:
+        client = forge.for_target(target_of_record(record.forge or {}), token)
+    except CmlInfraError as exc:  # a record of an older cml-infra: e.g. a plain-http API URL
+        # The instance is gone already; its record must still say so.
+        ui.warn(f"{record.name}: its runner registration is left to cleanup ({exc})")
+        return
+    teardown.deregister(client, record.name)
 
 
 def target_of_record(saved: dict[str, object]) -> ForgeTarget:

@@ -114,3 +114,20 @@ def test_target_of_record_reads_old_and_new_records():
     )
     assert (new.repo, new.org) == ("octo/repo", None)
     assert (old.repo, old.org, old.group) == (None, "octo", "3")
+
+
+def test_a_forge_the_record_names_but_that_is_refused_now_does_not_stop_down(
+    state, engine, make_record
+):
+    """A record of an older cml-infra may keep a plain-http API URL: the instance still goes,
+    and the record still says destroyed; the registration is left to cleanup."""
+    state.save(
+        make_record(
+            "box-1",
+            state="running",
+            forge={"kind": "github", "repo": "octo/repo", "api_url": "http://ghe.example/api/v3"},
+        )
+    )
+    [ended] = down.down(["box-1"], state, None, None, token="ghp_x")
+    assert ended.state == "destroyed"
+    assert state.load("box-1").state == "destroyed"
