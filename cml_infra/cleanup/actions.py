@@ -4,12 +4,12 @@ runner registration, `forget` a stale record. Each is idempotent and returns wha
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from cml_infra import clouds
 from cml_infra.cleanup.world import InstanceItem, RecordItem, RegistrationItem, World, made_by
 from cml_infra.errors import CmlInfraError
+from cml_infra.registry import Registry
 
 I = TypeVar("I", InstanceItem, RegistrationItem, RecordItem)  # noqa: E741
 
@@ -25,16 +25,8 @@ class Action(ABC, Generic[I]):
         it. Raise CmlInfraError on failure."""
 
 
-ACTIONS: dict[str, type[Action[Any]]] = {}
-
-
-def action(name: str) -> Callable[[type[Action[Any]]], type[Action[Any]]]:
-    def decorate(cls: type[Action[Any]]) -> type[Action[Any]]:
-        cls.name = name
-        ACTIONS[name] = cls
-        return cls
-
-    return decorate
+ACTIONS: Registry[type[Action[Any]]] = Registry("action")
+action = ACTIONS.register
 
 
 @action("destroy")

@@ -7,7 +7,7 @@ needs a forge, and `match(item, world)`: the reason the item must go, or None.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
@@ -21,6 +21,7 @@ from cml_infra.cleanup.world import (
     made_by,
 )
 from cml_infra.errors import UsageError
+from cml_infra.registry import Registry
 
 I = TypeVar("I", InstanceItem, RegistrationItem, RecordItem)  # noqa: E741
 
@@ -41,16 +42,8 @@ class Rule(ABC, Generic[I]):
         """Why `item` must go, or None."""
 
 
-RULES: dict[str, type[Rule[Any]]] = {}
-
-
-def rule(name: str) -> Callable[[type[Rule[Any]]], type[Rule[Any]]]:
-    def decorate(cls: type[Rule[Any]]) -> type[Rule[Any]]:
-        cls.name = name
-        RULES[name] = cls
-        return cls
-
-    return decorate
+RULES: Registry[type[Rule[Any]]] = Registry("rule")
+rule = RULES.register
 
 
 def _age(created_at: datetime | None, now: datetime) -> timedelta | None:
@@ -222,11 +215,10 @@ def choose(names: Iterable[str] | None, forge: bool) -> list[Rule[Any]]:
     if names:
         chosen = []
         for name in names:
-            if name not in RULES:
-                raise UsageError("--rule", f"unknown rule {name!r}; valid: {', '.join(RULES)}")
-            if RULES[name].needs_forge and not forge:
+            found = RULES.find(name, "--rule")
+            if found.needs_forge and not forge:
                 raise UsageError("--rule", f"{name} needs a forge: add --repo or --org")
-            chosen.append(RULES[name]())
+            chosen.append(found())
         return chosen
     return [cls() for cls in RULES.values() if cls.default and (forge or not cls.needs_forge)]
 

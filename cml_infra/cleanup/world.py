@@ -207,7 +207,7 @@ def gather(settings: Settings, state: StateDir, forge: Forge | None) -> World:
 def items(world: World) -> list[Item]:
     found: list[Item] = [InstanceItem(i) for i in world.instances]
     if world.forge is not None:
-        scope = (world.forge.kind, world.forge.target.slug)
+        scope = (world.forge.name, world.forge.target.slug)
         found += [RegistrationItem(r, scope) for r in world.runners]
     found += [RecordItem(r) for r in world.records if r.state in LIVE_STATES]
     return found

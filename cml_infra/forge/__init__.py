@@ -3,33 +3,23 @@ registers it with `@register`, and is imported on first use."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
-from functools import cache
 from typing import TYPE_CHECKING
 
-from cml_infra.errors import UsageError
+from cml_infra.registry import Registry
 
 if TYPE_CHECKING:
     from cml_infra.forge.base import Forge
     from cml_infra.spec import ForgeTarget
 
-_REGISTRY: dict[str, type[Forge]] = {}
+# Modules of this package that hold no forge (a forge's runner support is `<kind>_runner`).
+FORGES: Registry[type[Forge]] = Registry(
+    "forge", __name__, skip=lambda module: module == "base" or module.endswith("_runner")
+)
+register = FORGES.register
 # Functions that write a CI job's step outputs where that CI runs us (GitHub Actions: the
 # $GITHUB_OUTPUT file); each returns quietly elsewhere.
 _CI: list[Callable[[Mapping[str, str], str | None], None]] = []
-# Modules of this package that hold no forge.
-_SUPPORT = frozenset({"base"})
-
-
-def register(kind: str) -> Callable[[type[Forge]], type[Forge]]:
-    def decorate(cls: type[Forge]) -> type[Forge]:
-        cls.kind = kind
-        _REGISTRY[kind] = cls
-        return cls
-
-    return decorate
 
 
 def register_ci(
@@ -39,29 +29,17 @@ def register_ci(
     return write
 
 
-@cache
-def _discover() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        if module.name not in _SUPPORT and not module.name.endswith("_runner"):
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
 def classes() -> dict[str, type[Forge]]:
-    _discover()
-    return dict(sorted(_REGISTRY.items()))
+    return dict(sorted(FORGES.items()))
 
 
 def ci_environments() -> list[Callable[[Mapping[str, str], str | None], None]]:
-    _discover()
+    classes()  # the writers register with their forge's module
     return list(_CI)
 
 
 def forge_class(target: ForgeTarget) -> type[Forge]:
-    registry = classes()
-    if target.kind not in registry:
-        valid = ", ".join(registry)
-        raise UsageError("forge", f"unknown forge {target.kind!r}; valid: {valid}")
-    return registry[target.kind]
+    return FORGES.find(target.kind, "forge")
 
 
 def check(target: ForgeTarget) -> None:

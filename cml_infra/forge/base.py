@@ -76,7 +76,8 @@ def registration_labels(spec: RunnerSpec, cloud: str, since: float) -> tuple[str
 class Forge(ABC):
     """One subclass per forge, registered with `@forge.register(kind)`."""
 
-    kind: ClassVar[str]
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
     # The flag a user gives the forge's API URL with, for messages.
     URL_FLAG: ClassVar[str]
 
@@ -92,13 +93,13 @@ class Forge(ABC):
     def describe(self) -> dict[str, Any]:
         """What a record keeps of the forge: never the token."""
         fields = {k: v for k, v in dataclasses.asdict(self.target).items() if v is not None}
-        return {**fields, "kind": self.kind}
+        return {**fields, "kind": self.name}
 
     def owns(self, tags: Mapping[str, str]) -> bool:
         """Whether an instance with these tags is a runner of this forge target."""
         from cml_infra.clouds import tags as keys
 
-        return tags.get(keys.FORGE) == self.kind and tags.get(keys.SCOPE) == self.target.scope_tag
+        return tags.get(keys.FORGE) == self.name and tags.get(keys.SCOPE) == self.target.scope_tag
 
     @abstractmethod
     def register(self, name: str, labels: tuple[str, ...], single: bool) -> Registration:

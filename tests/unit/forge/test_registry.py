@@ -22,7 +22,7 @@ TARGET = ForgeTarget(kind="github", repo="octo/repo")
 def test_the_registry_finds_github():
     registry = forge.classes()
     assert registry["github"] is GitHubForge
-    assert GitHubForge.kind == "github"
+    assert GitHubForge.name == "github"
     assert list(registry) == sorted(registry)
 
 
@@ -151,7 +151,7 @@ def test_registration_labels_add_where_and_since():
 class ListedForge(Forge):
     """A forge that lists the runners it is given and removes them when asked."""
 
-    kind = "listed"
+    name = "listed"
     URL_FLAG = "--listed-url"
 
     def __init__(self, target: ForgeTarget, runners: list[RunnerInfo]) -> None:
@@ -180,7 +180,7 @@ class ListedForge(Forge):
 
     @classmethod
     def agent_runner(cls, spec, registration, labels, boot):
-        return {"kind": cls.kind}
+        return {"kind": cls.name}
 
     @classmethod
     def placeholder(cls):
