@@ -9,10 +9,10 @@ goes first alternates), each side in a fresh state dir of its own:
   `cml-infra down NAME`;
 - the floor: a bare `terraform init`, `terraform apply -auto-approve` and
   `terraform destroy -auto-approve` of the very same workspace, written by `cml-infra render -o
-  DIR` with the same flags and name into its state dir (only the creation time differs: this is
-  checked once against the workspace `up` applied). Terraform gets what cml-infra gives it: a CLI
-  config file with the content `up` wrote (with this state dir's path), TF_IN_AUTOMATION=1,
-  TF_INPUT=0 and CHECKPOINT_DISABLE=1;
+  DIR` with the same flags and name into its state dir (only the creation time and the launch
+  id differ: this is checked once against the workspace `up` applied). Terraform gets what
+  cml-infra gives it: a CLI config file with the content `up` wrote (with this state dir's
+  path), TF_IN_AUTOMATION=1, TF_INPUT=0 and CHECKPOINT_DISABLE=1;
 and the ratio of the medians of up + down and of the floor (target: at most 1.5x).
 
 Both sides must really start the instance and stop it: after `up` and after `apply` the
@@ -354,6 +354,8 @@ def _is_cli_config(path: Path) -> bool:
 
 
 _STAMPS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?|\b1\d{9}\b")
+# Each launch mints its own id (the `cml-infra-id` tag): the one other difference allowed.
+_LAUNCH_IDS = re.compile(r'("cml-infra-id": |"launch_id": )"[a-z0-9]{8,32}"')
 
 
 def compare_workspaces(applied: Path, rendered: Path) -> list[str]:
@@ -361,7 +363,9 @@ def compare_workspaces(applied: Path, rendered: Path) -> list[str]:
 
     def files(root: Path) -> dict[str, str]:
         return {
-            str(p.relative_to(root)): _STAMPS.sub("<time>", p.read_text(encoding="utf-8"))
+            str(p.relative_to(root)): _LAUNCH_IDS.sub(
+                r'\1"<id>"', _STAMPS.sub("<time>", p.read_text(encoding="utf-8"))
+            )
             for p in root.rglob("*")
             if p.is_file()
             and not p.name.startswith("terraform.tfstate")
