@@ -23,18 +23,16 @@ pytestmark = pytest.mark.e2e
 
 def processes_in(root: Path) -> list[int]:
     """Pids whose working directory is under `root` (a local instance runs in its sandbox)."""
-    found = []
-    prefix = str(root)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if cwd.startswith(prefix):
-            found.append(int(entry.name))
-    return found
+    cwds = Path("/proc").glob("[0-9]*/cwd")
+    return [int(cwd.parent.name) for cwd in cwds if _target(cwd).startswith(str(root))]
+
+
+def _target(link: Path) -> str:
+    """Where `link` points; "" once its process is gone, or when it is not ours to read."""
+    try:
+        return os.readlink(link)
+    except OSError:
+        return ""
 
 
 def assert_no_processes_in(root: Path, within: float = 15.0) -> None:

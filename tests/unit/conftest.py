@@ -67,6 +67,17 @@ def aws_credentials(monkeypatch):
 
 
 @pytest.fixture
+def no_aws_credentials(monkeypatch, tmp_path):
+    """No AWS credentials anywhere: neither in the environment, nor in a file, nor from EC2."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "nonexistent" / "creds"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "nonexistent" / "config"))
+
+
+@pytest.fixture
 def mocked_aws(aws_credentials):
     """EC2 and STS answered in process by moto."""
     from moto import mock_aws
@@ -80,15 +91,20 @@ def mocked_aws(aws_credentials):
 
 
 @pytest.fixture
-def route_server(monkeypatch):
-    """Starts loopback servers answering from route tables (tests/fakes/routes.py), with no
-    proxy in the way; all are stopped after the test."""
-    from tests.fakes.routes import Routes
-
+def no_proxy(monkeypatch):
+    """Loopback traffic goes straight to the fake servers: no proxy of the machine in the way."""
     for key in list(os.environ):
         if key.lower().endswith("_proxy"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("no_proxy", "127.0.0.1")
+
+
+@pytest.fixture
+def route_server(no_proxy):
+    """Starts loopback servers answering from route tables (tests/fakes/routes.py), with no
+    proxy in the way; all are stopped after the test."""
+    from tests.fakes.routes import Routes
+
     servers: list[Routes] = []
 
     def start(routes):
@@ -139,3 +155,16 @@ def record_of(name="runner-a", **changes) -> RunnerRecord:
 @pytest.fixture
 def make_record():
     return record_of
+
+
+@pytest.fixture
+def fake_compute(monkeypatch):
+    """The Compute API of project "proj", answered on loopback by tests/fakes/gcp.py, which the gcp
+    cloud is pointed at; every request and response it saw keeps to Google's description."""
+    from tests.fakes.gcp import FakeCompute
+
+    with FakeCompute("proj") as fake:
+        monkeypatch.setenv("CML_INFRA_GCP_API_ENDPOINT", fake.url)
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj")
+        yield fake
+        assert fake.violations == []

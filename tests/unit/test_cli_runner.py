@@ -4,7 +4,6 @@ created; a GitHub that refuses is exit 1 with one error line and nothing left ru
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 
@@ -21,15 +20,11 @@ CONFIG = re.compile(r"<<'CML_INFRA_CONFIG_EOF'\n(.*?)\nCML_INFRA_CONFIG_EOF\n", 
 
 
 @pytest.fixture
-def state_root(tmp_path, monkeypatch):
+def state_root(tmp_path, monkeypatch, no_proxy):
     root = tmp_path / "state"
     monkeypatch.setenv("CML_INFRA_HOME", str(root))
     for key in ("GITHUB_TOKEN", "GH_TOKEN", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"):
         monkeypatch.delenv(key, raising=False)
-    for key in list(os.environ):
-        if key.lower().endswith("_proxy"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
     return root
 
 

@@ -371,10 +371,13 @@ def test_the_search_stops_at_home(project, monkeypatch):
     assert cloud_of_render(project / "sub"), "$HOME's own file is found"
 
 
-def doctor_config_line() -> str:
+def assert_skipped(path, reason: str) -> None:
+    """`render` passed over the file at `path`, and `doctor` says so, and why."""
+    assert not cloud_of_render(path.parent)
     result = CliRunner().invoke(app, ["doctor", "--cloud", "local"])
     assert result.exit_code == 0, result.output
-    return result.stdout.splitlines()[0]
+    line = result.stdout.splitlines()[0]
+    assert f"skipped {path}" in line and reason in line
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770, 0o775])
@@ -389,26 +392,20 @@ def test_a_file_in_a_folder_others_may_write_is_skipped(project, monkeypatch, mo
         os.chown(shared, -1, 54321)  # a group that is not the user's own
     shared.chmod(mode)
     monkeypatch.chdir(shared)
-    assert not cloud_of_render(shared)
-    line = doctor_config_line()
-    assert f"skipped {shared / '.cml-infra.toml'}" in line and "writable by others" in line
+    assert_skipped(shared / ".cml-infra.toml", "writable by others")
 
 
-def test_a_file_owned_by_another_user_is_skipped(project):
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (".cml-infra.toml", 'cloud = "aws"\n'),
+        ("pyproject.toml", '[tool.cml-infra]\ncloud = "aws"\n'),
+    ],
+)
+def test_a_file_owned_by_another_user_is_skipped(project, name, text):
     if os.geteuid() != 0:
         pytest.skip("giving a file to another user needs root")
     (project / ".git").mkdir()
-    (project / ".cml-infra.toml").write_text('cloud = "aws"\n')
-    os.chown(project / ".cml-infra.toml", 54321, -1)
-    assert not cloud_of_render(project)
-    line = doctor_config_line()
-    assert f"skipped {project / '.cml-infra.toml'}" in line and "not owned by you" in line
-
-
-def test_a_pyproject_owned_by_another_user_is_skipped(project):
-    if os.geteuid() != 0:
-        pytest.skip("giving a file to another user needs root")
-    (project / ".git").mkdir()
-    (project / "pyproject.toml").write_text('[tool.cml-infra]\ncloud = "aws"\n')
-    os.chown(project / "pyproject.toml", 54321, -1)
-    assert not cloud_of_render(project)
+    (project / name).write_text(text)
+    os.chown(project / name, 54321, -1)
+    assert_skipped(project / name, "not owned by you")

@@ -503,30 +503,17 @@ class Sandbox:
     root: Path
     started: list[str] = field(default_factory=list)
     network: list[str] = field(default_factory=list)
+    # Below root, each named as its attribute: folders, but for afile.
+    cwd: Path = field(init=False)
+    home: Path = field(init=False)
+    state: Path = field(init=False)
+    project: Path = field(init=False)
+    afile: Path = field(init=False)
+    full: Path = field(init=False)
 
-    @property
-    def cwd(self) -> Path:
-        return self.root / "cwd"
-
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def project(self) -> Path:
-        return self.root / "project"
-
-    @property
-    def afile(self) -> Path:
-        return self.root / "afile"
-
-    @property
-    def full(self) -> Path:
-        return self.root / "full"
+    def __post_init__(self) -> None:
+        for name in ("cwd", "home", "state", "project", "afile", "full"):
+            setattr(self, name, self.root / name)
 
 
 _SECRET_OR_MACHINE = ("CML_INFRA_", "AWS_", "GOOGLE_", "CLOUDSDK_", "AZURE_", "ARM_", "GITHUB_",
@@ -579,16 +566,32 @@ def _isolated(box: Sandbox, env: dict[str, str] | None) -> Iterator[None]:
             os.umask(umask)
 
 
-def _refuse_processes(patch: pytest.MonkeyPatch, box: Sandbox) -> None:
-    """No process is started: each attempt is recorded (the case fails) and refused."""
+def _first_argument(what: str, args: tuple) -> tuple:
+    return args[:1]
+
+
+def _refuser(
+    attempts: list[str],
+    code: int,
+    refusal: str,
+    shown: Callable[[str, tuple], tuple] = _first_argument,
+) -> Callable[[str], Callable[..., Any]]:
+    """Makes stand-ins, each named for what it replaces, that note every call in `attempts` (the
+    case fails) with the arguments `shown` picks, and raise OSError."""
 
     def refuse(what: str) -> Callable[..., Any]:
         def refused(*args: Any, **kwargs: Any) -> Any:
-            box.started.append(f"{what}{args[:1]!r}")
-            raise OSError(errno.EPERM, f"the fuzz test refuses to start processes ({what})")
+            attempts.append(f"{what}{shown(what, args)!r}")
+            raise OSError(code, f"the fuzz test refuses {refusal} ({what})")
 
         return refused
 
+    return refuse
+
+
+def _refuse_processes(patch: pytest.MonkeyPatch, box: Sandbox) -> None:
+    """No process is started: each attempt is recorded (the case fails) and refused."""
+    refuse = _refuser(box.started, errno.EPERM, "to start processes")
     patch.setattr(subprocess, "Popen", refuse("subprocess.Popen"))
     for name in ("system", "fork", "forkpty", "posix_spawn", "posix_spawnp", "execv", "execve"):
         if hasattr(os, name):
@@ -597,14 +600,12 @@ def _refuse_processes(patch: pytest.MonkeyPatch, box: Sandbox) -> None:
 
 def _refuse_network(patch: pytest.MonkeyPatch, box: Sandbox) -> None:
     """No connection and no name lookup: recorded (the case fails) and refused."""
-
-    def refuse(what: str) -> Callable[..., Any]:
-        def refused(*args: Any, **kwargs: Any) -> Any:
-            box.network.append(f"{what}{args[1:2] if what.startswith('socket.') else args[:1]!r}")
-            raise OSError(errno.ENETUNREACH, f"the fuzz test refuses network access ({what})")
-
-        return refused
-
+    refuse = _refuser(
+        box.network,
+        errno.ENETUNREACH,
+        "network access",
+        shown=lambda what, args: args[1:2] if what.startswith("socket.") else args[:1],
+    )
     patch.setattr(socket.socket, "connect", refuse("socket.connect"))
     patch.setattr(socket.socket, "connect_ex", refuse("socket.connect_ex"))
     patch.setattr(socket, "create_connection", refuse("create_connection"))

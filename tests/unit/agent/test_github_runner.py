@@ -27,12 +27,7 @@ from tests.fakes.runner_double import sha256 as file_sha256
 WAIT = 5.0
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    for key in list(os.environ):
-        if key.lower().endswith("_proxy"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 def runner_config(**changes):
@@ -119,34 +114,33 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_install_downloads_from_a_url(tmp_path, double_archive, quiet_log):
+@pytest.fixture
+def archive_origin(double_archive):
+    """The double's archive served over HTTP on loopback, at any path: the server's origin."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FileHandler)
     server.payload = double_archive.read_bytes()
     threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/runner.tar.gz"
-        archive = {"url": url, "sha256": file_sha256(double_archive)}
-        (tmp_path / "home").mkdir()  # the agent's home: where its package lives
-        Runner(runner_config(archive=archive), tmp_path / "home", {}).install()
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_install_downloads_from_a_url(tmp_path, double_archive, archive_origin, quiet_log):
+    url = f"{archive_origin}/runner.tar.gz"
+    archive = {"url": url, "sha256": file_sha256(double_archive)}
+    (tmp_path / "home").mkdir()  # the agent's home: where its package lives
+    Runner(runner_config(archive=archive), tmp_path / "home", {}).install()
     assert (tmp_path / "home" / "runner" / "run.sh").is_file()
     assert any(url in line for line in quiet_log)
 
 
-def test_install_logs_a_download_url_without_its_credentials(tmp_path, double_archive, quiet_log):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FileHandler)
-    server.payload = double_archive.read_bytes()
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}/mirror/runner.tar.gz"
-        signed = f"{base}?X-Amz-Signature=SIGNED-SECRET&token=QUERY-SECRET#FRAGMENT-SECRET"
-        archive = {"url": signed, "sha256": file_sha256(double_archive)}
-        Runner(runner_config(archive=archive), tmp_path, {}).install()
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_install_logs_a_download_url_without_its_credentials(
+    tmp_path, double_archive, archive_origin, quiet_log
+):
+    base = f"{archive_origin}/mirror/runner.tar.gz"
+    signed = f"{base}?X-Amz-Signature=SIGNED-SECRET&token=QUERY-SECRET#FRAGMENT-SECRET"
+    archive = {"url": signed, "sha256": file_sha256(double_archive)}
+    Runner(runner_config(archive=archive), tmp_path, {}).install()
     assert (tmp_path / "runner" / "run.sh").is_file(), "the download used the whole URL"
     assert f"downloading the runner from {base}" in quiet_log
     assert not [line for line in quiet_log if "SECRET" in line]

@@ -292,10 +292,13 @@ def _write_package(home: Path) -> None:
         (package / name).write_text(source + "\n", encoding="utf-8")
 
 
-def _agent_argv(*args: str) -> list[str]:
-    # No site-packages (-S) and no PYTHON* variables (-E): the standard library only. The
-    # package is found in the working folder, as on an instance.
-    return [sys.executable, "-E", "-S", "-m", render.AGENT_PACKAGE, *args]
+def _agent(cwd, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """The agent run to its end in `cwd`. No site-packages (-S) and no PYTHON* variables (-E):
+    the standard library only. The package is found in the working folder, as on an instance."""
+    argv = [sys.executable, "-E", "-S", "-m", render.AGENT_PACKAGE, *args]
+    return subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _run_agent(tmp_path, cfg, timeout=20):
@@ -303,15 +306,7 @@ def _run_agent(tmp_path, cfg, timeout=20):
     home = tmp_path / "instance"
     _write_package(home)
     (home / "agent-config.json").write_text(json.dumps(cfg))
-    done = subprocess.run(
-        _agent_argv("--config", "agent-config.json"),
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return home, done
+    return home, _agent(home, "--config", "agent-config.json", timeout=timeout)
 
 
 def _self_destroy_by_sigterm(record):
@@ -354,14 +349,7 @@ def test_agent_script_single_task(tmp_path):
 
 def test_agent_script_needs_a_config(tmp_path):
     _write_package(tmp_path)
-    done = subprocess.run(
-        _agent_argv(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    done = _agent(tmp_path)
     assert done.returncode == 2
     assert "--config" in done.stderr
 

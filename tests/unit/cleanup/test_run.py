@@ -350,28 +350,34 @@ def test_a_failed_action_is_exit_1_saying_what_and_why(state_root, sandboxes, mo
     assert old.is_dir()
 
 
-def test_on_a_terminal_without_yes_a_no_destroys_nothing(state_root, sandboxes, monkeypatch):
-    old = sandboxes.make("old", expires_in=-MINUTE)
+@pytest.fixture
+def on_a_terminal(monkeypatch):
     monkeypatch.setattr(reaper, "interactive", lambda: True)
-    result = invoke(input="n\n")
+
+
+def answer(reply: str):
+    """`cleanup` on a terminal, answering its prompt with `reply`."""
+    result = invoke(input=f"{reply}\n")
     assert result.exit_code == 0, result.output
+    return result
+
+
+def test_on_a_terminal_without_yes_a_no_destroys_nothing(state_root, sandboxes, on_a_terminal):
+    old = sandboxes.make("old", expires_in=-MINUTE)
+    result = answer("n")
     assert "destroy or deregister these 1? [y/N]" in result.output
     assert "skipped: not confirmed" in result.stdout
     assert old.is_dir()
 
 
-def test_on_a_terminal_a_yes_answer_destroys(state_root, sandboxes, monkeypatch):
+def test_on_a_terminal_a_yes_answer_destroys(state_root, sandboxes, on_a_terminal):
     old = sandboxes.make("old", expires_in=-MINUTE)
-    monkeypatch.setattr(reaper, "interactive", lambda: True)
-    result = invoke(input="y\n")
-    assert result.exit_code == 0, result.output
-    assert "destroyed (cloud API)" in result.stdout
+    assert "destroyed (cloud API)" in answer("y").stdout
     assert not old.exists()
 
 
-def test_the_prompt_comes_after_the_items_it_asks_about(state_root, sandboxes, monkeypatch):
+def test_the_prompt_comes_after_the_items_it_asks_about(state_root, sandboxes, on_a_terminal):
     sandboxes.make("old", expires_in=-MINUTE)
-    monkeypatch.setattr(reaper, "interactive", lambda: True)
     result = invoke(input="n\n")
     before_prompt = result.output.partition("destroy or deregister")[0]
     assert "old" in before_prompt, result.output

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import gzip
-import os
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
@@ -14,17 +13,12 @@ from cml_infra import clouds, render
 from cml_infra.clouds.aws import USER_DATA_LIMIT, AwsCloud
 from cml_infra.clouds.base import RenderContext
 from cml_infra.errors import CmlInfraError, UsageError
-from cml_infra.spec import RunnerSpec
 from tests.fakes import ec2
-
-CREATED = datetime(2030, 1, 1, tzinfo=timezone.utc)
-EXPIRES = CREATED + timedelta(hours=1)
+from tests.unit.clouds.specs import CREATED, EXPIRES, module_vars, resolve, spec_on
 
 
 def _spec(**changes):
-    fields = {"name": "box-1", "cloud": "aws", "idle_timeout": 60, "ttl": 3600}
-    fields.update(changes)
-    return RunnerSpec(**fields)
+    return spec_on("aws", **changes)
 
 
 @pytest.fixture
@@ -32,16 +26,10 @@ def cloud():
     return clouds.get("aws")
 
 
-def _resolve(cloud, spec):
-    """The placement of `spec` in its first region, on the market it asks for."""
-    return cloud.resolve(spec, region=spec.region, spot=spec.spot, max_price=spec.max_price)
-
-
 def _user_data(cloud, spec):
     """The startup script as rendered for `spec`, and the module's user_data_base64 for it."""
     script = render.startup_script(cloud.boot(spec), spec, EXPIRES.timestamp())
-    context = RenderContext(script, CREATED, EXPIRES)
-    variables = cloud.module_vars(spec, _resolve(cloud, spec), context)
+    variables = module_vars(cloud, spec, script)
     return script, base64.b64decode(variables["user_data_base64"], validate=True)
 
 
@@ -82,7 +70,7 @@ def test_user_data_too_large_even_compressed(cloud):
     script = render.startup_script(cloud.boot(spec), spec, EXPIRES.timestamp())
     assert len(gzip.compress(script.encode())) > USER_DATA_LIMIT
     with pytest.raises(UsageError) as caught:
-        cloud.module_vars(spec, _resolve(cloud, spec), RenderContext(script, CREATED, EXPIRES))
+        module_vars(cloud, spec, script)
     assert caught.value.source == "startup script"
     assert "aws allows 16,384 bytes of user data" in str(caught.value)
 
@@ -92,7 +80,7 @@ def test_user_data_too_large_even_compressed(cloud):
 )
 def test_image_must_be_an_ami_id(cloud, image):
     with pytest.raises(UsageError) as caught:
-        _resolve(cloud, _spec(image=image))
+        resolve(cloud, _spec(image=image))
     assert caught.value.source == "--image"
     assert "is not an AMI id" in str(caught.value)
 
@@ -100,7 +88,7 @@ def test_image_must_be_an_ami_id(cloud, image):
 @pytest.mark.parametrize("image", ["ami-12345678", "ami-0123456789abcdef0"])
 def test_image_ami_id(cloud, image):
     spec = _spec(image=image)
-    placement = _resolve(cloud, spec)
+    placement = resolve(cloud, spec)
     assert placement.image == image
     context = RenderContext("#!/bin/sh\n", CREATED, EXPIRES)
     assert cloud.module_vars(spec, placement, context)["image_id"] == image
@@ -108,7 +96,7 @@ def test_image_ami_id(cloud, image):
 
 def test_max_price_passes_through(cloud):
     spec = _spec(spot=True, max_price=0.25, gpu="t4", gpu_count=1)
-    placement = _resolve(cloud, spec)
+    placement = resolve(cloud, spec)
     assert placement.hourly_price == 0.22
     context = RenderContext("#!/bin/sh\n", CREATED, EXPIRES)
     variables = cloud.module_vars(spec, placement, context)
@@ -227,16 +215,6 @@ def test_check_with_credentials(cloud, mocked_aws):
     ready, sentence = cloud.check()
     assert ready is True
     assert sentence.startswith("account 123456789012 as arn:aws:")
-
-
-@pytest.fixture
-def no_aws_credentials(monkeypatch, tmp_path):
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "nonexistent" / "creds"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "nonexistent" / "config"))
 
 
 def test_check_without_credentials(cloud, no_aws_credentials):

@@ -7,7 +7,7 @@ import base64
 import gzip
 import random
 import types
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
@@ -16,10 +16,8 @@ from cml_infra.clouds import azure
 from cml_infra.clouds.azure import CUSTOM_DATA_LIMIT, AzureCloud
 from cml_infra.clouds.base import RenderContext
 from cml_infra.errors import UsageError
-from cml_infra.spec import RunnerSpec
+from tests.unit.clouds.specs import CREATED, EXPIRES, module_vars, resolve, spec_on
 
-CREATED = datetime(2030, 1, 1, tzinfo=timezone.utc)
-EXPIRES = CREATED + timedelta(hours=1)
 IMAGE = (
     "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/images"
     "/providers/Microsoft.Compute/images/runner-2404"
@@ -31,24 +29,12 @@ GALLERY_IMAGE = (
 
 
 def _spec(**changes):
-    fields = {"name": "box-1", "cloud": "azure", "idle_timeout": 60, "ttl": 3600}
-    fields.update(changes)
-    return RunnerSpec(**fields)
+    return spec_on("azure", **changes)
 
 
 @pytest.fixture
 def cloud():
     return clouds.get("azure")
-
-
-def _resolve(cloud, spec):
-    """The placement of `spec` in its first region, on the market it asks for."""
-    return cloud.resolve(spec, region=spec.region, spot=spec.spot, max_price=spec.max_price)
-
-
-def _vars(cloud, spec, script="#!/bin/bash\necho hi\n"):
-    context = RenderContext(script, CREATED, EXPIRES)
-    return cloud.module_vars(spec, _resolve(cloud, spec), context)
 
 
 def test_get_azure(cloud):
@@ -59,7 +45,7 @@ def test_get_azure(cloud):
 
 def test_custom_data_is_the_script(cloud):
     script = "#!/bin/bash\necho hi\n"
-    encoded = _vars(cloud, _spec(), script)["custom_data_base64"]
+    encoded = module_vars(cloud, _spec(), script)["custom_data_base64"]
     assert base64.b64decode(encoded, validate=True).decode() == script
 
 
@@ -67,7 +53,7 @@ def test_custom_data_is_the_script(cloud):
 def test_custom_data_limit_counts_the_base64_text(cloud, size, compressed):
     # 48 KiB of script is exactly 64 KiB of base64: Azure's limit is on the encoded text.
     script = "#!/bin/bash\n" + "#" * (size - 12)
-    encoded = _vars(cloud, _spec(), script)["custom_data_base64"]
+    encoded = module_vars(cloud, _spec(), script)["custom_data_base64"]
     assert len(encoded) <= CUSTOM_DATA_LIMIT
     payload = base64.b64decode(encoded, validate=True)
     assert (payload[:2] == b"\x1f\x8b") is compressed
@@ -77,14 +63,14 @@ def test_custom_data_limit_counts_the_base64_text(cloud, size, compressed):
 def test_custom_data_too_large_even_compressed(cloud):
     noise = base64.b64encode(random.Random(5).randbytes(60 * 1024)).decode()
     with pytest.raises(UsageError) as caught:
-        _vars(cloud, _spec(), noise)
+        module_vars(cloud, _spec(), noise)
     assert caught.value.source == "startup script"
     assert "azure allows 65,536 bytes of user data" in str(caught.value)
 
 
 @pytest.mark.parametrize("image", [IMAGE, GALLERY_IMAGE, IMAGE.lower()])
 def test_image_resource_id(cloud, image):
-    assert _vars(cloud, _spec(image=image))["source_image_id"] == image
+    assert module_vars(cloud, _spec(image=image))["source_image_id"] == image
 
 
 @pytest.mark.parametrize(
@@ -98,15 +84,15 @@ def test_image_resource_id(cloud, image):
 )
 def test_image_must_be_a_resource_id(cloud, image):
     with pytest.raises(UsageError) as caught:
-        _resolve(cloud, _spec(image=image))
+        resolve(cloud, _spec(image=image))
     assert caught.value.source == "--image"
     assert "is not an image resource id" in str(caught.value)
 
 
 def test_spot_bid(cloud):
-    assert _vars(cloud, _spec(spot=True))["max_bid_price"] == -1
-    assert _vars(cloud, _spec(spot=True, max_price=0.2))["max_bid_price"] == 0.2
-    assert _vars(cloud, _spec())["max_bid_price"] == -1
+    assert module_vars(cloud, _spec(spot=True))["max_bid_price"] == -1
+    assert module_vars(cloud, _spec(spot=True, max_price=0.2))["max_bid_price"] == 0.2
+    assert module_vars(cloud, _spec())["max_bid_price"] == -1
 
 
 def test_the_on_demand_fallback_of_a_spot_spec_bids_nothing(cloud):
@@ -117,7 +103,7 @@ def test_the_on_demand_fallback_of_a_spot_spec_bids_nothing(cloud):
 
 
 def test_location_is_the_region(cloud):
-    assert _vars(cloud, _spec(region="westeurope"))["location"] == "westeurope"
+    assert module_vars(cloud, _spec(region="westeurope"))["location"] == "westeurope"
 
 
 # --- credentials ------------------------------------------------------------------------------

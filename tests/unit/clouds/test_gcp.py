@@ -9,25 +9,18 @@ import os
 import random
 import re
 import subprocess
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from cml_infra import clouds, render
-from cml_infra.clouds.base import RenderContext
 from cml_infra.clouds.gcp import METADATA_LIMIT, GcpCloud, metadata_script
 from cml_infra.errors import UsageError
 from cml_infra.placement import attempts
-from cml_infra.spec import RunnerSpec
-
-CREATED = datetime(2030, 1, 1, tzinfo=timezone.utc)
-EXPIRES = CREATED + timedelta(hours=1)
+from tests.unit.clouds.specs import EXPIRES, module_vars, resolve, spec_on
 
 
 def _spec(**changes):
-    fields = {"name": "box-1", "cloud": "gcp", "idle_timeout": 60, "ttl": 3600}
-    fields.update(changes)
-    return RunnerSpec(**fields)
+    return spec_on("gcp", **changes)
 
 
 @pytest.fixture
@@ -35,15 +28,9 @@ def cloud():
     return clouds.get("gcp")
 
 
-def _resolve(cloud, spec):
-    """The placement of `spec` in its first region, on the market it asks for."""
-    return cloud.resolve(spec, region=spec.region, spot=spec.spot, max_price=spec.max_price)
-
-
 def _vars(cloud, spec, script="#!/bin/bash\necho hi\n"):
     """The variables of the first placement `up` would try (in the region's first zone)."""
-    context = RenderContext(script, CREATED, EXPIRES)
-    return cloud.module_vars(spec, attempts(spec, cloud)[0].placement, context)
+    return module_vars(cloud, spec, script, placement=attempts(spec, cloud)[0].placement)
 
 
 def _unwrap(wrapper):
@@ -115,7 +102,7 @@ def test_max_run_duration_is_the_ttl(cloud):
 @pytest.mark.parametrize("ttl", [1, 29, 120 * 86400 + 1])
 def test_ttl_outside_what_gcp_accepts(cloud, ttl):
     with pytest.raises(UsageError) as caught:
-        _resolve(cloud, _spec(ttl=ttl))
+        resolve(cloud, _spec(ttl=ttl))
     assert caught.value.source == "--ttl"
 
 
@@ -150,7 +137,7 @@ def test_cpu_has_no_accelerator(cloud):
 
 def test_native_n1_type_with_attached_gpus(cloud):
     spec = _spec(instance_type="n1-standard-16", gpu="t4", gpu_count=2)
-    placement = _resolve(cloud, spec)
+    placement = resolve(cloud, spec)
     assert placement.instance_type == "n1-standard-16"
     assert placement.hourly_price is None
     assert (placement.gpu, placement.gpu_count) == ("t4", 2)
@@ -167,14 +154,14 @@ def test_native_n1_type_with_attached_gpus(cloud):
 )
 def test_gpus_attach_to_n1_only(cloud, instance_type, gpu):
     with pytest.raises(UsageError) as caught:
-        _resolve(cloud, _spec(instance_type=instance_type, gpu=gpu, gpu_count=1))
+        resolve(cloud, _spec(instance_type=instance_type, gpu=gpu, gpu_count=1))
     assert caught.value.source == "--type"
     assert "to n1 machine types only" in str(caught.value)
 
 
 def test_attached_gpu_count_gcp_cannot_attach(cloud):
     with pytest.raises(UsageError) as caught:
-        _resolve(cloud, _spec(instance_type="n1-standard-16", gpu="t4", gpu_count=3))
+        resolve(cloud, _spec(instance_type="n1-standard-16", gpu="t4", gpu_count=3))
     assert caught.value.source == "--gpu"
 
 
@@ -190,7 +177,7 @@ def test_image_passes_through(cloud):
 
 def test_max_price_is_refused(cloud):
     with pytest.raises(UsageError) as caught:
-        _resolve(cloud, _spec(spot=True, max_price=0.5, gpu="t4", gpu_count=1))
+        resolve(cloud, _spec(spot=True, max_price=0.5, gpu="t4", gpu_count=1))
     assert caught.value.source == "--max-price"
     assert "no bid price" in str(caught.value)
 
@@ -198,7 +185,7 @@ def test_max_price_is_refused(cloud):
 def test_spot_without_max_price(cloud):
     variables = _vars(cloud, _spec(spot=True, gpu="t4", gpu_count=1))
     assert variables["spot"] is True
-    assert _resolve(cloud, _spec(spot=True, gpu="t4", gpu_count=1)).hourly_price == 0.18
+    assert resolve(cloud, _spec(spot=True, gpu="t4", gpu_count=1)).hourly_price == 0.18
 
 
 def test_labels(cloud):
@@ -212,7 +199,7 @@ def test_labels(cloud):
 )
 def test_label_keys_gcp_refuses(cloud, tags):
     with pytest.raises(UsageError) as caught:
-        _resolve(cloud, _spec(tags=tags))
+        resolve(cloud, _spec(tags=tags))
     assert caught.value.source == "--tag"
     assert "GCP labels" in str(caught.value)
 

@@ -14,7 +14,7 @@ import pytest
 
 from cml_infra import clouds
 from cml_infra.errors import CmlInfraError
-from tests.fakes.gcp import FakeCompute, response_violations
+from tests.fakes.gcp import response_violations
 
 MANAGED = "cml-infra-managed"
 DELETE = "compute.instances.delete"
@@ -42,12 +42,9 @@ def loopback_only(monkeypatch):
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    with FakeCompute("proj") as fake:
-        monkeypatch.setenv("CML_INFRA_GCP_API_ENDPOINT", fake.url)
-        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj")
-        yield fake
-        assert fake.violations == []
+def fake(fake_compute):
+    """The fake Compute API that every test here talks to (tests/unit/conftest.py)."""
+    return fake_compute
 
 
 @pytest.fixture

@@ -93,6 +93,11 @@ def destroy(
     else:
         env["KILL_LOG"] = str(kill_log)
         argv = ["sh", "-c", RECORDING_KILL, script]
+    return run_script(argv, env)
+
+
+def run_script(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A script of the local module, run to its end with only `env` for its environment."""
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -241,14 +246,7 @@ def test_create_does_not_take_an_unrelated_group_for_its_instance(state, start_g
         "INSTANCE_JSON": "{}",
         "READY_TIMEOUT": "20",
     }
-    done = subprocess.run(
-        ["sh", str(SCRIPTS / "create.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_script(["sh", str(SCRIPTS / "create.sh")], env)
     assert done.returncode == 1
     assert "the startup script exited before the agent started" in done.stderr
     assert alive(unrelated)

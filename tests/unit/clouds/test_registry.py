@@ -84,26 +84,27 @@ def test_get_without_a_state_dir(tmp_path):
     assert clouds.get("gcp").state is None
 
 
-def test_get_unknown_lists_valid_names(tmp_path):
+def refusal_of(name: str, tmp_path) -> str:
+    """What `clouds.get(name)` says of an unknown cloud: a --cloud error that makes no folder."""
     with pytest.raises(UsageError) as caught:
-        clouds.get("gpc", StateDir(tmp_path))
-    message = str(caught.value)
+        clouds.get(name, StateDir(tmp_path))
     assert caught.value.source == "--cloud"
+    assert not (tmp_path / "local").exists()
+    return str(caught.value)
+
+
+def test_get_unknown_lists_valid_names(tmp_path):
+    message = refusal_of("gpc", tmp_path)
     assert message.startswith("--cloud: unknown cloud 'gpc'")
     assert message.endswith(UNKNOWN_CLOUD_CHOICES)
-    assert not (tmp_path / "local").exists()
 
 
 def test_get_unknown_names_every_cloud_and_alias(tmp_path):
-    with pytest.raises(UsageError) as caught:
-        clouds.get("nope", StateDir(tmp_path))
-    message = str(caught.value)
-    assert caught.value.source == "--cloud"
+    message = refusal_of("nope", tmp_path)
     assert message.startswith("--cloud: unknown cloud 'nope'; valid: ")
     listed = re.findall(r"[a-z0-9]+", message.partition("valid: ")[2])
     assert set(listed) >= {*clouds.names(), "az", "ec2", "gce", "google"}
     assert "did you mean" not in message
-    assert not (tmp_path / "local").exists()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import gzip
 import json
 import random
 import re
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -20,22 +19,14 @@ from cml_infra.clouds.base import Boot, ErrorClass, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import UsageError
 from cml_infra.placement import attempts
-from cml_infra.spec import RunnerSpec
 from cml_infra.state import StateDir
+from tests.unit.clouds.specs import CREATED, EXPIRES, resolve, spec_on
 
 VM_CLOUDS = ("aws", "gcp", "azure")
-CREATED = datetime(2030, 1, 1, tzinfo=timezone.utc)
-EXPIRES = CREATED + timedelta(hours=1)
 EXPIRES_AT = 1893459600
 SCRIPT = "#!/usr/bin/env bash\necho booted\n"
 SCRIPT_B64 = base64.b64encode(SCRIPT.encode()).decode()
 LAUNCH_ID = "0123456789abcdef"
-
-
-def _spec(cloud, **changes):
-    fields = {"name": "box-1", "cloud": cloud, "idle_timeout": 60, "ttl": 3600}
-    fields.update(changes)
-    return RunnerSpec(**fields)
 
 
 def _get(cloud_name, tmp_path):
@@ -43,15 +34,10 @@ def _get(cloud_name, tmp_path):
     return clouds.get(cloud_name, StateDir(tmp_path / "state"))
 
 
-def _resolve(cloud, spec):
-    """The placement of `spec` in its first region, on the market it asks for."""
-    return cloud.resolve(spec, region=spec.region, spot=spec.spot, max_price=spec.max_price)
-
-
 def _module_vars(cloud_name, tmp_path, script=SCRIPT, **changes):
     """The variables of the first placement `up` would try."""
     cloud = _get(cloud_name, tmp_path)
-    spec = _spec(cloud_name, **changes)
+    spec = spec_on(cloud_name, **changes)
     placement = attempts(spec, cloud)[0].placement
     context = RenderContext(script, CREATED, EXPIRES, LAUNCH_ID)
     return cloud.module_vars(spec, placement, context)
@@ -84,9 +70,22 @@ VARIANTS = {
     "gpu-spot": {"gpu": "t4", "gpu_count": 1, "spot": True},
 }
 
+
+def _golden(cpu_on_demand: dict, gpu: dict) -> dict:
+    """A cloud's module_vars per variant: every key on CPU on-demand, then what each one changes."""
+    return {
+        "cpu-on-demand": cpu_on_demand,
+        "cpu-spot": {"spot": True},
+        "gpu-on-demand": gpu,
+        "gpu-spot": {**gpu, "spot": True},
+    }
+
+
+STAMPS = {"launch_id": LAUNCH_ID, "expires_at": EXPIRES_AT}
+
 GOLDEN = {
-    "aws": {
-        "cpu-on-demand": {
+    "aws": _golden(
+        {
             "name": "box-1",
             "instance_type": "m7i.xlarge",
             "spot": False,
@@ -95,16 +94,13 @@ GOLDEN = {
             "gpu": False,
             "image_id": None,
             "user_data_base64": SCRIPT_B64,
-            "launch_id": LAUNCH_ID,
-            "expires_at": EXPIRES_AT,
+            **STAMPS,
             "tags": {},
         },
-        "cpu-spot": {"spot": True},
-        "gpu-on-demand": {"instance_type": "g4dn.xlarge", "gpu": True},
-        "gpu-spot": {"instance_type": "g4dn.xlarge", "gpu": True, "spot": True},
-    },
-    "gcp": {
-        "cpu-on-demand": {
+        gpu={"instance_type": "g4dn.xlarge", "gpu": True},
+    ),
+    "gcp": _golden(
+        {
             "name": "box-1",
             "zone": "us-central1-a",
             "machine_type": "e2-standard-4",
@@ -115,27 +111,18 @@ GOLDEN = {
             "image": None,
             "startup_script": SCRIPT,
             "max_run_duration_seconds": 3600,
-            "launch_id": LAUNCH_ID,
-            "expires_at": EXPIRES_AT,
+            **STAMPS,
             "labels": {},
         },
-        "cpu-spot": {"spot": True},
-        "gpu-on-demand": {
+        gpu={
             "machine_type": "n1-standard-4",
             "gpu": True,
             "accelerator_type": "nvidia-tesla-t4",
             "accelerator_count": 1,
         },
-        "gpu-spot": {
-            "machine_type": "n1-standard-4",
-            "gpu": True,
-            "accelerator_type": "nvidia-tesla-t4",
-            "accelerator_count": 1,
-            "spot": True,
-        },
-    },
-    "azure": {
-        "cpu-on-demand": {
+    ),
+    "azure": _golden(
+        {
             "name": "box-1",
             "location": "eastus",
             "vm_size": "Standard_D4s_v5",
@@ -144,14 +131,11 @@ GOLDEN = {
             "gpu": False,
             "source_image_id": None,
             "custom_data_base64": SCRIPT_B64,
-            "launch_id": LAUNCH_ID,
-            "expires_at": EXPIRES_AT,
+            **STAMPS,
             "tags": {},
         },
-        "cpu-spot": {"spot": True},
-        "gpu-on-demand": {"vm_size": "Standard_NC4as_T4_v3", "gpu": True},
-        "gpu-spot": {"vm_size": "Standard_NC4as_T4_v3", "gpu": True, "spot": True},
-    },
+        gpu={"vm_size": "Standard_NC4as_T4_v3", "gpu": True},
+    ),
 }
 
 
@@ -214,7 +198,7 @@ def test_the_startup_script_variable_is_sensitive(tmp_path, cloud, sensitive):
     ],
 )
 def test_boot(tmp_path, cloud, self_destroy):
-    boot = _get(cloud, tmp_path).boot(_spec(cloud))
+    boot = _get(cloud, tmp_path).boot(spec_on(cloud))
     assert boot == Boot(self_destroy=self_destroy, ttl_timer=True)
     assert (boot.python, boot.home) == ("python3", "/var/lib/cml-infra")
     assert (boot.runner_user, boot.poll_seconds) == ("cml-runner", 5)
@@ -226,14 +210,14 @@ def test_boot(tmp_path, cloud, self_destroy):
 )
 def test_a_spot_instance_polls_its_clouds_interruption_notice(tmp_path, cloud, probe):
     vm = _get(cloud, tmp_path)
-    assert vm.boot(_spec(cloud, spot=True)).preemption_probe == probe
-    assert vm.boot(_spec(cloud)).preemption_probe is None
+    assert vm.boot(spec_on(cloud, spot=True)).preemption_probe == probe
+    assert vm.boot(spec_on(cloud)).preemption_probe is None
 
 
 @pytest.mark.parametrize("cloud", VM_CLOUDS)
 def test_startup_script_arms_the_ttl_timer_and_carries_the_self_destroy(tmp_path, cloud):
     cloud_obj = _get(cloud, tmp_path)
-    spec = _spec(cloud)
+    spec = spec_on(cloud)
     script = render.startup_script(cloud_obj.boot(spec), spec, EXPIRES.timestamp())
     assert "systemd-run --unit=cml-infra-ttl" in script
     assert f"ttl_left=$(( {EXPIRES_AT} - $(date +%s) ))" in script
@@ -249,55 +233,55 @@ def test_startup_script_arms_the_ttl_timer_and_carries_the_self_destroy(tmp_path
 
 def test_local_startup_script_has_no_ttl_timer(tmp_path):
     cloud = _get("local", tmp_path)
-    spec = _spec("local")
+    spec = spec_on("local")
     script = render.startup_script(cloud.boot(spec), spec, EXPIRES.timestamp())
     assert "systemd-run" not in script
 
 
+UNKNOWN = "Error: something else entirely"  # OTHER on every cloud
 CLASSIFY = {
-    "aws": [
-        ("InsufficientInstanceCapacity: We currently do not have sufficient", ErrorClass.CAPACITY),
-        ("SpotMaxPriceTooLow: Your Spot request price", ErrorClass.CAPACITY),
-        (
+    "aws": {
+        ErrorClass.CAPACITY: (
+            "InsufficientInstanceCapacity: We currently do not have sufficient",
+            "SpotMaxPriceTooLow: Your Spot request price",
             "Unsupported: Your requested instance type (g5.xlarge) is not supported in your "
             "requested Availability Zone (us-east-1e).",
-            ErrorClass.CAPACITY,
+            "InvalidParameterValue: Invalid availability zone: [us-east-1g]",
         ),
-        ("InvalidParameterValue: Invalid availability zone: [us-east-1g]", ErrorClass.CAPACITY),
-        ("VcpuLimitExceeded: You have requested more vCPU capacity", ErrorClass.QUOTA),
-        ("MaxSpotInstanceCountExceeded", ErrorClass.QUOTA),
-        ("UnauthorizedOperation: You are not authorized", ErrorClass.AUTH),
-        ("no valid credential sources for Terraform AWS Provider found", ErrorClass.AUTH),
-        ("InvalidAMIID.Malformed: Invalid id", ErrorClass.INVALID),
-        ("Error: something else entirely", ErrorClass.OTHER),
-    ],
-    "gcp": [
-        ("The zone does not have enough resources available", ErrorClass.CAPACITY),
-        ("ZONE_RESOURCE_POOL_EXHAUSTED", ErrorClass.CAPACITY),
-        ("QUOTA_EXCEEDED: Quota 'NVIDIA_T4_GPUS' exceeded", ErrorClass.QUOTA),
-        ("googleapi: Error 403: Required 'compute.instances.create'", ErrorClass.AUTH),
-        ("could not find default credentials", ErrorClass.AUTH),
-        ("googleapi: Error 400: Invalid value for field", ErrorClass.INVALID),
-        (
+        ErrorClass.QUOTA: (
+            "VcpuLimitExceeded: You have requested more vCPU capacity",
+            "MaxSpotInstanceCountExceeded",
+        ),
+        ErrorClass.AUTH: (
+            "UnauthorizedOperation: You are not authorized",
+            "no valid credential sources for Terraform AWS Provider found",
+        ),
+        ErrorClass.INVALID: ("InvalidAMIID.Malformed: Invalid id",),
+    },
+    "gcp": {
+        ErrorClass.CAPACITY: (
+            "The zone does not have enough resources available",
+            "ZONE_RESOURCE_POOL_EXHAUSTED",
             "googleapi: Error 400: Invalid value for field 'resource.machineType': Machine type "
             "with name 'g2-standard-4' does not exist in zone 'us-central1-f'., invalid",
-            ErrorClass.CAPACITY,
         ),
-        (
+        ErrorClass.QUOTA: (
+            "QUOTA_EXCEEDED: Quota 'NVIDIA_T4_GPUS' exceeded",
             "googleapi: Error 403: Quota 'NVIDIA_T4_GPUS' exceeded. Limit: 0.0 in region "
             "us-central1., quotaExceeded",
-            ErrorClass.QUOTA,
         ),
-        ("Error: something else entirely", ErrorClass.OTHER),
-    ],
-    "azure": [
-        ("SkuNotAvailable: The requested VM size", ErrorClass.CAPACITY),
-        ("AllocationFailed", ErrorClass.CAPACITY),
-        ("QuotaExceeded: Operation could not be completed", ErrorClass.QUOTA),
-        ("AuthorizationFailed: The client does not have authorization", ErrorClass.AUTH),
-        ("InvalidParameter: The value of parameter", ErrorClass.INVALID),
-        ("Error: something else entirely", ErrorClass.OTHER),
-    ],
+        ErrorClass.AUTH: (
+            "googleapi: Error 403: Required 'compute.instances.create'",
+            "could not find default credentials",
+        ),
+        ErrorClass.INVALID: ("googleapi: Error 400: Invalid value for field",),
+    },
+    "azure": {
+        ErrorClass.CAPACITY: ("SkuNotAvailable: The requested VM size", "AllocationFailed"),
+        ErrorClass.QUOTA: ("QuotaExceeded: Operation could not be completed",),
+        ErrorClass.AUTH: ("AuthorizationFailed: The client does not have authorization",),
+        ErrorClass.INVALID: ("InvalidParameter: The value of parameter",),
+    },
 }
 
 
@@ -305,8 +289,9 @@ CLASSIFY = {
     ("cloud", "text", "error_class"),
     [
         (cloud, text, error_class)
-        for cloud, cases in CLASSIFY.items()
-        for text, error_class in cases
+        for cloud, by_class in CLASSIFY.items()
+        for error_class, texts in [*by_class.items(), (ErrorClass.OTHER, (UNKNOWN,))]
+        for text in texts
     ],
 )
 def test_classify(tmp_path, cloud, text, error_class):
@@ -340,7 +325,7 @@ def test_local_classify_is_other(tmp_path):
     ],
 )
 def test_native_type_passes_as_is(tmp_path, cloud, instance_type, price, gpu):
-    placement = _resolve(_get(cloud, tmp_path), _spec(cloud, instance_type=instance_type))
+    placement = resolve(_get(cloud, tmp_path), spec_on(cloud, instance_type=instance_type))
     assert placement.instance_type == instance_type
     assert placement.hourly_price == price
     assert placement.gpu == gpu
@@ -362,8 +347,8 @@ def test_type_with_gpu_is_refused_where_types_come_with_their_gpus(
     tmp_path, cloud, instance_type, gpu
 ):
     with pytest.raises(UsageError) as caught:
-        _resolve(
-            _get(cloud, tmp_path), _spec(cloud, instance_type=instance_type, gpu=gpu, gpu_count=1)
+        resolve(
+            _get(cloud, tmp_path), spec_on(cloud, instance_type=instance_type, gpu=gpu, gpu_count=1)
         )
     assert caught.value.source == "--type"
     assert f"give --type {instance_type} or --gpu {gpu}:1, not both" in str(caught.value)
@@ -382,7 +367,7 @@ def test_type_with_gpu_is_refused_where_types_come_with_their_gpus(
 )
 def test_bad_input_fails_in_resolve_before_anything_is_rendered(tmp_path, cloud, flag, changes):
     with pytest.raises(UsageError) as caught:
-        _resolve(_get(cloud, tmp_path), _spec(cloud, **changes))
+        resolve(_get(cloud, tmp_path), spec_on(cloud, **changes))
     assert caught.value.source == flag
     assert list(tmp_path.iterdir()) == []
 
@@ -446,8 +431,8 @@ def test_zones_to_try_come_from_the_catalog(tmp_path):
 
 def test_resolve_leaves_the_zone_to_the_attempts(tmp_path):
     gcp = _get("gcp", tmp_path)
-    spec = _spec("gcp", region="us-central1")
-    assert _resolve(gcp, spec).zone is None
+    spec = spec_on("gcp", region="us-central1")
+    assert resolve(gcp, spec).zone is None
     tried = [attempt.placement.zone for attempt in attempts(spec, gcp)]
     assert tried == list(gcp.zones("us-central1"))
     assert tried[0] == "us-central1-a"

@@ -245,8 +245,16 @@ def start(procs: list[Proc], argv: list[str], cwd: Path, **env) -> Proc:
     return proc
 
 
+def run_script(runner_dir: Path, *argv: str) -> subprocess.CompletedProcess:
+    """One of the double's scripts, run to its end in `runner_dir`, its output captured."""
+    return subprocess.run(
+        argv, cwd=runner_dir, capture_output=True, encoding="utf-8", timeout=WAIT, env=ENV
+    )
+
+
 def configure(runner_dir: Path, url: str, token: str, *extra: str) -> subprocess.CompletedProcess:
-    argv = [
+    return run_script(
+        runner_dir,
         "./config.sh",
         "--url",
         url,
@@ -260,9 +268,6 @@ def configure(runner_dir: Path, url: str, token: str, *extra: str) -> subprocess
         "--replace",
         "--disableupdate",
         *extra,
-    ]
-    return subprocess.run(
-        argv, cwd=runner_dir, capture_output=True, encoding="utf-8", timeout=WAIT, env=ENV
     )
 
 
@@ -366,14 +371,7 @@ def test_config_without_url_or_token_exits_1(runner_dir, missing):
     argv = {"--url": "http://127.0.0.1:9/octo/repo", "--token": "t", "--unattended": None}
     del argv[missing]
     flat = [part for key, value in argv.items() for part in (key, value) if part is not None]
-    result = subprocess.run(
-        ["./config.sh", *flat],
-        cwd=runner_dir,
-        capture_output=True,
-        encoding="utf-8",
-        timeout=WAIT,
-        env=ENV,
-    )
+    result = run_script(runner_dir, "./config.sh", *flat)
     assert result.returncode == 1
     assert f"Missing required argument {missing}" in result.stderr
 
@@ -498,14 +496,7 @@ def test_unreachable_server_makes_the_listener_give_up(runner_dir, stub, procs):
     [([], "Not configured"), (["--jitconfig", "not base64!"], "Invalid JIT config")],
 )
 def test_run_without_a_configuration_exits_1(runner_dir, argv, message):
-    result = subprocess.run(
-        ["./run.sh", *argv],
-        cwd=runner_dir,
-        capture_output=True,
-        encoding="utf-8",
-        timeout=WAIT,
-        env=ENV,
-    )
+    result = run_script(runner_dir, "./run.sh", *argv)
     assert result.returncode == 1
     assert message in result.stderr
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import socket
 import time
 import types
@@ -27,13 +26,8 @@ REPO = ForgeTarget(repo="octo/repo")
 ORG = ForgeTarget(org="octo")
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """requests (under PyGithub) must not send loopback traffic through a proxy."""
-    for key in list(os.environ):
-        if key.lower().endswith("_proxy"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
+# requests (under PyGithub) must not send loopback traffic through a proxy.
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture

@@ -23,10 +23,18 @@ from cml_infra.terraform import Diagnostic, TerraformError
 Step = Callable[[], None] | None
 
 
-class ScriptedEngine:
+class EngineDouble:
+    """Stands in for Terraform's Engine: what `up` and `down` show of it (argv, label), and no run
+    of its own to interrupt. Each double plays init, apply and destroy its own way."""
+
     argv = ("terraform",)
     label = "terraform (scripted)"
 
+    def interrupt(self) -> bool:
+        return False
+
+
+class ScriptedEngine(EngineDouble):
     def __init__(self, state: StateDir) -> None:
         self.state = state
         self.calls: list[str] = []

@@ -18,7 +18,7 @@ from cml_infra.lifecycle import prepare, up
 from cml_infra.spec import RunnerSpec
 from cml_infra.state import StateDir
 from cml_infra.terraform import Diagnostic, TerraformError
-from tests.fakes.gcp import FakeCompute
+from tests.unit.lifecycle.conftest import EngineDouble
 
 pytestmark = pytest.mark.usefixtures("mocked_aws")
 
@@ -36,12 +36,9 @@ NOT_ALLOWED = Diagnostic(
 )
 
 
-class ScriptedEngine:
+class ScriptedEngine(EngineDouble):
     """Stands in for Terraform: each apply takes the next outcome (None: it succeeds) and notes
     where the workspace asked for (the record's region and market at that moment)."""
-
-    argv = ("terraform",)
-    label = "terraform (scripted)"
 
     def __init__(self, state: StateDir, name: str, outcomes: list[Diagnostic | None]) -> None:
         self.state, self.name, self.outcomes = state, name, list(outcomes)
@@ -75,14 +72,6 @@ class ScriptedEngine:
         self._note("destroy", workspace)
         if self.destroy_fails:
             raise TerraformError("destroy", [Diagnostic("error", "destroy went wrong")], "")
-
-    def interrupt(self) -> bool:
-        return False
-
-
-@pytest.fixture
-def state(tmp_path) -> StateDir:
-    return StateDir(tmp_path / "state")
 
 
 def _spec(**changes) -> RunnerSpec:
@@ -231,21 +220,12 @@ BAD_IMAGE = Diagnostic(
 )
 
 
-@pytest.fixture
-def gcp(monkeypatch):
-    with FakeCompute("proj") as fake:
-        monkeypatch.setenv("CML_INFRA_GCP_API_ENDPOINT", fake.url)
-        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj")
-        yield fake
-        assert fake.violations == []
-
-
 def _gcp_spec(**changes) -> RunnerSpec:
     return _spec(**{"cloud": "gcp", "region": "us-central1", "fallback_regions": ("us-east1",),
                     **changes})  # fmt: skip
 
 
-def test_gcp_tries_the_next_zone_when_one_is_exhausted(monkeypatch, state, gcp, capsys):
+def test_gcp_tries_the_next_zone_when_one_is_exhausted(monkeypatch, state, fake_compute, capsys):
     engine = _engine(monkeypatch, state, [ZONE_EXHAUSTED, None])
     record = up.up(_gcp_spec(), state, None)
     assert engine.zones == ["us-central1-a", "us-central1-b"]
@@ -256,20 +236,20 @@ def test_gcp_tries_the_next_zone_when_one_is_exhausted(monkeypatch, state, gcp, 
     )
 
 
-def test_gcp_a_type_missing_from_a_zone_moves_on_too(monkeypatch, state, gcp):
+def test_gcp_a_type_missing_from_a_zone_moves_on_too(monkeypatch, state, fake_compute):
     engine = _engine(monkeypatch, state, [NOT_IN_ZONE, None])
     up.up(_gcp_spec(), state, None)
     assert engine.zones == ["us-central1-a", "us-central1-b"]
 
 
-def test_gcp_a_quota_skips_the_rest_of_the_region(monkeypatch, state, gcp):
+def test_gcp_a_quota_skips_the_rest_of_the_region(monkeypatch, state, fake_compute):
     engine = _engine(monkeypatch, state, [GPU_QUOTA, None])
     record = up.up(_gcp_spec(), state, None)
     assert engine.zones == ["us-central1-a", "us-east1-b"]
     assert record.region == "us-east1"
 
 
-def test_gcp_walks_every_zone_of_every_region_then_gives_up(monkeypatch, state, gcp):
+def test_gcp_walks_every_zone_of_every_region_then_gives_up(monkeypatch, state, fake_compute):
     zones = [
         *("us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"),
         *("us-east1-b", "us-east1-c", "us-east1-d"),
@@ -281,13 +261,13 @@ def test_gcp_walks_every_zone_of_every_region_then_gives_up(monkeypatch, state, 
     assert state.load("gpu-1").state == "destroyed"
 
 
-def test_gcp_zones_are_walked_without_a_region_list(monkeypatch, state, gcp):
+def test_gcp_zones_are_walked_without_a_region_list(monkeypatch, state, fake_compute):
     engine = _engine(monkeypatch, state, [ZONE_EXHAUSTED, None])
     up.up(_gcp_spec(fallback_regions=()), state, None)
     assert engine.zones == ["us-central1-a", "us-central1-b"]
 
 
-def test_gcp_an_invalid_request_is_not_retried_in_another_zone(monkeypatch, state, gcp):
+def test_gcp_an_invalid_request_is_not_retried_in_another_zone(monkeypatch, state, fake_compute):
     engine = _engine(monkeypatch, state, [BAD_IMAGE, None])
     with pytest.raises(TerraformError, match="not found"):
         up.up(_gcp_spec(), state, None)

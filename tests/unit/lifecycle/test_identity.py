@@ -31,9 +31,8 @@ from cml_infra.cli import app
 from cml_infra.errors import UsageError
 from cml_infra.lifecycle import down, up
 from cml_infra.spec import RunnerSpec
-from cml_infra.state import StateDir
 from cml_infra.terraform import Diagnostic, TerraformError
-from tests.unit.lifecycle.conftest import local_spec
+from tests.unit.lifecycle.conftest import EngineDouble, local_spec
 
 REGION = "us-east-1"
 NAME = "gpu-ci"
@@ -151,10 +150,9 @@ def live_instances_of(launch_id: str) -> list[str]:
 # --- the scripted engine ----------------------------------------------------------------------
 
 
-class MotoEngine:
+class MotoEngine(EngineDouble):
     """Terraform with the AWS module, played in moto (see the module docstring)."""
 
-    argv = ("terraform",)
     label = "terraform (moto)"
 
     def __init__(self, fail: bool) -> None:
@@ -204,14 +202,6 @@ class MotoEngine:
 
     def destroy(self, workspace: Path, on_event) -> None:
         self.calls.append("destroy")
-
-    def interrupt(self) -> bool:
-        return False
-
-
-@pytest.fixture
-def state(tmp_path) -> StateDir:
-    return StateDir(tmp_path / "state")
 
 
 def _engine(monkeypatch, fail: bool) -> MotoEngine:
@@ -311,11 +301,10 @@ def test_cleanup_reaps_our_expired_runner_and_not_another_of_the_same_name(
     assert row["launch"] == ours
 
 
-def test_terminate_deletes_the_group_of_the_instances_launch_only(aws):
-    """The cloud API's own clean-up, asked for one instance: its launch's group goes; another
-    launch's group of the same name, attached to a live instance, stays."""
-    ours = {"cml-infra-managed": "true", "cml-infra-name": NAME, "cml-infra-id": "feed0000"}
-    our_instance, our_group = make_runner(ours)
+def assert_terminate_takes_only_its_own_group(tags: dict[str, str]) -> None:
+    """The cloud API's own clean-up, asked for the one instance made with `tags`, beside another
+    launch's of the same name: ours and its group go; theirs, and their group, stay."""
+    our_instance, our_group = make_runner(tags)
     their_instance, their_group = theirs()
     clouds.get("aws").terminate([f"{REGION}/{our_instance}"])
     assert instance_state(our_instance) == "terminated"
@@ -323,16 +312,18 @@ def test_terminate_deletes_the_group_of_the_instances_launch_only(aws):
     assert_theirs_untouched(their_instance, their_group)
 
 
+def test_terminate_deletes_the_group_of_the_instances_launch_only(aws):
+    """Its launch's group goes; another launch's group of the same name, attached to a live
+    instance, stays."""
+    assert_terminate_takes_only_its_own_group(
+        {"cml-infra-managed": "true", "cml-infra-name": NAME, "cml-infra-id": "feed0000"}
+    )
+
+
 def test_terminate_of_an_instance_older_than_launch_ids_deletes_only_its_own_group(aws):
     """No launch id to go by: the managed group attached to it goes, by its id; the other
     launch's group of the same name stays."""
-    old = {"cml-infra-managed": "true", "cml-infra-name": NAME}
-    old_instance, old_group = make_runner(old)
-    their_instance, their_group = theirs()
-    clouds.get("aws").terminate([f"{REGION}/{old_instance}"])
-    assert instance_state(old_instance) == "terminated"
-    assert old_group not in group_ids()
-    assert_theirs_untouched(their_instance, their_group)
+    assert_terminate_takes_only_its_own_group({"cml-infra-managed": "true", "cml-infra-name": NAME})
 
 
 # --- `up` refuses a name a live instance of another launch has ----------------------------------
@@ -394,18 +385,12 @@ def test_up_goes_on_when_the_cloud_cannot_be_listed(monkeypatch, state, engine, 
 
 
 def test_aws_up_without_credentials_warns_and_leaves_the_failure_to_terraform(
-    monkeypatch, state, tmp_path, capsys
+    monkeypatch, state, no_aws_credentials, capsys
 ):
     """Listing without credentials fails in botocore; `up` says so in one warning and goes on
     to Terraform (here scripted to fail as it would), with no traceback."""
     import boto3
 
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none" / "credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none" / "config"))
     # Credentials an earlier test's default session found are not these; and were any request
     # sent after all, it would meet a closed loopback port, never AWS.
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
