@@ -50,6 +50,11 @@ def _age(created_at: datetime | None, now: datetime) -> timedelta | None:
     return None if created_at is None else now - created_at
 
 
+def _in_grace(age: timedelta | None, world: World) -> bool:
+    """Too young to judge (or of unknown age): spared by the rules that give --orphan-grace."""
+    return age is None or age <= world.settings.orphan_grace
+
+
 def hours(delta: timedelta) -> str:
     minutes = int(delta.total_seconds() // 60)
     return f"{minutes // 60}h{minutes % 60:02d}m"
@@ -86,8 +91,7 @@ class Dead(Rule[InstanceItem]):
         if not instance.dead or world.busy(instance.name):
             return None
         known = world.state is not None and world.state.runner_dir(instance.name).is_dir()
-        age = _age(instance.created_at, world.now)
-        if not known and (age is None or age <= world.settings.orphan_grace):
+        if not known and _in_grace(_age(instance.created_at, world.now), world):
             return None
         return f"it is {instance.state}: nothing on it runs or ends it"
 
@@ -104,7 +108,7 @@ class Orphan(Rule[InstanceItem]):
         if not world.our_runner(instance):
             return None
         age = _age(instance.created_at, world.now)
-        if age is None or age <= world.settings.orphan_grace:
+        if age is None or _in_grace(age, world):
             return None
         label = world.label_of(instance.name)
         if label in world.online_labels():
