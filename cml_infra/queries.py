@@ -7,7 +7,7 @@ Nothing here changes a runner. Imports are kept inside the functions that need t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +33,12 @@ def status(
     state: StateDir,
     include_destroyed: bool,
     only: str | None = None,
-    warn: Any = None,
+    warn: Callable[[str], None] = lambda message: None,
 ) -> list[dict[str, Any]]:
     """One row per runner; an unreadable record is one warning and no row."""
     scan = state.scan()
     for broken in scan.broken:
-        if only in (None, broken.name) and warn is not None:
+        if only in (None, broken.name):
             warn(f"{broken}; `cml-infra down {broken.name}` still ends its instance")
     records = [
         r
@@ -58,7 +58,7 @@ def _key(runner: RunnerRecord | ManagedInstance) -> tuple[str, str, str]:
 
 
 def _live_instances(
-    state: StateDir, records: list[RunnerRecord], warn: Any
+    state: StateDir, records: list[RunnerRecord], warn: Callable[[str], None]
 ) -> dict[tuple[str, str, str], ManagedInstance]:
     if not records:
         return {}
@@ -71,8 +71,7 @@ def _live_instances(
         try:
             live.update({_key(i): i for i in cloud.list_managed(regions)})
         except CmlInfraError as exc:
-            if warn is not None:
-                warn(f"showing recorded states only for {cloud_name}: {exc}")
+            warn(f"showing recorded states only for {cloud_name}: {exc}")
     return live
 
 
