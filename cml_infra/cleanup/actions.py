@@ -1,17 +1,29 @@
 """What cleanup does to a match, registered by name: `destroy` an instance, `deregister` a
-runner registration, `forget` a stale record. Each is idempotent and returns what came of it."""
+runner registration, `forget` a stale record, `reap` a leftover. Each is idempotent and returns
+what came of it."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from cml_infra import clouds
-from cml_infra.cleanup.world import InstanceItem, RecordItem, RegistrationItem, World, made_by
+from cml_infra.cleanup.world import (
+    InstanceItem,
+    LeftoverItem,
+    RecordItem,
+    RegistrationItem,
+    World,
+    made_by,
+)
 from cml_infra.errors import CmlInfraError
 from cml_infra.registry import Registry
 
-I = TypeVar("I", InstanceItem, RegistrationItem, RecordItem)  # noqa: E741
+if TYPE_CHECKING:
+    from cml_infra.clouds.base import Cloud, ManagedInstance
+    from cml_infra.record import RunnerRecord
+
+I = TypeVar("I", InstanceItem, RegistrationItem, RecordItem, LeftoverItem)  # noqa: E741
 
 
 class Action(ABC, Generic[I]):
@@ -33,7 +45,8 @@ action = ACTIONS.register
 class Destroy(Action[InstanceItem]):
     """Through Terraform where this state dir has the workspace of the launch that made the
     instance, else the cloud API (by the instance's id; AWS then deletes the security groups of
-    its launch id); a runner instance's registration goes with it.
+    its launch id, Azure deletes the whole resource group), and then whatever else of its launch
+    the cloud listed as leftovers; a runner instance's registration goes with it.
 
     A record of the same name but another launch is not this instance's: its `down` would
     destroy that other runner and leave this one."""
@@ -41,18 +54,14 @@ class Destroy(Action[InstanceItem]):
     def run(self, item: InstanceItem, world: World, reason: str) -> str:
         instance = item.instance
         state = world.state
-        record = _record(world, instance.name)
-        if (
-            state is not None
-            and record is not None
-            and made_by(record, instance)
-            and state.workspace(instance.name).is_dir()
-        ):
-            _down(world, instance.name, reason)
+        record = _record(world, instance)
+        if state is not None and record is not None and state.has_workspace(state.key(record)):
+            _down(world, state.key(record), reason)
             result = "destroyed (terraform)"
         else:
-            clouds.get(instance.cloud, state).terminate([instance.id])
-            result = "destroyed (cloud API)"
+            cloud = clouds.get(instance.cloud, state)
+            cloud.terminate([instance.id])
+            result = "destroyed (cloud API)" + _reap_launch(cloud, world, instance)
         if world.forge is not None and world.our_runner(instance):
             try:
                 world.forge.deregister(instance.name)
@@ -76,16 +85,48 @@ class Forget(Action[RecordItem]):
     tags still hold, then close it."""
 
     def run(self, item: RecordItem, world: World, reason: str) -> str:
-        _down(world, item.record.name, reason)
+        assert world.state is not None
+        _down(world, world.state.key(item.record), reason)
         return "leftovers destroyed, record closed"
 
 
-def _record(world: World, name: str) -> Any:
-    return next((r for r in world.records if r.name == name and r.state != "destroyed"), None)
+@action("reap")
+class Reap(Action[LeftoverItem]):
+    """Delete what a module made beside an instance that is gone (its cloud knows how)."""
+
+    def run(self, item: LeftoverItem, world: World, reason: str) -> str:
+        clouds.get(item.leftover.cloud, world.state).delete_leftovers([item.leftover])
+        return "deleted (cloud API)"
 
 
-def _down(world: World, name: str, reason: str) -> None:
+def _reap_launch(cloud: Cloud, world: World, instance: ManagedInstance) -> str:
+    """Delete the leftovers of the instance's launch, once it is terminated (part of destroying
+    it: the report says only what remains). Only by launch id: an instance older than launch
+    ids shares its name, not its launch, with what it left, and the `leftover` rule finds those
+    on a later run."""
+    if not instance.launch_id:
+        return ""
+    same = [
+        found
+        for found in world.leftovers
+        if found.cloud == instance.cloud and found.launch_id == instance.launch_id
+    ]
+    if not same:
+        return ""
+    try:
+        cloud.delete_leftovers(same)
+    except CmlInfraError as exc:
+        return f"; its leftovers remain for the next run: {exc}"
+    return ""
+
+
+def _record(world: World, instance: ManagedInstance) -> RunnerRecord | None:
+    """The live record of the launch that made `instance` (not merely one of its name)."""
+    return next((r for r in world.records if r.state != "destroyed" and made_by(r, instance)), None)
+
+
+def _down(world: World, key: str, reason: str) -> None:
     from cml_infra.lifecycle import down
 
     assert world.state is not None
-    down.down([name], world.state, None, reason)
+    down.down([key], world.state, None, reason)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from cml_infra.cleanup.world import (
     InstanceItem,
     Item,
+    LeftoverItem,
     RecordItem,
     RegistrationItem,
     World,
@@ -23,7 +24,7 @@ from cml_infra.cleanup.world import (
 from cml_infra.errors import UsageError
 from cml_infra.registry import Registry
 
-I = TypeVar("I", InstanceItem, RegistrationItem, RecordItem)  # noqa: E741
+I = TypeVar("I", InstanceItem, RegistrationItem, RecordItem, LeftoverItem)  # noqa: E741
 
 
 class Rule(ABC, Generic[I]):
@@ -88,9 +89,9 @@ class Dead(Rule[InstanceItem]):
 
     def match(self, item: InstanceItem, world: World) -> str | None:
         instance = item.instance
-        if not instance.dead or world.busy(instance.name):
+        if not instance.dead or world.busy(instance.name, instance.launch_id):
             return None
-        known = world.state is not None and world.state.runner_dir(instance.name).is_dir()
+        known = world.known(instance.name, instance.launch_id)
         if not known and _in_grace(_age(instance.created_at, world.now), world):
             return None
         return f"it is {instance.state}: nothing on it runs or ends it"
@@ -159,7 +160,9 @@ class StaleState(Rule[RecordItem]):
 
     def match(self, item: RecordItem, world: World) -> str | None:
         record = item.record
-        if not world.searched(record.cloud, record.region) or world.busy(record.name):
+        if not world.searched(record.cloud, record.region):
+            return None
+        if world.busy(record.name, record.launch_id):
             return None
         if record.state in _UNFINISHED:
             return f"left {record.state} by a command that is no longer running"
@@ -199,6 +202,44 @@ class StaleRegistration(Rule[RegistrationItem]):
         ):
             return None
         return "offline, and no instance carries its name"
+
+
+@rule("leftover")
+class LeftBehind(Rule[LeftoverItem]):
+    help = (
+        "what a module made beside an instance (an AWS security group, an Azure resource group "
+        "whose VM is gone), once no instance of its launch is left, older than --orphan-grace "
+        "and worked on by no command"
+    )
+    item = LeftoverItem
+    action = "reap"
+
+    def match(self, item: LeftoverItem, world: World) -> str | None:
+        found = item.leftover
+        if not world.searched(found.cloud, found.region):
+            return None
+        # A leftover of no region (a GCP service account) may be of a launch whose instance
+        # lives in a region this run did not list: judged only when every region was.
+        if world.settings.regions is not None and found.region not in world.settings.regions:
+            return None
+        # By launch id: another launch may share the name. One older than launch ids has only
+        # its name, and any instance of that name keeps it.
+        if any(
+            instance.cloud == found.cloud
+            and (
+                instance.launch_id == found.launch_id
+                if found.launch_id
+                else instance.name == found.name
+            )
+            for instance in world.instances
+        ):
+            return None
+        # An `up` makes these before its instance: young ones, and those of unknown age, wait.
+        age = _age(found.created_at, world.now)
+        if age is None or _in_grace(age, world) or world.busy(found.name, found.launch_id):
+            return None
+        launch = f"launch {found.launch_id}" if found.launch_id else f"runner {found.name}"
+        return f"no instance of {launch} is left, {hours(age)} after it began"
 
 
 @rule("untracked")

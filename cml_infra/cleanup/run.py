@@ -57,6 +57,18 @@ class Plan:
     def destructive(self) -> list[Match]:
         return [m for m in self.matched if actions.ACTIONS[m.rule.action].destructive]
 
+    @property
+    def runners(self) -> int:
+        """How many runners the destructive matches belong to, what --max-destroy counts: a
+        runner's instance and what its module made beside it (a security group, a service
+        account and a firewall rule) are one runner, told by its launch id."""
+        return len(
+            {
+                (m.item.where[0], m.item.launch or f"{m.item.kind}/{m.item.id}")
+                for m in self.destructive
+            }
+        )
+
 
 def settings(
     cloud: str | None,
@@ -139,9 +151,9 @@ def run(
     if settings.dry_run or not found.matched:
         return found.rows("dry run")
     limit = settings.max_destroy
-    if limit and len(found.destructive) > limit:
+    if limit and found.runners > limit:
         return found.rows(
-            f"not done: {len(found.destructive)} to destroy is over --max-destroy {limit}; "
+            f"not done: {found.runners} runners to destroy is over --max-destroy {limit}; "
             "check the plan (--dry-run), then raise the limit or give --max-destroy 0"
         )
     if not confirm(found):

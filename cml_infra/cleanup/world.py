@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Union
 
 from cml_infra import clouds
-from cml_infra.clouds.base import ManagedInstance
+from cml_infra.clouds.base import Leftover, ManagedInstance
 from cml_infra.forge.base import Forge, RunnerInfo
 from cml_infra.record import RunnerRecord
 from cml_infra.spec import AUTO_LABEL_PREFIX
@@ -108,7 +108,36 @@ class RecordItem:
         return self.record.hourly_price
 
 
-Item = Union[InstanceItem, RegistrationItem, RecordItem]  # noqa: UP007 - a runtime alias on 3.10
+@dataclass(frozen=True)
+class LeftoverItem:
+    """What a module made beside an instance (a security group, a resource group), as its cloud
+    reports it; its kind is the module's resource type."""
+
+    leftover: Leftover
+    hourly_price = None
+
+    @property
+    def kind(self) -> str:
+        return self.leftover.kind
+
+    @property
+    def where(self) -> tuple[str, str]:
+        return self.leftover.cloud, self.leftover.region
+
+    @property
+    def id(self) -> str:
+        return self.leftover.id
+
+    @property
+    def name(self) -> str:
+        return self.leftover.name
+
+    @property
+    def launch(self) -> str:
+        return self.leftover.launch_id
+
+
+Item = Union[InstanceItem, RegistrationItem, RecordItem, LeftoverItem]  # noqa: UP007 - a runtime alias on 3.10
 
 
 def made_by(record: RunnerRecord, instance: ManagedInstance) -> bool:
@@ -136,6 +165,8 @@ class World:
     forge: Forge | None = None
     runners: list[RunnerInfo] = field(default_factory=list)
     state: StateDir | None = None
+    # What the modules made beside instances, in the searched clouds and regions.
+    leftovers: list[Leftover] = field(default_factory=list)
     _last_jobs: dict[str, datetime | None] | None = None
 
     def last_jobs(self) -> dict[str, datetime | None]:
@@ -157,13 +188,19 @@ class World:
         regions = clouds.get(cloud).searched_regions(self.settings.regions)
         return regions is None or region in set(regions)
 
-    def busy(self, name: str) -> bool:
-        """Whether a live command on this machine works on runner `name`: it holds the name's
-        lock, or a Terraform of it still runs in its workspace (its `up` was killed, its
-        Terraform was not)."""
-        if self.state is None or not self.state.runner_dir(name).is_dir():
+    def busy(self, name: str, launch_id: str = "") -> bool:
+        """Whether a live command works on the runner: it holds the runner's lock (in a
+        backend: a hold, from any machine), or a Terraform of it still runs in its workspace on
+        this machine (its `up` was killed, its Terraform was not)."""
+        if not self.known(name, launch_id):
             return False
-        return self.state.held(name) or _processes_in(self.state.workspace(name))
+        assert self.state is not None
+        key = self.state.key_of(name, launch_id)
+        return self.state.held(key) or _processes_in(self.state.workspace(key))
+
+    def known(self, name: str, launch_id: str = "") -> bool:
+        """Whether the ledger has a folder of this runner (a record, a workspace, a lock)."""
+        return self.state is not None and self.state.knows(self.state.key_of(name, launch_id))
 
     def label_of(self, name: str) -> str:
         return AUTO_LABEL_PREFIX + name
@@ -193,12 +230,19 @@ def _processes_in(folder: Path) -> bool:
 def gather(settings: Settings, state: StateDir, forge: Forge | None) -> World:
     records = state.records()
     instances: list[ManagedInstance] = []
+    leftovers: list[Leftover] = []
     listed = set()
     for cloud_name in settings.clouds:
         cloud = clouds.get(cloud_name, state)
-        instances += cloud.list_managed(cloud.searched_regions(settings.regions))
+        regions = cloud.searched_regions(settings.regions)
+        # Before the instances: an instance made in between (its `up` made its security group
+        # first) still spares what its launch made beside it.
+        leftovers += cloud.list_leftovers(regions)
+        instances += cloud.list_managed(regions)
         listed.add(cloud.name)
-    world = World(utcnow(), settings, instances, listed, records, forge, state=state)
+    world = World(
+        utcnow(), settings, instances, listed, records, forge, state=state, leftovers=leftovers
+    )
     if forge is not None:
         world.runners = forge.runners()
     return world
@@ -210,4 +254,5 @@ def items(world: World) -> list[Item]:
         scope = (world.forge.name, world.forge.target.slug)
         found += [RegistrationItem(r, scope) for r in world.runners]
     found += [RecordItem(r) for r in world.records if r.state in LIVE_STATES]
+    found += [LeftoverItem(leftover) for leftover in world.leftovers]
     return found

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from cml_infra.clouds import register, tags
-from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, RenderContext
+from cml_infra.clouds.base import ErrorClass, Feature, Leftover, ManagedInstance, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.placement import Placement
@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 USER_DATA_LIMIT = 16 * 1024
 MANAGED_FILTER = {"Name": f"tag:{tags.MANAGED}", "Values": ["true"]}
+# Every state but `terminated`: a `shutting-down` instance still holds its security group (its
+# network interface goes only at `terminated`), so its launch's group is no leftover yet.
 _LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
+SECURITY_GROUP = "aws_security_group"
 
 
 @register("aws", aliases=("ec2",))
@@ -55,6 +58,13 @@ class AwsCloud(VmCloud):
         ("InvalidParameter", ErrorClass.INVALID),
         ("InvalidAMIID", ErrorClass.INVALID),
     )
+    REAPED: ClassVar[Mapping[str, str]] = {
+        "aws_instance": "with the instance: its own shutdown terminates it (and its root volume, "
+        "delete_on_termination), as terminate does",
+        SECURITY_GROUP: "leftover: list_leftovers finds it by its tags, and cleanup deletes it "
+        "once no instance of its launch is listed (terminate deletes it at once)",
+        "aws_vpc_security_group_egress_rule": "with its security group",
+    }
 
     def validate(
         self, spec: RunnerSpec, offer: Offer, *, spot: bool, max_price: float | None
@@ -86,6 +96,7 @@ class AwsCloud(VmCloud):
             "user_data_base64": user_data,
             "launch_id": context.launch_id,
             "expires_at": int(context.expires_at.timestamp()),
+            "created_at": int(context.created_at.timestamp()),
             "tags": tags.resource_tags(spec),
         }
 
@@ -93,13 +104,29 @@ class AwsCloud(VmCloud):
         return frozenset({"user_data_base64"})
 
     def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
-        regions = enabled_regions() if regions is None else list(regions)
-        # Clients are made here, one after the other: made inside the threads, each would load
-        # its own copy of the EC2 service model (about 35 MiB apiece); calls are thread-safe.
-        clients = {region: _ec2(region) for region in regions}
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions)))) as pool:
-            found = pool.map(lambda region: _list_region(clients[region], region), regions)
-        return [instance for batch in found for instance in batch]
+        return _each_region(regions, _list_region)
+
+    def list_leftovers(self, regions: Iterable[str] | None) -> list[Leftover]:
+        """Every security group tagged as ours, whether or not an instance still uses it:
+        cleanup's `leftover` rule decides by its launch id which ones outlived their instance
+        (an instance that ended itself: its shutdown terminates the instance, not its group)."""
+        return _each_region(regions, _list_groups)
+
+    def delete_leftovers(self, leftovers: Iterable[Leftover]) -> None:
+        """Delete the security groups (their egress rules go with them). A group still in use
+        (the network interface of an instance that is shutting down) is left for the next run
+        and reported; the others are deleted all the same."""
+        by_region: dict[str, list[str]] = {}
+        for leftover in leftovers:
+            if leftover.kind != SECURITY_GROUP:
+                raise CmlInfraError(f"aws: {leftover.label}: not something aws leaves behind")
+            region, _, group_id = leftover.id.partition("/")
+            by_region.setdefault(region, []).append(group_id)
+        problems = []
+        for region, group_ids in by_region.items():
+            problems += _delete_groups(_ec2(region), region, group_ids)
+        if problems:
+            raise CmlInfraError("; ".join(problems))
 
     def terminate(self, ids: Iterable[str]) -> None:
         by_region: dict[str, list[str]] = {}
@@ -133,6 +160,98 @@ class AwsCloud(VmCloud):
                 "AWS_SECRET_ACCESS_KEY, or use OIDC (aws-actions/configure-aws-credentials)"
             )
         return True, f"account {identity['Account']} as {identity['Arn']}"
+
+    def ended_at(self, outputs: Mapping[str, Any]) -> datetime | None:
+        # EC2 still describes a terminated instance for about an hour, with its end in
+        # StateTransitionReason: "User initiated (2030-01-01 12:00:00 GMT)".
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full_id = self.listed_id(outputs)
+        if full_id is None:
+            return None
+        region, _, instance_id = full_id.partition("/")
+        try:
+            answer = _ec2(region).describe_instances(InstanceIds=[instance_id])
+        except (BotoCoreError, ClientError):  # long gone, or no credentials: not known
+            return None
+        for reservation in answer["Reservations"]:
+            for raw in reservation["Instances"]:
+                found = re.search(
+                    r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)",
+                    raw.get("StateTransitionReason") or "",
+                )
+                if raw["State"]["Name"] in ("shutting-down", "terminated") and found:
+                    return datetime.fromisoformat(f"{found[1]}+00:00")
+        return None
+
+
+_T = TypeVar("_T")
+
+
+def _each_region(
+    regions: Iterable[str] | None, list_region: Callable[[Any, str], list[_T]]
+) -> list[_T]:
+    """What `list_region(client, region)` finds in each region (None: every enabled one), the
+    regions asked in parallel."""
+    regions = enabled_regions() if regions is None else list(regions)
+    # Clients are made here, one after the other: made inside the threads, each would load
+    # its own copy of the EC2 service model (about 35 MiB apiece); calls are thread-safe.
+    clients = {region: _ec2(region) for region in regions}
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions)))) as pool:
+        found = pool.map(lambda region: list_region(clients[region], region), regions)
+    return [item for batch in found for item in batch]
+
+
+def _list_groups(client: Any, region: str) -> list[Leftover]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    pages = client.get_paginator("describe_security_groups").paginate(Filters=[MANAGED_FILTER])
+    found: list[Leftover] = []
+    try:
+        for page in pages:
+            found.extend(_leftover(region, raw) for raw in page["SecurityGroups"])
+    except (BotoCoreError, ClientError) as exc:
+        raise CmlInfraError(f"aws {region}: could not list security groups: {exc}") from None
+    return found
+
+
+def _leftover(region: str, raw: dict[str, Any]) -> Leftover:
+    found = {tag["Key"]: tag["Value"] for tag in raw.get("Tags", [])}
+    return Leftover(
+        kind=SECURITY_GROUP,
+        id=f"{region}/{raw['GroupId']}",
+        cloud=AwsCloud.name,
+        region=region,
+        name=found.get(tags.NAME, raw.get("GroupName", raw["GroupId"])),
+        launch_id=found.get(tags.LAUNCH_ID, ""),
+        # EC2 does not say when a group was made: only our tag does.
+        created_at=tags.unix_time(found.get(tags.CREATED, "")),
+    )
+
+
+def _delete_groups(client: Any, region: str, group_ids: Iterable[str]) -> list[str]:
+    """Delete each group; what could not be deleted, one sentence each (a group already gone
+    is deleted)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    problems = []
+    for group_id in sorted(group_ids):
+        try:
+            client.delete_security_group(GroupId=group_id)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "InvalidGroup.NotFound":
+                continue
+            if code == "DependencyViolation":
+                problems.append(
+                    f"aws {region}: security group {group_id} is still in use (an instance "
+                    "of it is shutting down?); the next cleanup deletes it"
+                )
+            else:
+                problems.append(f"aws {region}: security group {group_id}: {exc}")
+        except BotoCoreError as exc:  # no credentials, no endpoint: the rest would fail alike
+            raise CmlInfraError(f"aws {region}: security group {group_id}: {exc}") from None
+    return problems
 
 
 def _list_region(client: Any, region: str) -> list[ManagedInstance]:
@@ -237,12 +356,9 @@ def _delete_security_groups(client: Any, region: str, groups: _Groups) -> None:
             )
     except (BotoCoreError, ClientError) as exc:
         raise CmlInfraError(f"aws {region}: could not list security groups: {exc}") from None
-    for group_id in sorted(found):
-        try:
-            client.delete_security_group(GroupId=group_id)
-        except ClientError as exc:
-            if "InvalidGroup.NotFound" not in str(exc):
-                raise CmlInfraError(f"aws {region}: security group {group_id}: {exc}") from None
+    problems = _delete_groups(client, region, found)
+    if problems:
+        raise CmlInfraError("; ".join(problems))
 
 
 def _terminate_batch(client: Any, region: str, instance_ids: list[str]) -> None:

@@ -3,6 +3,10 @@
 A VM that shuts itself down on Azure stays allocated and billed, so the agent (and the TTL
 timer armed at boot) delete the runner's resource group with the VM's managed identity, whose
 only role is on that resource group.
+
+An instance is a managed resource group that still holds its VM. A Spot eviction deletes the VM
+alone: the group, with its network, NIC, public IP and security group, is then a leftover,
+which cleanup deletes whole.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cml_infra.clouds import register, tags
-from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, RenderContext
+from cml_infra.clouds.base import ErrorClass, Feature, Leftover, ManagedInstance, RenderContext
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.placement import Placement
@@ -25,6 +29,12 @@ if TYPE_CHECKING:
 
 CUSTOM_DATA_LIMIT = 64 * 1024
 MANAGED_FILTER = f"tagName eq '{tags.MANAGED}' and tagValue eq 'true'"
+# Every VM of the subscription, ours or not: ARM documents no filter that joins a resource type
+# with a tag, and a tag filter would drop the tags from the answer anyway. A VM is what makes
+# its group an instance, so none may be missed: one missed would get a live runner deleted.
+VM_FILTER = "resourceType eq 'Microsoft.Compute/virtualMachines'"
+RESOURCE_GROUP = "azurerm_resource_group"
+_WITH_THE_GROUP = "with the resource group, which terminate and cleanup delete whole"
 _IMAGE_ID = re.compile(
     r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Compute/.+", re.I
 )
@@ -50,6 +60,21 @@ class AzureCloud(VmCloud):
         ("InvalidAuthenticationToken", ErrorClass.AUTH),
         ("InvalidParameter", ErrorClass.INVALID),
     )
+    REAPED: ClassVar[Mapping[str, str]] = {
+        RESOURCE_GROUP: "the instance while it holds its VM (terminate deletes it); a leftover "
+        "once the VM is gone (a Spot eviction deletes the VM alone): cleanup deletes it then",
+        "azurerm_linux_virtual_machine": _WITH_THE_GROUP,
+        "azurerm_virtual_network": _WITH_THE_GROUP,
+        "azurerm_subnet": _WITH_THE_GROUP,
+        "azurerm_network_security_group": _WITH_THE_GROUP,
+        "azurerm_subnet_network_security_group_association": _WITH_THE_GROUP,
+        "azurerm_public_ip": _WITH_THE_GROUP,
+        "azurerm_network_interface": _WITH_THE_GROUP,
+        "azurerm_network_interface_security_group_association": _WITH_THE_GROUP,
+        "azurerm_role_assignment": "with the resource group, its scope (Azure deletes the "
+        "assignments of a scope with it)",
+        "tls_private_key": "nowhere to reap: it lives only in the Terraform state",
+    }
 
     def __init__(self, state: StateDir | None = None, transport: Any = None) -> None:
         super().__init__(state)
@@ -95,6 +120,7 @@ class AzureCloud(VmCloud):
             "custom_data_base64": custom_data,
             "launch_id": context.launch_id,
             "expires_at": int(context.expires_at.timestamp()),
+            "created_at": int(context.created_at.timestamp()),
             "tags": tags.resource_tags(spec),
         }
 
@@ -102,30 +128,53 @@ class AzureCloud(VmCloud):
         return frozenset({"custom_data_base64"})
 
     def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
+        """The managed resource groups in `regions` that still hold a VM."""
+        groups, with_vm = self._groups(regions)
+        return [_managed(g) for g in groups if g.name.lower() in with_vm]
+
+    def list_leftovers(self, regions: Iterable[str] | None) -> list[Leftover]:
+        """The managed resource groups in `regions` that hold no VM (an evicted Spot VM's, or
+        one whose `up` died before its VM was made), but not one already being deleted."""
+        groups, with_vm = self._groups(regions)
+        return [
+            _leftover(g)
+            for g in groups
+            if g.name.lower() not in with_vm and _state(g) != "deleting"
+        ]
+
+    def delete_leftovers(self, leftovers: Iterable[Leftover]) -> None:
+        names = []
+        for leftover in leftovers:
+            if leftover.kind != RESOURCE_GROUP:
+                raise CmlInfraError(f"azure: {leftover.label}: not something azure leaves behind")
+            names.append(leftover.id)
+        _delete_groups(_resources(self.transport), names)
+
+    def terminate(self, ids: Iterable[str]) -> None:
+        _delete_groups(_resources(self.transport), ids)
+
+    def _groups(self, regions: Iterable[str] | None) -> tuple[list[Any], set[str]]:
+        """Our resource groups in `regions`, and the names (lowercase) of the groups of the
+        subscription that hold a VM: two listings, whatever the number of groups."""
         from azure.core.exceptions import AzureError
 
         wanted = None if regions is None else set(regions)
-        try:
-            groups = list(_resources(self.transport).resource_groups.list(filter=MANAGED_FILTER))
-        except AzureError as exc:
-            raise CmlInfraError(f"azure: could not list resource groups: {exc}") from None
-        return [_managed(g) for g in groups if wanted is None or g.location in wanted]
-
-    def terminate(self, ids: Iterable[str]) -> None:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
         client = _resources(self.transport)
         try:
-            pollers = []
-            for group in ids:
-                try:
-                    pollers.append(client.resource_groups.begin_delete(group))
-                except ResourceNotFoundError:
-                    continue
-            for poller in pollers:
-                poller.result()
+            groups = [
+                g
+                for g in client.resource_groups.list(filter=MANAGED_FILTER)
+                if wanted is None or g.location in wanted
+            ]
         except AzureError as exc:
-            raise CmlInfraError(f"azure: delete failed: {exc}") from None
+            raise CmlInfraError(f"azure: could not list resource groups: {exc}") from None
+        if not groups:
+            return [], set()
+        try:
+            with_vm = {_group_of(vm.id) for vm in client.resources.list(filter=VM_FILTER)}
+        except AzureError as exc:
+            raise CmlInfraError(f"azure: could not list virtual machines: {exc}") from None
+        return groups, with_vm
 
     def listed_id(self, outputs: Mapping[str, Any]) -> str | None:
         found = outputs.get("resource_group_name")
@@ -167,13 +216,59 @@ def _resources(transport: Any = None) -> Any:
     return ResourceManagementClient(_credential(), _subscription(), **options)
 
 
+def _delete_groups(client: Any, names: Iterable[str]) -> None:
+    """Delete resource groups, everything in them with them, and wait until they are gone; one
+    already gone is fine."""
+    from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+    try:
+        pollers = []
+        for group in names:
+            try:
+                pollers.append(client.resource_groups.begin_delete(group))
+            except ResourceNotFoundError:
+                continue
+        for poller in pollers:
+            poller.result()
+    except AzureError as exc:
+        raise CmlInfraError(f"azure: delete failed: {exc}") from None
+
+
+def _group_of(resource_id: str) -> str:
+    """The resource group (lowercase) in a resource id: ARM's ids do not always keep the case
+    the group was created with."""
+    parts = resource_id.split("/")
+    for index, part in enumerate(parts[:-1]):
+        if part.lower() == "resourcegroups":
+            return parts[index + 1].lower()
+    return ""
+
+
+def _state(group: Any) -> str:
+    return str(group.properties.provisioning_state if group.properties else "unknown").lower()
+
+
 def _managed(group: Any) -> ManagedInstance:
+    # ARM does not say when a group was made: tags.instance reads our cml-infra-created tag.
     return tags.instance(
         dict(group.tags or {}),
         id=group.name,
         cloud=AzureCloud.name,
         region=group.location,
-        state=str(group.properties.provisioning_state if group.properties else "unknown").lower(),
+        state=_state(group),
         created_at=None,
         fallback_name=group.name,
+    )
+
+
+def _leftover(group: Any) -> Leftover:
+    found = {str(key): str(value) for key, value in (group.tags or {}).items()}
+    return Leftover(
+        kind=RESOURCE_GROUP,
+        id=group.name,
+        cloud=AzureCloud.name,
+        region=group.location,
+        name=found.get(tags.NAME, group.name),
+        launch_id=found.get(tags.LAUNCH_ID, ""),
+        created_at=tags.unix_time(found.get(tags.CREATED, "")),
     )

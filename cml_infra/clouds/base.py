@@ -13,7 +13,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -69,6 +69,27 @@ class ManagedInstance:
 
 
 @dataclass(frozen=True)
+class Leftover:
+    """A resource a module made beside its instance (a security group, a service account, a
+    firewall rule, a resource group), found through the cloud's API by our tags, labels or
+    naming convention: what is left of a runner whose instance ended itself."""
+
+    # The module's Terraform resource type (`aws_security_group`): what the report shows.
+    kind: str
+    # What `delete_leftovers` takes back.
+    id: str
+    cloud: str
+    region: str
+    name: str
+    launch_id: str
+    created_at: datetime | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+@dataclass(frozen=True)
 class Boot:
     """What the startup script and the agent need from a cloud."""
 
@@ -121,6 +142,10 @@ class Cloud(ABC):
     HAS_CATALOG: ClassVar[bool] = False
     # Its instances run on this machine (cleanup searches it by default).
     ON_THIS_MACHINE: ClassVar[bool] = False
+    # How long a listing may miss an instance made moments ago (EC2's DescribeInstances is
+    # eventually consistent): `status` does not call a runner recorded more recently ended for
+    # being missing, so that `up --json` never reports the runner it just made as ended.
+    LISTING_LAG: ClassVar[timedelta] = timedelta(minutes=1)
 
     def __init__(self, state: StateDir | None = None) -> None:
         # Only a cloud whose instances live on this machine (local) needs the state dir.
@@ -173,11 +198,35 @@ class Cloud(ABC):
         """Destroy instances by id; an id that is already gone is not an error. What else a
         module made beside an instance goes by the instance's launch id, never its name."""
 
+    # How the SDK path removes each resource type the module creates (`resource "TYPE"` in
+    # terraform/<module>/*.tf), when no Terraform state is left: "with the instance" (the cloud
+    # deletes it with it), "leftover" (list_leftovers finds it once the instance is gone), or
+    # another sentence. A unit test fails when a module gains a type this does not name.
+    REAPED: ClassVar[Mapping[str, str]] = {}
+
+    def list_leftovers(self, regions: Iterable[str] | None) -> list[Leftover]:
+        """What the module made beside instances, carrying our marks, in `regions` (None: all);
+        each with its launch id, so that cleanup reaps it only once no instance of that launch
+        is listed."""
+        return []
+
+    def delete_leftovers(self, leftovers: Iterable[Leftover]) -> None:
+        """Delete what `list_leftovers` found; one that is already gone is not an error."""
+        for leftover in leftovers:
+            # A cloud that lists none has none of its own to delete.
+            raise ValueError(f"{self.name} lists no leftovers; {leftover.label} is not its own")
+
     def listed_id(self, outputs: Mapping[str, Any]) -> str | None:
         """The id `list_managed` and `terminate` use for the instance that a module's outputs
         (a record's `outputs`) describe; None when they do not say."""
         found = outputs.get("id")
         return str(found) if found else None
+
+    def ended_at(self, outputs: Mapping[str, Any]) -> datetime | None:
+        """When the instance that `outputs` describes ended, where the cloud still says so once
+        `list_managed` no longer lists it; None where it does not (then `status` takes the
+        moment it first saw the instance gone)."""
+        return None
 
     def check(self) -> tuple[bool, str]:
         """Whether credentials and project/subscription are usable, and a sentence saying so."""

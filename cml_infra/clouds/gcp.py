@@ -3,22 +3,30 @@ attached to n1 machine types.
 
 The hard TTL is GCP's own `max_run_duration` with DELETE. The agent ends the VM by deleting it
 with the VM's own identity, which may delete only this instance (resource-level IAM).
+
+A VM that deleted itself leaves the module's service account and firewall rule, which take no
+labels: their descriptions end in a fixed mark (`_MARK`: launch id, created, expires) and their
+names follow from the runner name and the launch id's hash, which is how `list_leftovers` finds
+them when no Terraform state is left. Both are global: their region is "global", and
+`cleanup --region` narrows the search for instances, never for them.
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from cml_infra.clouds import register, tags
-from cml_infra.clouds.base import ErrorClass, Feature, ManagedInstance, RenderContext
+from cml_infra.clouds.base import ErrorClass, Feature, Leftover, ManagedInstance, RenderContext
 from cml_infra.clouds.vm import VmCloud
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.placement import Placement
@@ -34,6 +42,35 @@ OPERATION_TIMEOUT = 600
 ATTACHABLE = {"t4": "nvidia-tesla-t4", "v100": "nvidia-tesla-v100"}
 _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+# Where firewall rules and service accounts are: the whole project.
+GLOBAL = "global"
+FIREWALL = "google_compute_firewall"
+SERVICE_ACCOUNT = "google_service_account"
+# What may be ours of a project's firewall rules, asked of the API (a regular expression that
+# must match the whole name); the description and the launch hash decide.
+_FIREWALL_FILTER = 'name eq "cml-infra-.*-deny"'
+IAM_ENDPOINT = "https://iam.googleapis.com"
+IAM_PAGE_SIZE = 100  # the most IAM's ListServiceAccounts gives
+HTTP_TIMEOUT = 60
+# The end of the description of the module's service account and firewall rule
+# (terraform/gcp/main.tf, `local.mark`), and of those older modules made: no `created` (the
+# firewall rule's), or the launch and expiry in the middle (the service account's).
+_NAME = r"(?P<name>[a-z][a-z0-9-]{0,37}[a-z0-9])"
+_LAUNCH = r"launch (?P<launch>[a-z0-9]{8,32})"
+_TIMES = r"(?:, created (?P<created>[0-9]{1,12}))?, expires (?P<expires>[0-9]{1,12})"
+_MARK = rf"\(managed by cml-infra, {_LAUNCH}{_TIMES}\)\."
+_DESCRIPTIONS = {
+    FIREWALL: (re.compile(rf"cml-infra runner {_NAME}: no inbound traffic at all {_MARK}"),),
+    SERVICE_ACCOUNT: (
+        re.compile(
+            rf"Identity of cml-infra runner VM {_NAME}; may delete only that instance {_MARK}"
+        ),
+        re.compile(
+            rf"Identity of cml-infra runner VM {_NAME} \({_LAUNCH}{_TIMES}\); "
+            r"may delete only that instance\."
+        ),
+    ),
+}
 
 
 @register("gcp", aliases=("google", "gce"))
@@ -44,6 +81,17 @@ class GcpCloud(VmCloud):
         Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
         "logs to /var/lib/cml-infra/instance.log on the instance, and the startup script to "
         "its serial port: gcloud compute instances get-serial-port-output NAME --zone ZONE",
+    }
+    REAPED: ClassVar[Mapping[str, str]] = {
+        "google_compute_instance": "with the instance: it is the instance, and its boot disk "
+        "(auto_delete) goes with it",
+        "google_compute_instance_iam_member": "with the instance: the binding is part of the "
+        "instance's own IAM policy",
+        FIREWALL: "leftover: a global rule named after the runner and its launch hash, the "
+        "launch id in its description; terminate deletes it with its launch's last instance",
+        SERVICE_ACCOUNT: "leftover: a project-wide account named after the runner and its "
+        "launch hash, the launch id and creation time in its description; terminate deletes "
+        "it with its launch's last instance",
     }
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
         ("ZONE_RESOURCE_POOL_EXHAUSTED", ErrorClass.CAPACITY),
@@ -117,6 +165,7 @@ class GcpCloud(VmCloud):
             "startup_script": metadata_script(context.startup_script),
             "max_run_duration_seconds": spec.ttl,
             "launch_id": context.launch_id,
+            "created_at": int(context.created_at.timestamp()),
             "expires_at": int(context.expires_at.timestamp()),
             "labels": tags.resource_tags(spec),
         }
@@ -149,23 +198,86 @@ class GcpCloud(VmCloud):
                 found.append(_managed(zone, region, instance))
         return found
 
-    def terminate(self, ids: Iterable[str]) -> None:
-        from google.api_core.exceptions import GoogleAPIError, NotFound
-        from requests.exceptions import RequestException
+    def searched_regions(self, regions: Iterable[str] | None) -> Iterable[str] | None:
+        """The regions given, and "global", where the firewall rules and service accounts are:
+        an instance in the regions searched may have left them."""
+        return None if regions is None else [*regions, GLOBAL]
 
+    def terminate(self, ids: Iterable[str]) -> None:
+        """Delete the instances, then the firewall rule and service account of their launches
+        (read from each instance's labels before it goes): nothing else deletes those when no
+        Terraform state is left. A launch that another instance still carries keeps them, for
+        that instance's own end."""
         instances, operations = _client("Instances"), _client("ZoneOperations")
         project = _project()
+        launches = set()
         for full_id in ids:
-            zone, _, name = full_id.partition("/")
-            try:
-                operation: Any = instances.delete_unary(
-                    project=project, zone=zone, instance=name, retry=_retry()
-                )
-                _wait_done(operations, project, zone, operation, full_id)
-            except NotFound:
-                pass
-            except (GoogleAPIError, RequestException) as exc:
-                raise CmlInfraError(f"gcp {full_id}: delete failed: {exc}") from None
+            launch = _delete_instance(instances, operations, project, full_id)
+            if launch:
+                launches.add(launch)
+        if launches:
+            launches -= self._live_launches()
+            self._delete(project, [f for f in self._leftovers(project) if f.launch_id in launches])
+
+    def list_leftovers(self, regions: Iterable[str] | None) -> list[Leftover]:
+        """The project's firewall rules and service accounts that carry the module's mark in
+        their description and the name the module gives them for that launch: never one by its
+        name alone. All are global, so a list of regions without "global" finds none."""
+        if regions is not None and GLOBAL not in set(regions):
+            return []
+        return self._leftovers(_project())
+
+    def delete_leftovers(self, leftovers: Iterable[Leftover]) -> None:
+        """Delete them, but none whose launch still has an instance anywhere in the project,
+        whatever regions the caller searched: a live VM's deny-ingress rule is all that keeps
+        the default network's allow rules off it. Those kept are named in the error raised
+        once the others are deleted."""
+        chosen = list(leftovers)
+        if not chosen:
+            return
+        live = self._live_launches()
+        self._delete(_project(), [f for f in chosen if f.launch_id not in live])
+        kept = [f.label for f in chosen if f.launch_id in live]
+        if kept:
+            raise CmlInfraError(
+                f"gcp: {', '.join(kept)} kept: an instance of its launch still exists"
+            )
+
+    def _live_launches(self) -> set[str]:
+        """The launch ids of every instance of ours in the project, whatever its state."""
+        return {instance.launch_id for instance in self.list_managed(None)} - {""}
+
+    def _delete(self, project: str, leftovers: list[Leftover]) -> None:
+        if not leftovers:
+            return
+        firewalls, operations = _client("Firewalls"), _client("GlobalOperations")
+        iam = _Iam()
+        for leftover in leftovers:
+            if leftover.kind == FIREWALL:
+                _delete_firewall(firewalls, operations, project, leftover.id)
+            elif leftover.kind == SERVICE_ACCOUNT:
+                iam.delete(project, leftover.id)
+            else:
+                raise CmlInfraError(f"gcp: {leftover.label}: not something gcp makes")
+
+    def _leftovers(self, project: str) -> list[Leftover]:
+        from google.api_core.exceptions import GoogleAPIError
+        from google.auth.exceptions import GoogleAuthError
+        from google.cloud import compute_v1
+        from requests.exceptions import RequestException
+
+        found = []
+        try:
+            request = compute_v1.ListFirewallsRequest(project=project, filter=_FIREWALL_FILTER)
+            for rule in _client("Firewalls").list(request=request, retry=_retry()):
+                found.append(_firewall_leftover(rule))
+            for account in _Iam().service_accounts(project):
+                found.append(_account_leftover(account))
+        except (GoogleAPIError, GoogleAuthError, RequestException) as exc:
+            raise CmlInfraError(
+                f"gcp: could not list firewall rules and service accounts: {exc}"
+            ) from None
+        return [leftover for leftover in found if leftover is not None]
 
     def listed_id(self, outputs: Mapping[str, Any]) -> str | None:
         if outputs.get("zone") and outputs.get("name"):
@@ -214,16 +326,57 @@ def _client(kind: str) -> Any:
     return cls(transport=transport)
 
 
-def _wait_done(operations: Any, project: str, zone: str, operation: Any, what: str) -> None:
-    """Until the zone operation is DONE, through the same endpoint as the call that made it
-    (the client library's own waiting always asks Google's public endpoint)."""
+def _delete_instance(instances: Any, operations: Any, project: str, full_id: str) -> str:
+    """Delete one instance (`zone/name`) and wait until it is gone; its launch id ("" for one
+    that is gone already, or older than launch ids)."""
+    from google.api_core.exceptions import GoogleAPIError, NotFound
+    from requests.exceptions import RequestException
+
+    zone, _, name = full_id.partition("/")
+    launch = ""
+    try:
+        found = instances.get(project=project, zone=zone, instance=name, retry=_retry())
+        launch = str(dict(found.labels).get(tags.LAUNCH_ID, ""))
+        operation: Any = instances.delete_unary(
+            project=project, zone=zone, instance=name, retry=_retry()
+        )
+        _wait_done(
+            lambda op: operations.wait(project=project, zone=zone, operation=op),
+            operation,
+            full_id,
+        )
+    except NotFound:
+        pass
+    except (GoogleAPIError, RequestException) as exc:
+        raise CmlInfraError(f"gcp {full_id}: delete failed: {exc}") from None
+    return launch
+
+
+def _delete_firewall(firewalls: Any, operations: Any, project: str, name: str) -> None:
+    from google.api_core.exceptions import GoogleAPIError, NotFound
+    from requests.exceptions import RequestException
+
+    what = f"firewall rule {name}"
+    try:
+        operation: Any = firewalls.delete_unary(project=project, firewall=name, retry=_retry())
+        _wait_done(lambda op: operations.wait(project=project, operation=op), operation, what)
+    except NotFound:
+        pass
+    except (GoogleAPIError, RequestException) as exc:
+        raise CmlInfraError(f"gcp {what}: delete failed: {exc}") from None
+
+
+def _wait_done(wait: Callable[[str], Any], operation: Any, what: str) -> None:
+    """Until the (zone or global) operation is DONE, asking `wait` (its operations client's
+    `wait`) through the same endpoint as the call that made it: the client library's own
+    waiting always asks Google's public endpoint."""
     from google.cloud import compute_v1
 
     deadline = time.monotonic() + OPERATION_TIMEOUT
     while operation.status != compute_v1.Operation.Status.DONE:
         if time.monotonic() > deadline:
             raise CmlInfraError(f"gcp {what}: still deleting after {OPERATION_TIMEOUT}s")
-        operation = operations.wait(project=project, zone=zone, operation=operation.name)
+        operation = wait(operation.name)
     if operation.error and operation.error.errors:
         details = "; ".join(f"{e.code}: {e.message}" for e in operation.error.errors)
         status = operation.http_error_status_code or ""
@@ -274,3 +427,151 @@ def _managed(zone: str, region: str, instance: Any) -> ManagedInstance:
         fallback_name=instance.name,
         instance_type=str(instance.machine_type).rpartition("/")[2] or None,
     )
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """What the end of a description says: the runner, its launch, and when."""
+
+    name: str
+    launch_id: str
+    created_at: datetime | None
+    expires_at: datetime | None
+
+
+def _marked(kind: str, description: str) -> _Mark | None:
+    for pattern in _DESCRIPTIONS[kind]:
+        found = pattern.fullmatch(description)
+        if found:
+            created, expires = found["created"], found["expires"]
+            return _Mark(
+                found["name"],
+                found["launch"],
+                _seconds(created) if created else None,
+                _seconds(expires),
+            )
+    return None
+
+
+def _seconds(text: str) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(text), timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _launch_hash(launch_id: str) -> str:
+    """The module's `local.launch_hash`: what its names carry of the launch id."""
+    return hashlib.sha1(launch_id.encode("utf-8")).hexdigest()[:8]
+
+
+def firewall_name(name: str, launch_id: str) -> str:
+    """The module's firewall rule name for a runner name and launch id."""
+    return f"cml-infra-{name}-{_launch_hash(launch_id)}-deny"
+
+
+def account_id(name: str, launch_id: str) -> str:
+    """The module's service account id: `cml-`, up to 19 characters of the name without the
+    dashes a cut leaves at its end, `-`, 6 hex digits of the launch hash."""
+    return f"cml-{name[:19].rstrip('-')}-{_launch_hash(launch_id)[:6]}"
+
+
+def _firewall_leftover(rule: Any) -> Leftover | None:
+    mark = _marked(FIREWALL, rule.description or "")
+    if mark is None or rule.name != firewall_name(mark.name, mark.launch_id):
+        return None
+    created = rule.creation_timestamp
+    return Leftover(
+        kind=FIREWALL,
+        id=rule.name,
+        cloud=GcpCloud.name,
+        region=GLOBAL,
+        name=mark.name,
+        launch_id=mark.launch_id,
+        created_at=datetime.fromisoformat(created) if created else mark.created_at,
+    )
+
+
+def _account_leftover(account: Mapping[str, Any]) -> Leftover | None:
+    """A service account of the module's; IAM says nothing of when an account was made, so
+    its age is the description's `created`, or for an older module's, its expiry: a time
+    after it was made, so it never looks older than it is."""
+    mark = _marked(SERVICE_ACCOUNT, str(account.get("description", "")))
+    email = str(account.get("email", ""))
+    if mark is None or email.partition("@")[0] != account_id(mark.name, mark.launch_id):
+        return None
+    return Leftover(
+        kind=SERVICE_ACCOUNT,
+        id=email,
+        cloud=GcpCloud.name,
+        region=GLOBAL,
+        name=mark.name,
+        launch_id=mark.launch_id,
+        created_at=mark.created_at or mark.expires_at,
+    )
+
+
+class _Iam:
+    """The IAM API's service accounts, over REST: google-cloud-iam's IAMClient (iam_admin_v1)
+    speaks gRPC only, so it cannot be pointed at an HTTP endpoint. Calls go through
+    google-auth's AuthorizedSession (what the REST transports of the google-cloud libraries
+    use), with google-api-core's errors and backoff. CML_INFRA_GCP_API_ENDPOINT points it
+    elsewhere, anonymously, as `_client` does Compute."""
+
+    def __init__(self) -> None:
+        endpoint = os.environ.get("CML_INFRA_GCP_API_ENDPOINT")
+        if endpoint:
+            import requests
+
+            self.base = endpoint.rstrip("/")
+            self.session: Any = requests.Session()
+            return
+        import google.auth
+        from google.auth.transport.requests import AuthorizedSession
+
+        credentials, _ = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+        self.base = IAM_ENDPOINT
+        self.session = AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
+
+    def service_accounts(self, project: str) -> Iterator[dict[str, Any]]:
+        token = ""
+        while True:
+            query: dict[str, Any] = {"pageSize": IAM_PAGE_SIZE}
+            if token:
+                query["pageToken"] = token
+            page = self._call("GET", f"projects/{project}/serviceAccounts", query)
+            yield from page.get("accounts", [])
+            token = page.get("nextPageToken", "")
+            if not token:
+                return
+
+    def delete(self, project: str, email: str) -> None:
+        """Delete a service account; one that is gone already is fine."""
+        from google.api_core.exceptions import GoogleAPIError, NotFound
+        from requests.exceptions import RequestException
+
+        try:
+            self._call("DELETE", f"projects/{project}/serviceAccounts/{email}")
+        except NotFound:
+            pass
+        except (GoogleAPIError, RequestException) as exc:
+            raise CmlInfraError(f"gcp service account {email}: delete failed: {exc}") from None
+
+    def _call(
+        self, method: str, path: str, query: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        from google.api_core import exceptions
+
+        def once() -> dict[str, Any]:
+            response = self.session.request(
+                method, f"{self.base}/v1/{path}", params=query, timeout=HTTP_TIMEOUT
+            )
+            if response.status_code >= 400:
+                raise exceptions.from_http_response(response)  # type: ignore[no-untyped-call]
+            found: dict[str, Any] = response.json() if response.content else {}
+            return found
+
+        result: dict[str, Any] = _retry()(once)()
+        return result

@@ -1,8 +1,8 @@
 """Our tag keys (GCP: labels) and the one parser of a ManagedInstance from a cloud's tags.
 
 Every resource a module creates carries `cml-infra-managed = "true"`, `cml-infra-name`,
-`cml-infra-expires` and `cml-infra-id`; a runner's also names its forge and scope, so that
-`cleanup` given a repository acts only on that repository's runners.
+`cml-infra-expires`, `cml-infra-id` and `cml-infra-created`; a runner's also names its forge and
+scope, so that `cleanup` given a repository acts only on that repository's runners.
 
 A name is chosen by people and is not an identity (`gpu-${{ github.run_id }}` collides across
 repositories and re-runs): `cml-infra-id` is the launch's own, minted by each `up`, and it is
@@ -29,6 +29,9 @@ EXPIRES = "cml-infra-expires"
 FORGE = "cml-infra-forge"
 SCOPE = "cml-infra-scope"
 LAUNCH_ID = "cml-infra-id"
+# Unix seconds at launch, on every resource: its age for the rules that go by age, where the
+# cloud does not say when a resource was made (Azure resource groups, GCP service accounts).
+CREATED = "cml-infra-created"
 # What the modules accept as a launch id (their `launch_id` variable's validation).
 LAUNCH_ID_FORMAT = re.compile(r"[a-z0-9]{8,32}")
 
@@ -41,7 +44,9 @@ def resource_tags(spec: RunnerSpec) -> dict[str, str]:
     return {**spec.tags, FORGE: spec.forge.kind, SCOPE: spec.forge.scope_tag}
 
 
-def managed_tags(spec: RunnerSpec, expires_at: datetime, launch_id: str) -> dict[str, str]:
+def managed_tags(
+    spec: RunnerSpec, expires_at: datetime, launch_id: str, created_at: datetime
+) -> dict[str, str]:
     """Everything on a resource: `resource_tags` and the marks cleanup and teardown find it by
     (modules of the VM clouds add these themselves from their variables; the local module takes
     them whole)."""
@@ -51,6 +56,7 @@ def managed_tags(spec: RunnerSpec, expires_at: datetime, launch_id: str) -> dict
         NAME: spec.name,
         EXPIRES: str(int(expires_at.timestamp())),
         LAUNCH_ID: launch_id,
+        CREATED: str(int(created_at.timestamp())),
     }
 
 
@@ -72,7 +78,7 @@ def instance(
     instance_type: str | None = None,
 ) -> ManagedInstance:
     """A ManagedInstance from what the cloud reports: the name, deadline and launch id come
-    from our tags."""
+    from our tags, and so does the creation time where the cloud does not report one."""
     tags = {str(key): str(value) for key, value in tags.items()}
     return ManagedInstance(
         id=id,
@@ -80,8 +86,8 @@ def instance(
         cloud=cloud,
         region=region,
         state=state,
-        created_at=created_at,
-        expires_at=_deadline(tags.get(EXPIRES, "")),
+        created_at=created_at if created_at is not None else unix_time(tags.get(CREATED, "")),
+        expires_at=unix_time(tags.get(EXPIRES, "")),
         tags=tags,
         idle_seconds=idle_seconds,
         hourly_price=hourly_price,
@@ -90,12 +96,13 @@ def instance(
     )
 
 
-def _deadline(expires: str) -> datetime | None:
-    """The time in a `cml-infra-expires` tag; None for anything but Unix seconds a datetime can
-    hold (anyone may write a tag, and one bad tag must not stop a whole listing)."""
-    if not (expires.isascii() and expires.isdigit()):
+def unix_time(text: str) -> datetime | None:
+    """The time in a `cml-infra-expires` or `cml-infra-created` tag; None for anything but Unix
+    seconds a datetime can hold (anyone may write a tag, and one bad tag must not stop a whole
+    listing)."""
+    if not (text.isascii() and text.isdigit()):
         return None
     try:
-        return datetime.fromtimestamp(int(expires), timezone.utc)
+        return datetime.fromtimestamp(int(text), timezone.utc)
     except (ValueError, OverflowError, OSError):
         return None

@@ -8,6 +8,8 @@ locals {
       "cml-infra-expires" = tostring(var.expires_at)
       # The launch's identity: names collide, so teardown and cleanup match this, not the name.
       "cml-infra-id" = var.launch_id
+      # A security group does not say when it was made: cleanup judges a leftover's age by this.
+      "cml-infra-created" = tostring(var.created_at)
     },
   )
 

@@ -96,16 +96,27 @@ variable "expires_at" {
   }
 }
 
+variable "created_at" {
+  description = "When the launch began, in unix seconds: the cml-infra-created tag on every resource, the age cleanup judges a resource by once its instance is gone (a security group does not say when it was made)."
+  type        = number
+  nullable    = false
+
+  validation {
+    condition     = var.created_at == floor(var.created_at) && var.created_at >= 1000000000 && var.created_at < 100000000000
+    error_message = "The created_at must be a whole number of unix seconds between 1000000000 and 99999999999 (not milliseconds)."
+  }
+}
+
 variable "tags" {
-  description = "Extra tags for every resource. The keys Name, cml-infra-managed, cml-infra-name, cml-infra-expires and cml-infra-id are set by the module."
+  description = "Extra tags for every resource. The keys Name, cml-infra-managed, cml-infra-name, cml-infra-expires, cml-infra-id and cml-infra-created are set by the module."
   type        = map(string)
   default     = {}
   nullable    = false
 
   validation {
-    # EC2 allows 50 tags per resource; the module adds 5.
-    condition     = length(var.tags) <= 45
-    error_message = "At most 45 tags are allowed (EC2's limit is 50 and the module adds 5)."
+    # EC2 allows 50 tags per resource; the module adds 6.
+    condition     = length(var.tags) <= 44
+    error_message = "At most 44 tags are allowed (EC2's limit is 50 and the module adds 6)."
   }
 
   validation {

@@ -6,6 +6,8 @@ locals {
     "cml-infra-expires" = tostring(var.expires_at)
     # The launch's identity: names collide, so teardown and cleanup match this, not the name.
     "cml-infra-id" = var.launch_id
+    # A resource group does not say when it was made: cleanup judges its age by this.
+    "cml-infra-created" = tostring(var.created_at)
   })
 
   # Resource group names are unique in the subscription: the launch id's hash keeps two

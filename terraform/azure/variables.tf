@@ -101,16 +101,27 @@ variable "expires_at" {
   }
 }
 
+variable "created_at" {
+  description = "When the launch began, in unix seconds: the cml-infra-created tag on every taggable resource, the age cleanup judges a runner and its leftovers by (a resource group does not say when it was made)."
+  type        = number
+  nullable    = false
+
+  validation {
+    condition     = var.created_at > 0 && floor(var.created_at) == var.created_at
+    error_message = "The created_at must be a whole number of unix seconds greater than 0."
+  }
+}
+
 variable "tags" {
-  description = "Extra tags for every taggable resource. The cml-infra-managed, cml-infra-name, cml-infra-expires and cml-infra-id tags are always added and win over keys given here."
+  description = "Extra tags for every taggable resource. The cml-infra-managed, cml-infra-name, cml-infra-expires, cml-infra-id and cml-infra-created tags are always added and win over keys given here."
   type        = map(string)
   default     = {}
   nullable    = false
 
   validation {
-    # Azure allows 50 tags per resource; the module adds 4.
-    condition     = length(var.tags) <= 46
-    error_message = "The tags map may hold at most 46 entries (Azure allows 50 per resource and the module adds 4)."
+    # Azure allows 50 tags per resource; the module adds 5.
+    condition     = length(var.tags) <= 45
+    error_message = "The tags map may hold at most 45 entries (Azure allows 50 per resource and the module adds 5)."
   }
 
   validation {

@@ -7,9 +7,17 @@ locals {
     "cml-infra-managed" = "true"
     "cml-infra-name"    = var.name
     "cml-infra-expires" = tostring(var.expires_at)
+    "cml-infra-created" = tostring(var.created_at)
     # The launch's identity: names collide, so teardown and cleanup match this, not the name.
     "cml-infra-id" = var.launch_id
   })
+
+  # Service accounts and firewall rules take no labels: their descriptions end in this mark
+  # instead, in a fixed form that cleanup parses (cml_infra/clouds/gcp.py, `_MARK`) to find
+  # what an instance that deleted itself left behind, and how old it is. The longest
+  # description (a 39-character name, a 32-character launch id, 10-digit times) is the service
+  # account's: 207 of the 256 characters GCP allows it.
+  mark = "(managed by cml-infra, launch ${var.launch_id}, created ${var.created_at}, expires ${var.expires_at})."
 
   # Service accounts and firewall rules take no labels and their names are project-wide, so
   # the names this module chooses carry a hash of the launch id: two launches of the same
@@ -55,7 +63,7 @@ resource "google_service_account" "runner" {
   project      = var.project
   account_id   = local.service_account_id
   display_name = "cml-infra runner ${var.name}"
-  description  = "Identity of cml-infra runner VM ${var.name} (launch ${var.launch_id}, expires ${var.expires_at}); may delete only that instance."
+  description  = "Identity of cml-infra runner VM ${var.name}; may delete only that instance ${local.mark}"
 }
 
 # GCP firewalls have an implied deny-ingress, but the default network adds default-allow-ssh,
@@ -66,7 +74,7 @@ resource "google_compute_firewall" "deny_ingress" {
   project     = var.project
   name        = "${local.network_tag}-deny" # 58 + 5 = 63 characters at most, GCP's limit
   network     = var.network
-  description = "cml-infra runner ${var.name}: no inbound traffic at all (managed by cml-infra, launch ${var.launch_id}, expires ${var.expires_at})."
+  description = "cml-infra runner ${var.name}: no inbound traffic at all ${local.mark}"
   direction   = "INGRESS"
   priority    = 0
 

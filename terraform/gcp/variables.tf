@@ -147,8 +147,19 @@ variable "expires_at" {
   }
 }
 
+variable "created_at" {
+  description = "When the launch started, in Unix seconds: the cml-infra-created label on the instance and its boot disk, and `created <secs>` in the description of the service account and firewall rule. GCP does not say when a service account was made, so cleanup reads their age from it."
+  type        = number
+  nullable    = false
+
+  validation {
+    condition     = floor(var.created_at) == var.created_at && var.created_at > 0
+    error_message = "The created_at must be a positive whole number of Unix seconds."
+  }
+}
+
 variable "labels" {
-  description = "Extra labels (the user's tags) on the instance and its boot disk. Values are made label-safe (lowercased, other characters than a-z 0-9 _ - become _, cut to 63). The cml-infra-managed, cml-infra-name, cml-infra-expires and cml-infra-id labels are always set and win over keys of the same name."
+  description = "Extra labels (the user's tags) on the instance and its boot disk. Values are made label-safe (lowercased, other characters than a-z 0-9 _ - become _, cut to 63). The cml-infra-managed, cml-infra-name, cml-infra-expires, cml-infra-created and cml-infra-id labels are always set and win over keys of the same name."
   type        = map(string)
   default     = {}
   nullable    = false
@@ -159,8 +170,8 @@ variable "labels" {
   }
 
   validation {
-    condition     = length(var.labels) <= 60
-    error_message = "At most 60 labels: Compute Engine allows 64 and this module sets 4."
+    condition     = length(var.labels) <= 59
+    error_message = "At most 59 labels: Compute Engine allows 64 and this module sets 5."
   }
 }
 

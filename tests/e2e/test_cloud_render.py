@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,9 +133,21 @@ def test_inputs_ask_for_what_was_asked(rendered, cloud: str, kind: str, market: 
     assert values["gpu"] is (kind == "gpu")
     assert values["tags" if cloud != "gcp" else "labels"] == {"team": "ml"}
     assert isinstance(values["expires_at"], int)
+    # The launch's start, for the cml-infra-created tag cleanup judges a leftover's age by.
+    assert isinstance(values["created_at"], int)
+    assert values["created_at"] < values["expires_at"]
     if cloud == "gcp":
         assert values["max_run_duration_seconds"] == 24 * 3600
+        # What takes no labels (service account, firewall rule) carries it in its description.
+        assert values["expires_at"] - values["created_at"] == 24 * 3600
         assert values["accelerator_type"] == ("nvidia-tesla-t4" if kind == "gpu" else None)
+
+
+@pytest.mark.parametrize("cloud", ["aws", "azure"])
+def test_every_resource_is_tagged_with_the_launchs_start(rendered, cloud: str) -> None:
+    """The modules' one tag map (local.tags, on every resource) carries cml-infra-created."""
+    text = (rendered[(cloud, "cpu", "on-demand")] / "module" / "main.tf").read_text()
+    assert re.search(r'"cml-infra-created"\s*=\s*tostring\(var\.created_at\)', text)
 
 
 def test_aws_module_settings(rendered) -> None:

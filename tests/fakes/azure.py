@@ -14,10 +14,16 @@ The fake answers, for its one subscription:
   `and tagValue eq '...'`, as ARM documents it), `$top` and paging through `nextLink`
   (`page_size=` sets the page length; the continuation is an opaque `$skiptoken`);
 * `GET|HEAD /subscriptions/{sub}/resourcegroups/{name}` (200/204, or 404 ResourceGroupNotFound);
+* `GET  /subscriptions/{sub}/resources` (the resources of every group, `add_resource()`/`add_vm()`)
+  with `$filter` `resourceType eq '...'` or the same tag filter as groups (then, as ARM
+  documents, without each resource's tags), `$top` and paging as above; any other filter, or a
+  combination ARM does not document (a type and a tag), is a violation;
 * `DELETE /subscriptions/{sub}/resourcegroups/{name}` as ARM does: 202 with `Location`
   (and `Azure-AsyncOperation` when `lro="azure-async-operation"`) and `Retry-After`; the group
   is then `Deleting`, the poll URL answers "in progress" `pending_polls` times and then
-  "succeeded", and the group is gone. A missing group is 404 ResourceGroupNotFound.
+  "succeeded", and the group is gone, with every resource in it. A missing group is 404
+  ResourceGroupNotFound. `remove_resource()` deletes one resource alone, as a Spot eviction with
+  the Delete policy deletes the VM and leaves its group.
 
 Errors have ARM's `{"error": {"code", "message"}}` shape. `fail(status, code)` makes matching
 requests fail that way (403 AuthorizationFailed, say). Every request must be HTTPS to
@@ -39,7 +45,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
@@ -64,7 +70,9 @@ _LITERAL = r"'((?:[^']|'')*)'"
 _TAG_FILTER = re.compile(
     rf"\s*tagName\s+eq\s+{_LITERAL}(?:\s+and\s+tagValue\s+eq\s+{_LITERAL})?\s*", re.I
 )
+_TYPE_FILTER = re.compile(rf"\s*resourceType\s+eq\s+{_LITERAL}\s*", re.I)
 _LIST_PARAMS = frozenset({"api-version", "$filter", "$top", "$skiptoken"})
+VM_TYPE = "Microsoft.Compute/virtualMachines"
 _REASONS = {
     200: "OK",
     202: "Accepted",
@@ -118,9 +126,10 @@ class _Reply:
 
 
 class FakeArm(HttpTransport):  # type: ignore[type-arg]
-    """Azure Resource Manager for resource groups, as an azure-core transport; see the module
-    docstring. State: `.groups` (name → group JSON as ARM returns it), `.requests`
-    ((method, url) in order), `.violations`, `.sleeps`, `.polls`."""
+    """Azure Resource Manager for resource groups and the resources in them, as an azure-core
+    transport; see the module docstring. State: `.groups` (name → group JSON as ARM returns
+    it), `.resources` (id → resource JSON), `.requests` ((method, url) in order),
+    `.violations`, `.sleeps`, `.polls`."""
 
     def __init__(
         self,
@@ -144,6 +153,7 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
         # When set, every request must use exactly this api-version (polls included).
         self.api_version = api_version
         self.groups: dict[str, dict[str, Any]] = {}
+        self.resources: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
         self.violations: list[str] = []
         self.sleeps: list[float] = []
@@ -183,6 +193,47 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
                 del self.groups[existing]
             self.groups[name] = group
         return group
+
+    def add_resource(
+        self,
+        group: str,
+        resource_type: str,
+        name: str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        location: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a resource in an existing group (its id spells the group as given here: ARM's
+        ids do not always keep a group's case); return its JSON as ARM lists it."""
+        with self._lock:
+            key = self._find(group)
+            if key is None:
+                raise ValueError(f"no resource group {group!r} to put {name!r} in")
+            resource: dict[str, Any] = {
+                "id": f"/subscriptions/{self.subscription}/resourceGroups/{group}"
+                f"/providers/{resource_type}/{name}",
+                "name": name,
+                "type": resource_type,
+                "location": location or self.groups[key]["location"],
+            }
+            if tags is not None:
+                resource["tags"] = dict(tags)
+            self.resources[resource["id"]] = resource
+        return resource
+
+    def add_vm(
+        self, group: str, name: str = "vm", tags: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        return self.add_resource(group, VM_TYPE, name, tags)
+
+    def remove_resource(self, resource_id: str) -> None:
+        """Delete one resource and nothing else (a Spot VM evicted with the Delete policy)."""
+        with self._lock:
+            del self.resources[resource_id]
+
+    def in_group(self, group: str) -> list[dict[str, Any]]:
+        """The resources in `group` (case-insensitive)."""
+        return [r for r in self.resources.values() if _group_of(r["id"]) == group.lower()]
 
     def fail(
         self,
@@ -316,6 +367,10 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
             if method != "GET":
                 return self._not_allowed(where)
             return self._list(where, params)
+        if rest == ["resources"]:
+            if method != "GET":
+                return self._not_allowed(where)
+            return self._list_resources(where, params)
         if len(rest) == 2 and rest[0] == "resourcegroups":
             name = segments[3]
             if method == "GET":
@@ -363,6 +418,51 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
     # Resource groups.
 
     def _list(self, where: str, params: dict[str, str]) -> _Reply:
+        def groups(filter_: str | None) -> list[dict[str, Any]] | _Reply:
+            found = list(self.groups.values())
+            if filter_ is None:
+                return found
+            tag = _tag_filter(filter_)
+            if tag is None:
+                return self._bad_filter(where, filter_)
+            return [g for g in found if _has_tag(g, *tag)]
+
+        return self._paged(where, params, "resourcegroups", groups)
+
+    def _list_resources(self, where: str, params: dict[str, str]) -> _Reply:
+        def resources(filter_: str | None) -> list[dict[str, Any]] | _Reply:
+            found = list(self.resources.values())
+            if filter_ is None:
+                return found
+            by_type = _TYPE_FILTER.fullmatch(filter_)
+            if by_type is not None:
+                wanted = by_type.group(1).replace("''", "'").lower()
+                return [r for r in found if r["type"].lower() == wanted]
+            tag = _tag_filter(filter_)
+            if tag is None:
+                return self._bad_filter(where, filter_)
+            # "When you filter by a tag name and value, the tags for each resource are not
+            # returned in the results" (ARM's Resources - List).
+            return [{k: v for k, v in r.items() if k != "tags"} for r in found if _has_tag(r, *tag)]
+
+        return self._paged(where, params, "resources", resources)
+
+    def _bad_filter(self, where: str, filter_: str) -> _Reply:
+        self._violation(f"{where}: unsupported $filter {filter_!r}")
+        return _error(
+            400,
+            "InvalidFilterInQueryString",
+            f"Invalid $filter '{filter_}' specified in the query string.",
+        )
+
+    def _paged(
+        self,
+        where: str,
+        params: dict[str, str],
+        collection: str,
+        select: Callable[[str | None], list[dict[str, Any]] | _Reply],
+    ) -> _Reply:
+        """A page of what `select($filter)` finds, with a `nextLink` while more are left."""
         for key in params:
             if key not in _LIST_PARAMS:
                 self._violation(f"{where}: unexpected query parameter {key!r}")
@@ -376,31 +476,21 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
             except (ValueError, KeyError, TypeError):
                 self._violation(f"{where}: $skiptoken {params['$skiptoken']!r} was not ours")
                 return _error(400, "InvalidSkipToken", "The skip token is invalid.")
-        groups = list(self.groups.values())
-        if filter_ is not None:
-            match = _TAG_FILTER.fullmatch(filter_)
-            if match is None:
-                self._violation(f"{where}: unsupported $filter {filter_!r}")
-                return _error(
-                    400,
-                    "InvalidFilterInQueryString",
-                    f"Invalid $filter '{filter_}' specified in the query string.",
-                )
-            name = match.group(1).replace("''", "'").lower()
-            value = None if match.group(2) is None else match.group(2).replace("''", "'")
-            groups = [g for g in groups if _has_tag(g, name, value)]
+        found = select(filter_)
+        if isinstance(found, _Reply):
+            return found
         if top is not None:
             if not str(top).isdigit():
                 self._violation(f"{where}: $top {top!r} is not a number")
                 return _error(400, "InvalidTopInQueryString", f"Invalid $top '{top}'.")
-            groups = groups[: int(top)]
-        end = len(groups) if self.page_size is None else offset + self.page_size
-        body: dict[str, Any] = {"value": [json.loads(json.dumps(g)) for g in groups[offset:end]]}
-        if end < len(groups):
+            found = found[: int(top)]
+        end = len(found) if self.page_size is None else offset + self.page_size
+        body: dict[str, Any] = {"value": [json.loads(json.dumps(g)) for g in found[offset:end]]}
+        if end < len(found):
             token = _b64(json.dumps({"offset": end, "filter": filter_, "top": top}))
             query = urlencode({"api-version": params["api-version"], "$skiptoken": token})
             body["nextLink"] = (
-                f"https://{ARM_HOST}/subscriptions/{self.subscription}/resourcegroups?{query}"
+                f"https://{ARM_HOST}/subscriptions/{self.subscription}/{collection}?{query}"
             )
         return _Reply(200, body)
 
@@ -444,6 +534,8 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
                 key = self._find(operation.group)
                 if key is not None:
                     del self.groups[key]
+                    for resource in self.in_group(key):
+                        del self.resources[resource["id"]]
                 operation.done = True
             status = "Succeeded"
         if kind == "operationstatuses":
@@ -502,6 +594,25 @@ def _b64(text: str) -> str:
 
 def _unb64(token: str) -> str:
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+
+
+def _tag_filter(filter_: str) -> tuple[str, str | None] | None:
+    """The tag name (lowercase) and value (None: any) of a tag `$filter`; None for another."""
+    match = _TAG_FILTER.fullmatch(filter_)
+    if match is None:
+        return None
+    name = match.group(1).replace("''", "'").lower()
+    value = None if match.group(2) is None else match.group(2).replace("''", "'")
+    return name, value
+
+
+def _group_of(resource_id: str) -> str:
+    """The resource group (lowercase) in a resource id."""
+    parts = resource_id.split("/")
+    for index, part in enumerate(parts[:-1]):
+        if part.lower() == "resourcegroups":
+            return parts[index + 1].lower()
+    return ""
 
 
 def _has_tag(group: Mapping[str, Any], name: str, value: str | None) -> bool:

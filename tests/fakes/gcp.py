@@ -1,31 +1,47 @@
-"""A fake Compute Engine v1 REST API on loopback, checked against Google's Discovery description.
+"""A fake Compute Engine v1 REST API, and the IAM v1 service accounts beside it, on loopback,
+checked against Google's Discovery descriptions.
 
 `FakeCompute(project)` serves, on 127.0.0.1 and a free port, what `cml_infra.clouds.gcp` calls
-through google-cloud-compute's REST transport (set CML_INFRA_GCP_API_ENDPOINT to `fake.url`):
+through google-cloud-compute's REST transport and its IAM REST calls (set
+CML_INFRA_GCP_API_ENDPOINT to `fake.url`: both APIs answer on it, their paths do not overlap):
 
 - `instances.aggregatedList` (GET .../aggregated/instances): every zone scope, with the
-  `NO_RESULTS_ON_PAGE` warning for zones without (matching) instances; the `filter` query in the
-  AIP-160 form `FIELD = VALUE`, `FIELD != VALUE` or `labels.KEY:*` on `name`, `status` and
-  `labels.KEY` (so `labels.cml-infra-managed = "true"` works); `maxResults` (default and most
-  500) with `pageToken`/`nextPageToken`; `includeAllScopes` adds the region scopes.
+  `NO_RESULTS_ON_PAGE` warning for zones without (matching) instances; the `filter` query (see
+  "Filters" below) on `name`, `status` and `labels.KEY` (so `labels.cml-infra-managed = "true"`
+  works); `maxResults` (default and most 500) with `pageToken`/`nextPageToken`;
+  `includeAllScopes` adds the region scopes.
 - `instances.get` and `instances.delete`: delete answers a zone Operation that is RUNNING (the
   instance is STOPPING) until it has been polled `operation_polls` times; then it is DONE and
   the instance is gone. With `operation_polls = 0` the delete answers a DONE operation at once.
 - `zoneOperations.get` (one poll; this is what `ExtendedOperation.result()` calls, through the
   transport's `_zone_operations_client`) and `zoneOperations.wait` (finishes the operation).
+- `firewalls.list` (the `filter` on `name`, `description`, `network`, `direction`;
+  `maxResults`/`pageToken`), `firewalls.get` and `firewalls.delete`, which answers a global
+  Operation that behaves as an instance's delete does; `globalOperations.get` and `.wait`.
+- IAM `projects.serviceAccounts.list` (`pageSize`: 20 unless given, at most 100, as IAM does;
+  `pageToken`), `.get` and `.delete` (which answers Empty), by email or unique id, in
+  `projects/PROJECT` or `projects/-`.
 
-Every request is checked against tests/data/gcp-compute-subset.json (Compute v1 Discovery
-document, revision 20261106): the path must match a method's template (with the parameter
-patterns) for its HTTP method, every query parameter must be one the method or the API describes
-(type, format, enum, minimum checked), required parameters must be present, and a body is allowed
-only where the method describes one. Every response body is checked with jsonschema against the
-method's response schema, converted from Discovery with `additionalProperties: false` added (a
-misspelt field fails), int64/uint64 as digit strings; plus RFC 3339 for timestamps and full URLs
-for `zone`/`selfLink`/`targetLink`/`machineType`. The description has no error schema: error
-bodies are checked against Google's JSON error format (ERROR_SCHEMA below). Whatever does not
-match goes to `fake.violations`, which tests assert is empty; an undescribed request (or a
-described method the fake does not implement) is also answered 404, a described one with bad
-parameters 400, as Google does.
+Filters: one comparison in the AIP-160 form `FIELD = VALUE`, `FIELD != VALUE` or `FIELD:*`, or
+in the regular-expression form `FIELD eq RE` / `FIELD ne RE` (RE matches the whole field); any
+other expression is answered 400 and recorded as a violation.
+
+Every request is checked against the Discovery document of its API: tests/data/
+gcp-compute-subset.json (Compute v1, revision 20261106) and tests/data/gcp-iam-subset.json (IAM
+v1, revision 20261023), both cut from google-api-python-client 2.202.0's
+`googleapiclient/discovery_cache/documents/` by keeping the methods their `x-subset` lists and
+the schemas those reference, unmodified. The path must match a method's template (with the
+parameter patterns) for its HTTP method, every query parameter must be one the method or the API
+describes (type, format, enum, minimum checked), required parameters must be present, and a
+body is allowed only where the method describes one. Every response body is checked with
+jsonschema against the method's response schema, converted from Discovery with
+`additionalProperties: false` added (a misspelt field fails), int64/uint64 as digit strings;
+plus RFC 3339 for timestamps and full URLs for `zone`/`selfLink`/`targetLink`/`machineType`/
+`network`. The descriptions have no error schema: error bodies are checked against Google's
+JSON error format (ERROR_SCHEMA below; Compute sends the v1 `errors` list, IAM the `status`).
+Whatever does not match goes to `fake.violations`, which tests assert is empty; an undescribed
+request (or a described method the fake does not implement) is also answered 404, a described
+one with bad parameters 400, as Google does.
 
 Fault switches: `fail(status, ...)` answers the next request(s) with a Google error;
 `fail_operation(...)` makes the next delete's operation end DONE with an error.
@@ -39,6 +55,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import itertools
 import json
 import re
@@ -51,7 +68,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.fakes.loopback import Handler, Loopback
 
-SPEC_PATH = Path(__file__).resolve().parent.parent / "data" / "gcp-compute-subset.json"
+DATA = Path(__file__).resolve().parent.parent / "data"
+SPEC_PATH = DATA / "gcp-compute-subset.json"
+IAM_SPEC_PATH = DATA / "gcp-iam-subset.json"
+# The Discovery document of each API, by the first part of its method ids.
+APIS = {"compute": SPEC_PATH, "iam": IAM_SPEC_PATH}
 # Links in resources name the public API, whatever address the fake listens on (as a private
 # endpoint would, too).
 LINK_BASE = "https://www.googleapis.com/compute/v1/"
@@ -64,6 +85,8 @@ DEFAULT_ZONES = (
     "asia-east1-b",
 )
 MAX_RESULTS = 500
+# IAM's ListServiceAccounts: "The default is 20, and the maximum is 100."
+IAM_PAGE_SIZE, IAM_MAX_PAGE_SIZE = 20, 100
 JSON_TYPE = "application/json; charset=UTF-8"
 # GCE writes its timestamps in Pacific time with milliseconds: 2026-11-27T05:22:13.512-08:00.
 PACIFIC = timezone(timedelta(hours=-8))
@@ -74,6 +97,14 @@ IMPLEMENTED = frozenset(
         "compute.instances.delete",
         "compute.zoneOperations.get",
         "compute.zoneOperations.wait",
+        "compute.firewalls.list",
+        "compute.firewalls.get",
+        "compute.firewalls.delete",
+        "compute.globalOperations.get",
+        "compute.globalOperations.wait",
+        "iam.projects.serviceAccounts.list",
+        "iam.projects.serviceAccounts.get",
+        "iam.projects.serviceAccounts.delete",
     }
 )
 HTTP_REASONS = {
@@ -94,6 +125,18 @@ ERROR_REASONS = {
     429: "rateLimitExceeded",
     500: "backendError",
     503: "backendError",
+}
+# The google.rpc code IAM names in an error's `status`.
+RPC_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
 }
 # Google's JSON error body (https://cloud.google.com/apis/design/errors#http_mapping, with the
 # v1 `errors` list Compute still sends); the Discovery document itself describes no errors.
@@ -133,7 +176,12 @@ RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 TIME_FIELDS = ("insertTime", "startTime", "endTime")
-LINK_FIELDS = ("zone", "selfLink", "targetLink", "machineType", "region")
+LINK_FIELDS = ("zone", "selfLink", "targetLink", "machineType", "region", "network")
+# What IAM accepts (CreateServiceAccountRequest.accountId, ServiceAccount.description and
+# .displayName), and what Compute accepts as a firewall rule's description.
+ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
+ACCOUNT_DESCRIPTION_BYTES, DISPLAY_NAME_BYTES = 256, 100
+FIREWALL_DESCRIPTION_CHARS = 2048
 _INT_RANGES = {
     "int32": (-(2**31), 2**31 - 1),
     "uint32": (0, 2**32 - 1),
@@ -149,12 +197,12 @@ _cache: dict[str, Any] = {}
 # The Discovery description: loaded, converted and indexed once per process.
 
 
-def discovery() -> dict[str, Any]:
-    """The parsed Discovery document (shared: do not modify)."""
+def discovery(api: str = "compute") -> dict[str, Any]:
+    """The parsed Discovery document of "compute" or "iam" (shared: do not modify)."""
     with _lock:
-        if "doc" not in _cache:
-            _cache["doc"] = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
-        return _cache["doc"]
+        if f"doc:{api}" not in _cache:
+            _cache[f"doc:{api}"] = json.loads(APIS[api].read_text(encoding="utf-8"))
+        return _cache[f"doc:{api}"]
 
 
 def to_json_schema(node: Any, strict: bool = True) -> Any:
@@ -196,16 +244,16 @@ def to_json_schema(node: Any, strict: bool = True) -> Any:
     return out
 
 
-def schema_validator(name: str, strict: bool = True) -> Any:
-    """A jsonschema validator for one of the document's schemas (e.g. "Operation")."""
+def schema_validator(name: str, strict: bool = True, api: str = "compute") -> Any:
+    """A jsonschema validator for one of the schemas of an API's document (e.g. "Operation")."""
     import jsonschema
 
-    doc = discovery()
-    key = f"schema:{name}:{strict}"
+    doc = discovery(api)
+    key = f"schema:{api}:{name}:{strict}"
     with _lock:
         if key not in _cache:
             definitions = _cache.setdefault(
-                f"definitions:{strict}",
+                f"definitions:{api}:{strict}",
                 {n: to_json_schema(s, strict) for n, s in doc["schemas"].items()},
             )
             root = {"$ref": "#/definitions/" + name, "definitions": definitions}
@@ -223,29 +271,38 @@ def _error_validator() -> Any:
 
 
 def methods() -> dict[str, dict[str, Any]]:
-    """Every method of the document by id ("compute.instances.get"), with an extra key
-    "_regex": the compiled path template (relative to the host, servicePath included)."""
-    doc = discovery()
+    """Every method of every API's document by id ("compute.instances.get"), with extra keys
+    "_api" (its document) and "_regex": the compiled path template (relative to the host,
+    servicePath included)."""
+    docs = {api: discovery(api) for api in APIS}
     with _lock:
         if "methods" not in _cache:
             found: dict[str, dict[str, Any]] = {}
 
-            def walk(resources: Mapping[str, Any]) -> None:
+            def walk(api: str, resources: Mapping[str, Any]) -> None:
                 for resource in resources.values():
                     for method in resource.get("methods", {}).values():
                         entry = dict(method)
-                        entry["_regex"] = _template_regex(doc["servicePath"], method)
+                        entry["_api"] = api
+                        entry["_regex"] = _template_regex(docs[api]["servicePath"], method)
                         entry["_literals"] = len(re.sub(r"\{[^}]*\}", "", method["path"]))
                         found[method["id"]] = entry
-                    walk(resource.get("resources", {}))
+                    walk(api, resource.get("resources", {}))
 
-            walk(doc["resources"])
+            for api, doc in docs.items():
+                walk(api, doc["resources"])
             _cache["methods"] = found
         return _cache["methods"]
 
 
 def _template_regex(service_path: str, method: Mapping[str, Any]) -> re.Pattern[str]:
-    template = "/" + service_path + method.get("flatPath", method["path"])
+    """The flat path where its parameters are the method's (Compute's), else the path: IAM's
+    flat paths name parameters (`projectsId`) that the method does not describe, its paths
+    take the resource name whole (`v1/{+name}`)."""
+    flat = method.get("flatPath", "")
+    named = set(re.findall(r"\{\+?([A-Za-z_][A-Za-z0-9_]*)\}", flat))
+    usable = flat and named <= set(method.get("parameters", {}))
+    template = "/" + service_path + (flat if usable else method["path"])
     pattern = ""
     for part in re.split(r"(\{\+?[A-Za-z_][A-Za-z0-9_]*\})", template):
         if part.startswith("{"):
@@ -329,7 +386,7 @@ def request_violations(
     if method is None:
         return None, {}, [f"{http_method.upper()} {path}: {e}" for e in errors]
     method_id = method["id"]
-    common = discovery()["parameters"]
+    common = discovery(method["_api"])["parameters"]
     for name, values in (query or {}).items():
         spec = method["parameters"].get(name) or common.get(name)
         if spec is None:
@@ -348,7 +405,7 @@ def request_violations(
             errors.append(f"{method_id}: the request body is not JSON: {exc}")
         else:
             name = method["request"]["$ref"]
-            for error in schema_validator(name).iter_errors(data):
+            for error in schema_validator(name, api=method["_api"]).iter_errors(data):
                 errors.append(f"{method_id}: request body ({name}): {_where(error)}")
     elif body.strip():
         errors.append(f"{method_id}: the method takes no request body, got {body[:80]!r}")
@@ -365,7 +422,8 @@ def response_violations(method_id: str, status: int, body: Any) -> list[str]:
     if "response" not in method:
         return [] if body is None else [f"{method_id}: the method has no response body"]
     name = method["response"]["$ref"]
-    errors = [f"{method_id}: {name}: {_where(e)}" for e in schema_validator(name).iter_errors(body)]
+    validator = schema_validator(name, api=method["_api"])
+    errors = [f"{method_id}: {name}: {_where(e)}" for e in validator.iter_errors(body)]
     errors.extend(f"{method_id}: {name}: {e}" for e in _semantic_errors(body, "$"))
     return errors
 
@@ -408,10 +466,18 @@ def timestamp(moment: datetime) -> str:
 
 
 class _Reply(Exception):
-    def __init__(self, status: int, body: Any):
+    """A Google error to answer with; its body takes the form of the API that answers it."""
+
+    def __init__(self, status: int, message: str, reason: str | None = None):
         super().__init__(status)
         self.status = status
-        self.body = body
+        self.message = message
+        self.reason = reason
+
+    def body(self, api: str) -> dict[str, Any]:
+        if api == "iam":
+            return iam_error(self.status, self.message)
+        return google_error(self.status, self.message, self.reason)
 
 
 def google_error(status: int, message: str, reason: str | None = None) -> dict[str, Any]:
@@ -426,17 +492,30 @@ def google_error(status: int, message: str, reason: str | None = None) -> dict[s
     }
 
 
+def iam_error(status: int, message: str) -> dict[str, Any]:
+    """A JSON error body the way IAM sends it: the google.rpc status, no `errors` list."""
+    return {
+        "error": {"code": status, "message": message, "status": RPC_STATUSES.get(status, "UNKNOWN")}
+    }
+
+
 def _error(status: int, message: str, reason: str | None = None) -> _Reply:
-    return _Reply(status, google_error(status, message, reason))
+    return _Reply(status, message, reason)
+
+
+def _not_found(where: str) -> _Reply:
+    return _error(404, f"The resource '{where}' was not found")
 
 
 class FakeCompute(Loopback):
-    """A fake Compute Engine v1 API server; see the module docstring.
+    """A fake Compute Engine v1 API server, with IAM v1 service accounts; see the module
+    docstring.
 
     Public: url, project, zones, violations [str], requests [dicts: method, path, query
     {name: [values]}, id (Discovery method id or None), status], operation_polls, and
-    add_instance(), instances(), instance(), operations(), link(), fail(), fail_operation(),
-    close() (or use it as a context manager).
+    add_instance(), instances(), instance(), add_firewall(), firewalls(), firewall(),
+    add_service_account(), service_accounts(), service_account(), operations(), link(), fail(),
+    fail_operation(), close() (or use it as a context manager).
     """
 
     def __init__(
@@ -454,13 +533,18 @@ class FakeCompute(Loopback):
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.RLock()
         self._instances: dict[tuple[str, str], dict[str, Any]] = {}
+        self._firewalls: dict[str, dict[str, Any]] = {}
+        self._accounts: dict[str, dict[str, Any]] = {}
+        # Keyed by (zone, name), or ("global", name) for a global operation.
         self._operations: dict[tuple[str, str], dict[str, Any]] = {}
         self._faults: list[dict[str, Any]] = []
         self._op_faults: list[dict[str, Any]] = []
         self._ids = itertools.count(4_611_686_018_427_387_904 + 17)
+        self._unique_ids = itertools.count(104_729_000_000_000_000_001)
         self._op_numbers = itertools.count(1)
-        for name in ("Instance", "InstanceAggregatedList", "Operation"):
-            schema_validator(name)  # convert the description before the first request needs it
+        for name in ("Instance", "InstanceAggregatedList", "Operation", "FirewallList"):
+            schema_validator(name)  # convert the descriptions before the first request needs it
+        schema_validator("ListServiceAccountsResponse", api="iam")
         self._start_server("fake-compute")
 
     # -- helpers for tests ----------------------------------------------------------------
@@ -492,13 +576,11 @@ class FakeCompute(Loopback):
         statuses = discovery()["schemas"]["Instance"]["properties"]["status"]["enum"]
         if status not in statuses:
             raise ValueError(f"status {status!r} is not one of {statuses}")
-        if created is None:
-            created = datetime.now(timezone.utc)
         instance_id = str(next(self._ids))
         resource: dict[str, Any] = {
             "kind": "compute#instance",
             "id": instance_id,
-            "creationTimestamp": created if isinstance(created, str) else timestamp(created),
+            "creationTimestamp": _created(created),
             "name": name,
             "machineType": self.link("zones", zone, "machineTypes", "n1-standard-4"),
             "status": status,
@@ -533,9 +615,149 @@ class FakeCompute(Loopback):
             found = self._instances.get((zone, name))
             return None if found is None else copy.deepcopy(found)
 
+    def add_firewall(
+        self,
+        name: str,
+        description: str | None = None,
+        *,
+        network: str = "default",
+        created: datetime | str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Puts a firewall rule in place (not recorded as a request) and returns it as the API
+        shows it: by default an ingress rule that allows TCP 22 from anywhere, as the default
+        network's `default-allow-ssh`; `fields` are merged in as given (denied=[...],
+        targetTags=[...], priority=0, ...)."""
+        pattern = discovery()["schemas"]["Firewall"]["properties"]["name"]["pattern"]
+        if not re.fullmatch(pattern, name):
+            raise ValueError(f"firewall name {name!r} does not match {pattern!r}")
+        if description is not None and len(description) > FIREWALL_DESCRIPTION_CHARS:
+            raise ValueError(f"a description of {len(description)} characters is too long")
+        resource: dict[str, Any] = {
+            "kind": "compute#firewall",
+            "id": str(next(self._ids)),
+            "creationTimestamp": _created(created),
+            "name": name,
+            "network": self.link("global", "networks", network),
+            "priority": 1000,
+            "sourceRanges": ["0.0.0.0/0"],
+            "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}],
+            "direction": "INGRESS",
+            "logConfig": {"enable": False},
+            "disabled": False,
+            "selfLink": self.link("global", "firewalls", name),
+        }
+        if description is not None:
+            resource["description"] = description
+        resource.update(fields)
+        with self._lock:
+            self._firewalls[name] = resource
+            return copy.deepcopy(resource)
+
+    def firewalls(self) -> list[dict[str, Any]]:
+        """The firewall rules (as the API shows them), by name."""
+        with self._lock:
+            return [copy.deepcopy(self._firewalls[name]) for name in sorted(self._firewalls)]
+
+    def firewall(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._firewalls.get(name)
+            return None if found is None else copy.deepcopy(found)
+
+    def add_service_account(
+        self,
+        account_id: str,
+        description: str | None = None,
+        *,
+        display_name: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Puts a service account `account_id@PROJECT.iam.gserviceaccount.com` in place (not
+        recorded as a request) and returns it as IAM shows it; `fields` are merged in as given.
+        What IAM would refuse to create raises ValueError."""
+        if not ACCOUNT_ID.fullmatch(account_id):
+            raise ValueError(f"IAM would refuse the account id {account_id!r}")
+        for what, text, limit in (
+            ("description", description, ACCOUNT_DESCRIPTION_BYTES),
+            ("display name", display_name, DISPLAY_NAME_BYTES),
+        ):
+            if text is not None and len(text.encode("utf-8")) > limit:
+                raise ValueError(f"a {what} of more than {limit} bytes: {text!r}")
+        email = f"{account_id}@{self.project}.iam.gserviceaccount.com"
+        unique_id = str(next(self._unique_ids))
+        resource: dict[str, Any] = {
+            "name": f"projects/{self.project}/serviceAccounts/{email}",
+            "projectId": self.project,
+            "uniqueId": unique_id,
+            "email": email,
+            "etag": "MDEwMjE5MjA=",
+            "oauth2ClientId": unique_id,
+        }
+        if display_name is not None:
+            resource["displayName"] = display_name
+        if description is not None:
+            resource["description"] = description
+        resource.update(fields)
+        with self._lock:
+            self._accounts[email] = resource
+            return copy.deepcopy(resource)
+
+    def service_accounts(self) -> list[dict[str, Any]]:
+        """The service accounts (as IAM shows them), by email."""
+        with self._lock:
+            return [copy.deepcopy(self._accounts[email]) for email in sorted(self._accounts)]
+
+    def service_account(self, email: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._accounts.get(email)
+            return None if found is None else copy.deepcopy(found)
+
+    def add_runner(
+        self,
+        zone: str,
+        name: str,
+        launch_id: str,
+        *,
+        created: datetime,
+        expires: datetime,
+        instance: bool = True,
+        status: str = "RUNNING",
+    ) -> dict[str, Any]:
+        """Puts in place what terraform/gcp makes for one runner: its deny-ingress firewall rule
+        and its service account, named and described as the module names and describes them,
+        and (unless `instance` is false: the VM deleted itself) its instance with the module's
+        labels. Returns them as the APIs show them: {"firewall", "service_account",
+        "instance" (None without)}."""
+        made = module_made(name, launch_id, created, expires)
+        firewall = self.add_firewall(
+            made["firewall_name"],
+            made["firewall_description"],
+            created=created,
+            priority=0,
+            denied=[{"IPProtocol": "all"}],
+            allowed=[],
+            targetTags=[made["network_tag"]],
+        )
+        account = self.add_service_account(
+            made["account_id"],
+            made["account_description"],
+            display_name=f"cml-infra runner {name}",
+        )
+        found = None
+        if instance:
+            labels = {
+                "cml-infra-managed": "true",
+                "cml-infra-name": name,
+                "cml-infra-expires": str(int(expires.timestamp())),
+                "cml-infra-created": str(int(created.timestamp())),
+                "cml-infra-id": launch_id,
+            }
+            found = self.add_instance(zone, name, labels, status=status, created=created)
+        return {"firewall": firewall, "service_account": account, "instance": found}
+
     def operations(self) -> list[dict[str, Any]]:
-        """The zone operations so far (as the API shows them), oldest first, each with an extra
-        key "polls": how many zoneOperations.get/wait calls it has had."""
+        """The zone and global operations so far (as the API shows them), oldest first, each
+        with an extra key "polls": how many get/wait calls it has had."""
         with self._lock:
             return [
                 {**self._operation_resource(op), "polls": op["polls"]}
@@ -579,8 +801,9 @@ class FakeCompute(Loopback):
         *,
         count: int = 1,
     ) -> None:
-        """The next `count` delete operations end DONE with this error (httpErrorStatusCode,
-        httpErrorMessage and error.errors[]) and leave the instance in place."""
+        """The next `count` delete operations (of an instance or a firewall rule) end DONE with
+        this error (httpErrorStatusCode, httpErrorMessage and error.errors[]) and leave the
+        resource in place."""
         with self._lock:
             self._op_faults.append(
                 {"status": status, "code": code, "message": message, "count": count}
@@ -595,6 +818,7 @@ class FakeCompute(Loopback):
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
         method_id, params, errors = request_violations(method, path, query, raw)
+        api = method_id.partition(".")[0] if method_id else _api_of(path)
         if errors:
             self._violate(errors)
         try:
@@ -608,10 +832,10 @@ class FakeCompute(Loopback):
             self._maybe_fail(method_id)
             status, body = 200, self._route(method_id, params, query)
         except _Reply as reply:
-            status, body = reply.status, reply.body
+            status, body = reply.status, reply.body(api)
         except Exception as exc:  # a bug in the fake: answer 500 and make the test fail
             self._violate([f"{method} {path}: the fake raised {exc!r}"])
-            status, body = 500, google_error(500, "fake crashed")
+            status, body = 500, _error(500, "fake crashed").body(api)
         if method_id is not None:
             self._violate(response_violations(method_id, status, body))
         data = json.dumps(body).encode("utf-8")
@@ -640,6 +864,8 @@ class FakeCompute(Loopback):
     def _route(
         self, method_id: str, params: Mapping[str, str], query: Mapping[str, list[str]]
     ) -> dict[str, Any]:
+        if method_id.startswith("iam."):
+            return self._route_iam(method_id, params, query)
         if params["project"] != self.project:
             raise _error(
                 403, f"Permission denied on resource project {params['project']}.", "forbidden"
@@ -647,50 +873,51 @@ class FakeCompute(Loopback):
         with self._lock:
             if method_id == "compute.instances.aggregatedList":
                 return self._aggregated_list(query)
-            zone = params["zone"]
-            if zone not in self.zones:
-                raise _error(
-                    404, f"The resource 'projects/{self.project}/zones/{zone}' was not found"
-                )
+            if method_id == "compute.firewalls.list":
+                return self._firewall_list(query)
+            if method_id == "compute.firewalls.get":
+                return copy.deepcopy(self._find_firewall(params["firewall"]))
+            if method_id == "compute.firewalls.delete":
+                resource = self._find_firewall(params["firewall"])
+                return self._delete(None, ("firewall", params["firewall"]), resource)
+            if method_id.startswith("compute.globalOperations."):
+                scope = "global"
+            else:
+                scope = params["zone"]
+                if scope not in self.zones:
+                    raise _not_found(f"projects/{self.project}/zones/{scope}")
             if method_id == "compute.instances.get":
-                return copy.deepcopy(self._find_instance(zone, params["instance"]))
+                return copy.deepcopy(self._find_instance(scope, params["instance"]))
             if method_id == "compute.instances.delete":
-                return self._delete(zone, params["instance"])
-            op = self._operations.get((zone, params["operation"]))
+                key = (scope, params["instance"])
+                return self._delete(scope, ("instance", key), self._find_instance(*key))
+            op = self._operations.get((scope, params["operation"]))
             if op is None:
-                where = f"projects/{self.project}/zones/{zone}/operations/{params['operation']}"
-                raise _error(404, f"The resource '{where}' was not found")
-            self._poll(op, finish=method_id == "compute.zoneOperations.wait")
+                where = "global" if scope == "global" else f"zones/{scope}"
+                raise _not_found(
+                    f"projects/{self.project}/{where}/operations/{params['operation']}"
+                )
+            self._poll(op, finish=method_id.endswith(".wait"))
             return self._operation_resource(op)
 
     def _find_instance(self, zone: str, name: str) -> dict[str, Any]:
         found = self._instances.get((zone, name))
         if found is None:
-            where = f"projects/{self.project}/zones/{zone}/instances/{name}"
-            raise _error(404, f"The resource '{where}' was not found")
+            raise _not_found(f"projects/{self.project}/zones/{zone}/instances/{name}")
+        return found
+
+    def _find_firewall(self, name: str) -> dict[str, Any]:
+        found = self._firewalls.get(name)
+        if found is None:
+            raise _not_found(f"projects/{self.project}/global/firewalls/{name}")
         return found
 
     # -- instances.aggregatedList ---------------------------------------------------------
 
     def _aggregated_list(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
         text = (query.get("filter") or [""])[0]
-        keep = _parse_filter(text)
-        if keep is None:
-            self._violate([f"the fake does not implement the filter {text!r}"])
-            raise _error(400, f"Invalid value for field 'filter': '{text}'. Invalid expression")
-        size = int((query.get("maxResults") or ["500"])[0]) or MAX_RESULTS
-        if size > MAX_RESULTS:
-            raise _error(
-                400,
-                f"Invalid value for field 'maxResults': '{size}'. Must be less than or "
-                f"equal to {MAX_RESULTS}",
-            )
-        offset = 0
-        token = (query.get("pageToken") or [""])[0]
-        if token:
-            offset = _read_token(token, text)
-            if offset is None:
-                raise _error(400, f"Invalid value for field 'pageToken': '{token}'.")
+        keep = _filter(text, INSTANCE_FIELDS, self._violate)
+        offset, size = _page(query, text)
         matching = [
             (zone, resource)
             for (zone, _), resource in sorted(self._instances.items())
@@ -719,10 +946,31 @@ class FakeCompute(Loopback):
             body["nextPageToken"] = _make_token(offset + size, text)
         return body
 
-    # -- instances.delete and its operation -----------------------------------------------
+    # -- firewalls.list -------------------------------------------------------------------
 
-    def _delete(self, zone: str, name: str) -> dict[str, Any]:
-        resource = self._find_instance(zone, name)
+    def _firewall_list(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        text = (query.get("filter") or [""])[0]
+        keep = _filter(text, FIREWALL_FIELDS, self._violate)
+        offset, size = _page(query, text)
+        matching = [self._firewalls[name] for name in sorted(self._firewalls)]
+        matching = [resource for resource in matching if keep(resource)]
+        body: dict[str, Any] = {
+            "kind": "compute#firewallList",
+            "id": f"projects/{self.project}/global/firewalls",
+            "items": copy.deepcopy(matching[offset : offset + size]),
+            "selfLink": self.link("global", "firewalls"),
+        }
+        if offset + size < len(matching):
+            body["nextPageToken"] = _make_token(offset + size, text)
+        return body
+
+    # -- deletes and their operations -----------------------------------------------------
+
+    def _delete(
+        self, zone: str | None, target: tuple[str, Any], resource: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Starts deleting an instance (`zone`, ("instance", (zone, name))) or a firewall rule
+        (None, ("firewall", name)): the operation that deletes it once DONE."""
         now = datetime.now(timezone.utc)
         number = next(self._op_numbers)
         op = {
@@ -732,7 +980,7 @@ class FakeCompute(Loopback):
             "operationType": "delete",
             "targetLink": resource["selfLink"],
             "targetId": resource["id"],
-            "target": (zone, name),
+            "target": target,
             "insertTime": timestamp(now),
             "startTime": timestamp(now),
             "polls_left": self.operation_polls,
@@ -747,8 +995,9 @@ class FakeCompute(Loopback):
                     or f"The resource '{resource['selfLink']}' is in use and cannot be deleted."
                 }
                 break
-        self._operations[(zone, op["name"])] = op
-        resource["status"] = "STOPPING"
+        self._operations[(zone or "global", op["name"])] = op
+        if target[0] == "instance":
+            self._instances[target[1]]["status"] = "STOPPING"
         if op["polls_left"] <= 0:
             self._finish(op)
         return self._operation_resource(op)
@@ -764,18 +1013,22 @@ class FakeCompute(Loopback):
     def _finish(self, op: dict[str, Any]) -> None:
         op["status"] = "DONE"
         op["endTime"] = timestamp(datetime.now(timezone.utc))
-        if "error" in op:
-            self._instances[op["target"]]["status"] = "RUNNING"
-        else:
-            self._instances.pop(op["target"], None)
+        kind, key = op["target"]
+        store: dict[Any, dict[str, Any]] = (
+            self._instances if kind == "instance" else self._firewalls
+        )
+        if "error" not in op:
+            store.pop(key, None)
+        elif kind == "instance" and key in store:
+            store[key]["status"] = "RUNNING"
 
     def _operation_resource(self, op: Mapping[str, Any]) -> dict[str, Any]:
         done = op["status"] == "DONE"
+        where = ("zones", op["zone"]) if op["zone"] else ("global",)
         out = {
             "kind": "compute#operation",
             "id": op["id"],
             "name": op["name"],
-            "zone": self.link("zones", op["zone"]),
             "operationType": op["operationType"],
             "targetLink": op["targetLink"],
             "targetId": op["targetId"],
@@ -784,8 +1037,10 @@ class FakeCompute(Loopback):
             "progress": 100 if done else 0,
             "insertTime": op["insertTime"],
             "startTime": op["startTime"],
-            "selfLink": self.link("zones", op["zone"], "operations", op["name"]),
+            "selfLink": self.link(*where, "operations", op["name"]),
         }
+        if op["zone"]:
+            out["zone"] = self.link("zones", op["zone"])
         if done:
             out["endTime"] = op["endTime"]
         if done and "error" in op:
@@ -795,23 +1050,118 @@ class FakeCompute(Loopback):
             out["error"] = {"errors": [{"code": error["code"], "message": error["message"]}]}
         return out
 
+    # -- IAM: projects.serviceAccounts ----------------------------------------------------
+
+    def _route_iam(
+        self, method_id: str, params: Mapping[str, str], query: Mapping[str, list[str]]
+    ) -> dict[str, Any]:
+        project, _, account = params["name"].removeprefix("projects/").partition("/")
+        account = account.removeprefix("serviceAccounts/")
+        if project not in (self.project, "-") or (project == "-" and not account):
+            verb = method_id.rpartition(".")[2]
+            raise _error(
+                403,
+                f"Permission 'iam.serviceAccounts.{verb}' denied on resource "
+                "(or it may not exist).",
+            )
+        with self._lock:
+            if method_id == "iam.projects.serviceAccounts.list":
+                return self._account_list(query)
+            found = self._find_account(account)
+            if method_id == "iam.projects.serviceAccounts.get":
+                return copy.deepcopy(found)
+            del self._accounts[found["email"]]
+            return {}
+
+    def _find_account(self, key: str) -> dict[str, Any]:
+        for resource in self._accounts.values():
+            if key in (resource["email"], resource["uniqueId"]):
+                return resource
+        raise _error(404, f"Unknown service account {key}")
+
+    def _account_list(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        size = int((query.get("pageSize") or ["0"])[0]) or IAM_PAGE_SIZE
+        size = min(max(size, 1), IAM_MAX_PAGE_SIZE)
+        offset = 0
+        token = (query.get("pageToken") or [""])[0]
+        if token:
+            found = _read_token(token, "")
+            if found is None:
+                raise _error(400, f"Invalid page token {token!r}")
+            offset = found
+        emails = sorted(self._accounts)
+        body: dict[str, Any] = {}
+        page = [copy.deepcopy(self._accounts[email]) for email in emails[offset : offset + size]]
+        if page:  # IAM leaves out an empty list
+            body["accounts"] = page
+        if offset + size < len(emails):
+            body["nextPageToken"] = _make_token(offset + size, "")
+        return body
+
+
+def module_made(name: str, launch_id: str, created: datetime, expires: datetime) -> dict[str, str]:
+    """The names and descriptions terraform/gcp/main.tf gives a runner's firewall rule, network
+    tag and service account (written out here from the module, not from the code under test;
+    tests/unit/clouds/test_gcp.py holds them against Terraform's own evaluation)."""
+    launch_hash = hashlib.sha1(launch_id.encode("utf-8")).hexdigest()[:8]
+    mark = (
+        f"(managed by cml-infra, launch {launch_id}, created {int(created.timestamp())}, "
+        f"expires {int(expires.timestamp())})."
+    )
+    tag = f"cml-infra-{name}-{launch_hash}"
+    return {
+        "network_tag": tag,
+        "firewall_name": f"{tag}-deny",
+        "firewall_description": f"cml-infra runner {name}: no inbound traffic at all {mark}",
+        "account_id": f"cml-{re.sub('-+$', '', name[:19])}-{launch_hash[:6]}",
+        "account_description": (
+            f"Identity of cml-infra runner VM {name}; may delete only that instance {mark}"
+        ),
+    }
+
+
+def _created(created: datetime | str | None) -> str:
+    """A creationTimestamp: now, a datetime (naive means UTC), or a string used as is."""
+    if isinstance(created, str):
+        return created
+    return timestamp(created or datetime.now(timezone.utc))
+
+
+def _api_of(path: str) -> str:
+    """The API an undescribed request was meant for, for the form of its error body."""
+    return "compute" if path.startswith("/compute/") else "iam"
+
 
 # ---------------------------------------------------------------------------------------------
 # Filters and page tokens.
 
+# The fields the fake filters each list on.
+INSTANCE_FIELDS = re.compile(r"name|status|labels\.[a-z][a-z0-9_-]*")
+FIREWALL_FIELDS = re.compile(r"name|description|network|direction")
 _FILTER = re.compile(
-    r"\s*(?P<field>name|status|labels\.[a-z][a-z0-9_-]*)\s*"
-    r"(?:(?P<op>!=|=)\s*(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"'()]+)|:\s*\*)\s*"
+    r"\s*(?P<field>[A-Za-z][A-Za-z0-9_.-]*)\s*"
+    r"(?:(?P<op>!=|=|eq\b|ne\b)\s*(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"'()]+)|:\s*\*)\s*"
 )
 
 
-def _parse_filter(text: str) -> Any:
-    """A predicate on an Instance for one AIP-160 comparison (or "" for all); None if the fake
-    does not understand the expression."""
+def _filter(text: str, fields: re.Pattern[str], violate: Any) -> Any:
+    """The predicate of a list's `filter`; an expression the fake does not understand is a
+    violation (the fake would answer it wrongly) and a 400."""
+    keep = _parse_filter(text, fields)
+    if keep is None:
+        violate([f"the fake does not implement the filter {text!r}"])
+        raise _error(400, f"Invalid value for field 'filter': '{text}'. Invalid expression")
+    return keep
+
+
+def _parse_filter(text: str, fields: re.Pattern[str] = INSTANCE_FIELDS) -> Any:
+    """A predicate on a resource for one comparison on one of `fields` (or "" for all): AIP-160
+    (`=`, `!=`, `:*`) or a regular expression (`eq`, `ne`) that must match the whole field; None
+    if the fake does not understand the expression."""
     if not text.strip():
         return lambda resource: True
     found = _FILTER.fullmatch(text)
-    if found is None:
+    if found is None or not fields.fullmatch(found["field"]):
         return None
     field, op, value = found["field"], found["op"], found["value"]
 
@@ -824,9 +1174,34 @@ def _parse_filter(text: str) -> Any:
         return lambda resource: actual(resource) is not None
     if value[:1] in ("'", '"'):
         value = value[1:-1]
+    if op in ("eq", "ne"):
+        try:
+            pattern = re.compile(value)
+        except re.error:
+            return None
+        want = op == "eq"
+        return lambda resource: (pattern.fullmatch(actual(resource) or "") is not None) == want
     if op == "=":
         return lambda resource: actual(resource) == value
     return lambda resource: actual(resource) != value
+
+
+def _page(query: Mapping[str, list[str]], text: str) -> tuple[int, int]:
+    """(offset, size) of a Compute list's page: maxResults (0 or none: 500) and pageToken."""
+    size = int((query.get("maxResults") or ["500"])[0]) or MAX_RESULTS
+    if size > MAX_RESULTS:
+        raise _error(
+            400,
+            f"Invalid value for field 'maxResults': '{size}'. Must be less than or "
+            f"equal to {MAX_RESULTS}",
+        )
+    token = (query.get("pageToken") or [""])[0]
+    if not token:
+        return 0, size
+    offset = _read_token(token, text)
+    if offset is None:
+        raise _error(400, f"Invalid value for field 'pageToken': '{token}'.")
+    return offset, size
 
 
 def _make_token(offset: int, filter_text: str) -> str:

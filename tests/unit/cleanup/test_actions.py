@@ -9,13 +9,14 @@ from __future__ import annotations
 import pytest
 
 from cml_infra.cleanup.actions import ACTIONS
-from cml_infra.cleanup.world import InstanceItem, RecordItem, RegistrationItem
+from cml_infra.cleanup.world import InstanceItem, LeftoverItem, RecordItem, RegistrationItem
 from cml_infra.clouds.local import LocalCloud
 from cml_infra.errors import CmlInfraError
 from cml_infra.lifecycle import down as down_module
 from tests.unit.cleanup.worlds import (
     ListedForge,
     instance,
+    leftover,
     online_runner,
     registration,
     runner_tags,
@@ -52,9 +53,13 @@ def destroy(item, in_world):
 
 
 def test_the_registry():
-    assert set(ACTIONS) == {"destroy", "deregister", "forget"}
-    # --max-destroy counts what cannot be undone by a new `up`: instances and records.
-    assert {name for name, cls in ACTIONS.items() if cls.destructive} == {"destroy", "forget"}
+    assert set(ACTIONS) == {"destroy", "deregister", "forget", "reap"}
+    # --max-destroy counts what cannot be undone by a new `up`: instances, records, leftovers.
+    assert {name for name, cls in ACTIONS.items() if cls.destructive} == {
+        "destroy",
+        "forget",
+        "reap",
+    }
 
 
 # --- destroy ----------------------------------------------------------------------------------
@@ -165,3 +170,71 @@ def test_forget_destroys_leftovers_and_closes_the_record(state, make_record, dow
     assert result == "leftovers destroyed, record closed"
     assert downs == [(["gone"], None, "cleanup: stale-state")]
     assert state.load("gone").state == "destroyed"
+
+
+# --- reap, and destroy's reaping of its launch's leftovers --------------------------------------
+
+
+@pytest.fixture
+def deleted(monkeypatch):
+    """What the local cloud is asked to delete as leftovers (it leaves none of its own)."""
+    calls: list[list[str]] = []
+
+    def delete_leftovers(self, leftovers):
+        calls.append([found.id for found in leftovers])
+
+    monkeypatch.setattr(LocalCloud, "delete_leftovers", delete_leftovers)
+    return calls
+
+
+def local_leftover(name, launch_id):
+    return leftover(name, launch_id=launch_id, cloud="local", region="local")
+
+
+def test_reap_deletes_the_leftover_through_its_cloud(state, deleted):
+    group = local_leftover("r1", "gone0001")
+    result = ACTIONS["reap"]().run(LeftoverItem(group), world(state=state), "cleanup: leftover")
+    assert result == "deleted (cloud API)"
+    assert deleted == [["local/sg-r1"]]
+
+
+def test_a_reap_the_cloud_refuses_fails(state, monkeypatch):
+    def refuse(self, leftovers):
+        raise CmlInfraError("aws us-east-1: security group sg-1 is still in use")
+
+    monkeypatch.setattr(LocalCloud, "delete_leftovers", refuse)
+    with pytest.raises(CmlInfraError, match="still in use"):
+        ACTIONS["reap"]().run(LeftoverItem(local_leftover("r1", "x1234567")), world(), "x")
+
+
+def test_destroy_through_the_cloud_api_reaps_its_launchs_leftovers(state, sandboxes, deleted):
+    sandboxes.make("r1", tags={"cml-infra-id": "ours0001"})
+    ours = local_leftover("r1", "ours0001")
+    theirs = local_leftover("r1-other", "them0001")
+    elsewhere = leftover("r1", launch_id="ours0001", cloud="aws", region="us-east-1")
+    in_world = world(state=state, forge=None, leftovers=[theirs, ours, elsewhere])
+    result = destroy(InstanceItem(listed(state, "r1")), in_world)
+    assert result == "destroyed (cloud API)"
+    assert deleted == [["local/sg-r1"]]
+
+
+def test_destroy_of_an_instance_older_than_launch_ids_reaps_nothing(state, sandboxes, deleted):
+    sandboxes.make("r1")
+    in_world = world(state=state, forge=None, leftovers=[local_leftover("r1", "")])
+    assert destroy(InstanceItem(listed(state, "r1")), in_world) == "destroyed (cloud API)"
+    assert deleted == []
+
+
+def test_leftovers_destroy_could_not_reap_are_said_and_left(state, sandboxes, monkeypatch):
+    folder = sandboxes.make("r1", tags={"cml-infra-id": "ours0001"})
+
+    def refuse(self, leftovers):
+        raise CmlInfraError("aws us-east-1: security group sg-1 is still in use")
+
+    monkeypatch.setattr(LocalCloud, "delete_leftovers", refuse)
+    in_world = world(state=state, forge=None, leftovers=[local_leftover("r1", "ours0001")])
+    assert destroy(InstanceItem(listed(state, "r1")), in_world) == (
+        "destroyed (cloud API); its leftovers remain for the next run: "
+        "aws us-east-1: security group sg-1 is still in use"
+    )
+    assert not folder.exists()

@@ -25,6 +25,8 @@ from tests.unit.cleanup.worlds import (
     NOW,
     instance,
     instance_item,
+    leftover,
+    leftover_item,
     match,
     online_runner,
     registration,
@@ -34,8 +36,16 @@ from tests.unit.cleanup.worlds import (
     world,
 )
 
-DEFAULT_RULES = ["expired", "dead", "stale-state"]
-FORGE_RULES = ["expired", "dead", "orphan", "idle", "stale-state", "stale-registration"]
+DEFAULT_RULES = ["expired", "dead", "stale-state", "leftover"]
+FORGE_RULES = [
+    "expired",
+    "dead",
+    "orphan",
+    "idle",
+    "stale-state",
+    "stale-registration",
+    "leftover",
+]
 
 
 # --- expired ----------------------------------------------------------------------------------
@@ -385,6 +395,97 @@ def test_untracked_is_opt_in():
     assert [r.name for r in choose(["untracked"], False)] == ["untracked"]
 
 
+# --- leftover ---------------------------------------------------------------------------------
+
+AWS = {"listed": ("aws",)}
+
+
+def test_leftover_of_a_launch_whose_instance_is_gone():
+    group = leftover("gpu-ci", launch_id="gone0001", age=HOUR)
+    in_world = world(leftovers=[group], **AWS)
+    assert match("leftover", leftover_item(group), in_world) == (
+        "no instance of launch gone0001 is left, 1h00m after it began"
+    )
+
+
+def test_leftover_spares_one_whose_launch_still_has_an_instance():
+    group = leftover("gpu-ci", launch_id="live0001")
+    # Even one that is shutting down: its network interface still holds the group.
+    live = instance("gpu-ci", cloud="aws", region="us-east-1", state="shutting-down",
+                    launch_id="live0001")  # fmt: skip
+    in_world = world(instances=[live], leftovers=[group], **AWS)
+    assert match("leftover", leftover_item(group), in_world) is None
+
+
+def test_leftover_goes_by_launch_id_not_by_name():
+    # Another launch of the same name lives; this one's instance is gone.
+    group = leftover("gpu-ci", launch_id="gone0001")
+    other = instance("gpu-ci", cloud="aws", region="us-east-1", launch_id="x1234567")
+    in_world = world(instances=[other], leftovers=[group], **AWS)
+    assert match("leftover", leftover_item(group), in_world) is not None
+
+
+def test_leftover_without_a_launch_id_goes_by_its_name():
+    group = leftover("gpu-ci", launch_id="")
+    namesake = instance("gpu-ci", cloud="aws", region="us-east-1")
+    assert match("leftover", leftover_item(group), world(instances=[namesake], **AWS)) is None
+    assert match("leftover", leftover_item(group), world(**AWS)) == (
+        "no instance of runner gpu-ci is left, 1h00m after it began"
+    )
+
+
+def test_leftover_looks_at_instances_of_its_own_cloud_only():
+    group = leftover("gpu-ci", launch_id="same0001")
+    elsewhere = instance("gpu-ci", launch_id="same0001")  # a local instance
+    in_world = world(instances=[elsewhere], leftovers=[group], listed=("aws", "local"))
+    assert match("leftover", leftover_item(group), in_world) is not None
+    same_cloud = instance("gpu-ci", cloud="aws", region="us-east-1", launch_id="same0001")
+    in_world = world(instances=[same_cloud], leftovers=[group], listed=("aws", "local"))
+    assert match("leftover", leftover_item(group), in_world) is None
+
+
+@pytest.mark.parametrize("age", [None, 5 * MINUTE, 10 * MINUTE])
+def test_leftover_spares_one_too_young_or_of_unknown_age(age):
+    # An `up` makes its security group before its instance.
+    group = leftover("gpu-ci", age=age)
+    assert match("leftover", leftover_item(group), world(**AWS)) is None
+
+
+def test_leftover_spares_one_in_a_region_or_cloud_not_searched():
+    group = leftover("gpu-ci", region="eu-west-1")
+    assert match("leftover", leftover_item(group), world(regions=("us-east-1",), **AWS)) is None
+    assert match("leftover", leftover_item(group), world(listed=("local",))) is None
+    assert match("leftover", leftover_item(group), world(regions=("eu-west-1",), **AWS))
+
+
+def test_leftover_spares_one_a_command_works_on(state, make_record):
+    group = leftover("gpu-ci", launch_id="busy0001")
+    state.save(make_record("gpu-ci", cloud="aws", region="us-east-1", launch_id="busy0001"))
+    key = state.key_of("gpu-ci", "busy0001")
+    in_world = world(leftovers=[group], state=state, **AWS)
+    with state.lock(key, wait=0):
+        assert match("leftover", leftover_item(group), in_world) is None
+    assert match("leftover", leftover_item(group), in_world) is not None
+
+
+def test_a_leftover_is_reported_by_its_resource_type():
+    group = leftover("gpu-ci", kind="azurerm_resource_group", cloud="azure", region="eastus")
+    item = leftover_item(group)
+    assert (item.kind, item.where, item.id, item.name, item.launch) == (
+        "azurerm_resource_group",
+        ("azure", "eastus"),
+        "eastus/sg-gpu-ci",
+        "gpu-ci",
+        "launch0001",
+    )
+    assert item.hourly_price is None
+
+
+def test_items_offer_the_leftovers():
+    group = leftover("gpu-ci")
+    assert gathering.items(world(leftovers=[group], forge=None)) == [leftover_item(group)]
+
+
 # --- the registry, choosing rules, matching ---------------------------------------------------
 
 
@@ -393,7 +494,7 @@ def test_every_rule_names_an_action_for_its_item_type():
         assert cls.name == name
         assert cls.action in ACTIONS, name
         assert cls.item in (gathering.InstanceItem, gathering.RegistrationItem,
-                            gathering.RecordItem), name  # fmt: skip
+                            gathering.RecordItem, gathering.LeftoverItem), name  # fmt: skip
 
 
 def test_default_rules_without_a_forge():

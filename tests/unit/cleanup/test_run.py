@@ -133,8 +133,8 @@ def test_a_record_in_a_region_not_searched_is_left_alone(mocked_aws, tmp_path, m
 # --- --max-destroy ----------------------------------------------------------------------------
 
 OVER = re.compile(
-    r"^not done: (\d+) to destroy is over --max-destroy (\d+); check the plan \(--dry-run\), "
-    r"then raise the limit or give --max-destroy 0$"
+    r"^not done: (\d+) runners to destroy is over --max-destroy (\d+); "
+    r"check the plan \(--dry-run\), then raise the limit or give --max-destroy 0$"
 )
 
 

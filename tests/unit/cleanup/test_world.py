@@ -18,6 +18,7 @@ from tests.unit.cleanup.worlds import (
     NOW,
     ListedForge,
     instance,
+    leftover,
     make_settings,
     online_runner,
     registration,
@@ -177,3 +178,26 @@ def test_gather_collects_every_source_once(state, sandboxes, make_record, with_f
     assert seen.runners == ([ghost] if with_forge else [])
     assert seen.state is state
     assert seen.forge is forge
+    assert seen.leftovers == []
+
+
+def test_gather_lists_leftovers_of_the_searched_regions_before_instances(state, monkeypatch):
+    """Leftovers first: an instance made between the two listings still spares its launch's."""
+    calls = []
+    found = leftover("gone", cloud="local", region="local")
+
+    def list_leftovers(self, regions):
+        calls.append(("leftovers", regions))
+        return [found]
+
+    def list_managed(self, regions):
+        calls.append(("instances", regions))
+        return []
+
+    monkeypatch.setattr(LocalCloud, "list_leftovers", list_leftovers)
+    monkeypatch.setattr(LocalCloud, "list_managed", list_managed)
+    seen = gathering.gather(make_settings(regions=("us-east-1",)), state, None)
+    # The local cloud searches its one region whatever --region says (None: all of it).
+    assert calls == [("leftovers", None), ("instances", None)]
+    assert seen.leftovers == [found]
+    assert gathering.items(seen) == [gathering.LeftoverItem(found)]

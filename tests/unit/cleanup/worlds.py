@@ -12,13 +12,14 @@ from cml_infra.cleanup.rules import RULES
 from cml_infra.cleanup.world import (
     InstanceItem,
     Item,
+    LeftoverItem,
     RecordItem,
     RegistrationItem,
     Settings,
     World,
 )
 from cml_infra.clouds import tags as keys
-from cml_infra.clouds.base import ManagedInstance
+from cml_infra.clouds.base import Leftover, ManagedInstance
 from cml_infra.forge.base import RunnerInfo
 from cml_infra.forge.github import GitHubForge
 from cml_infra.record import RunnerRecord
@@ -64,6 +65,7 @@ def instance(
     region: str = "local",
     state: str = "running",
     tags: dict[str, str] | None = None,
+    launch_id: str = "",
 ) -> ManagedInstance:
     expires = None if expires_in is None else NOW + expires_in
     all_tags = {keys.MANAGED: "true", keys.NAME: name}
@@ -81,6 +83,28 @@ def instance(
         created_at=None if age is None else NOW - age,
         expires_at=expires,
         tags=all_tags,
+        launch_id=launch_id,
+    )
+
+
+def leftover(
+    name: str = "r1",
+    *,
+    launch_id: str = "launch0001",
+    age: timedelta | None = HOUR,
+    kind: str = "aws_security_group",
+    cloud: str = "aws",
+    region: str = "us-east-1",
+) -> Leftover:
+    """What a module made beside an instance of launch `launch_id`, `age` ago."""
+    return Leftover(
+        kind=kind,
+        id=f"{region}/sg-{name}",
+        cloud=cloud,
+        region=region,
+        name=name,
+        launch_id=launch_id,
+        created_at=None if age is None else NOW - age,
     )
 
 
@@ -129,6 +153,7 @@ def world(
     instances=(),
     records=(),
     runners=(),
+    leftovers=(),
     jobs=None,
     listed=("local",),
     forge=REPO_FORGE,
@@ -144,12 +169,17 @@ def world(
         forge=forge,
         runners=list(runners),
         state=state,
+        leftovers=list(leftovers),
         _last_jobs=jobs,
     )
 
 
 def instance_item(found: ManagedInstance) -> InstanceItem:
     return InstanceItem(found)
+
+
+def leftover_item(found: Leftover) -> LeftoverItem:
+    return LeftoverItem(found)
 
 
 def registration_item(runner: RunnerInfo) -> RegistrationItem:

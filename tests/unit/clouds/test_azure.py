@@ -171,9 +171,12 @@ def test_the_unit_tests_never_build_a_real_credential():
 
 
 class FakeGroups:
-    def __init__(self, groups, missing=()):
+    """The resource groups, and the VMs in them (by resource id), of a fake management client."""
+
+    def __init__(self, groups, missing=(), vms=()):
         self.groups = groups
         self.missing = set(missing)
+        self.vms = [types.SimpleNamespace(id=vm_id) for vm_id in vms]
         self.filters = []
         self.deleted = []
         self.waited = []
@@ -183,6 +186,10 @@ class FakeGroups:
     def list(self, filter=None):
         self.filters.append(filter)
         return iter(self.groups)
+
+    def list_resources(self, filter=None):
+        self.filters.append(filter)
+        return iter(self.vms)
 
     def begin_delete(self, name):
         from azure.core.exceptions import ResourceNotFoundError
@@ -218,11 +225,19 @@ def groups(monkeypatch):
             _group("cml-infra-west-a", "westeurope", {"cml-infra-managed": "true"}, "Deleting"),
         ],
         missing={"cml-infra-gone"},
+        vms=[
+            "/subscriptions/s/resourceGroups/cml-infra-east-a/providers/"
+            "Microsoft.Compute/virtualMachines/east-a",
+            "/subscriptions/s/resourceGroups/CML-INFRA-WEST-A/providers/"
+            "Microsoft.Compute/virtualMachines/west-a",
+        ],
     )
 
     def resources(transport=None):
         fake.transports.append(transport)
-        return types.SimpleNamespace(resource_groups=fake)
+        return types.SimpleNamespace(
+            resource_groups=fake, resources=types.SimpleNamespace(list=fake.list_resources)
+        )
 
     monkeypatch.setattr(azure, "_resources", resources)
     return fake
@@ -230,7 +245,10 @@ def groups(monkeypatch):
 
 def test_list_managed_asks_for_our_tag_and_keeps_the_regions_asked(cloud, groups):
     [found] = cloud.list_managed(["eastus", "eastus2"])
-    assert groups.filters == ["tagName eq 'cml-infra-managed' and tagValue eq 'true'"]
+    assert groups.filters == [
+        "tagName eq 'cml-infra-managed' and tagValue eq 'true'",
+        "resourceType eq 'Microsoft.Compute/virtualMachines'",
+    ]
     assert found.id == "cml-infra-east-a"
     assert found.name == "east-a"
     assert (found.cloud, found.region, found.state) == ("azure", "eastus", "succeeded")

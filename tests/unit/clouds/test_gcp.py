@@ -9,14 +9,16 @@ import os
 import random
 import re
 import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
-from cml_infra import clouds, render
+from cml_infra import clouds, packaged, render
 from cml_infra.clouds.gcp import METADATA_LIMIT, GcpCloud, metadata_script
 from cml_infra.errors import UsageError
 from cml_infra.placement import attempts
-from tests.unit.clouds.specs import EXPIRES, module_vars, resolve, spec_on
+from tests.unit.clouds.specs import CREATED, EXPIRES, module_vars, resolve, spec_on
 
 
 def _spec(**changes):
@@ -92,6 +94,122 @@ def test_startup_script_too_large_even_compressed():
         metadata_script(noise)
     assert caught.value.source == "startup script"
     assert "gcp allows 262,144 bytes of metadata" in str(caught.value)
+
+
+def test_the_launch_s_times_go_in_unix_seconds(cloud):
+    variables = _vars(cloud, _spec())
+    assert variables["created_at"] == int(CREATED.timestamp())
+    assert variables["expires_at"] == int(EXPIRES.timestamp())
+
+
+def test_the_module_is_given_every_variable_it_needs_and_no_other(cloud):
+    import hcl2
+
+    text = (packaged.module_dir("gcp") / "variables.tf").read_text()
+    declared = {
+        name.strip('"'): body
+        for block in hcl2.loads(text)["variable"]
+        for name, body in block.items()
+    }
+    required = {name for name, body in declared.items() if "default" not in body}
+    given = set(_vars(cloud, _spec(gpu="t4", gpu_count=1, tags={"team": "ml"})))
+    assert given <= set(declared)
+    assert required <= given
+
+
+# The module's expressions for what cleanup reads back, from terraform/gcp/main.tf's text.
+_LOCALS = ("launch_hash", "network_tag", "service_account_id", "mark")
+_ATTRIBUTES = {
+    "firewall_name": ("google_compute_firewall", "name"),
+    "firewall_description": ("google_compute_firewall", "description"),
+    "account_description": ("google_service_account", "description"),
+}
+
+
+def _module_expressions():
+    text = (packaged.module_dir("gcp") / "main.tf").read_text()
+    found = {}
+    for name in _LOCALS:
+        (line,) = re.findall(rf"^  {name}\s*=\s*(.+)$", text, flags=re.MULTILINE)
+        found[name] = line
+    for key, (rtype, attribute) in _ATTRIBUTES.items():
+        block = re.search(rf'^resource "{rtype}" "\w+" {{\n(.*?)^}}$', text, re.M | re.S)
+        assert block is not None, rtype
+        (line,) = re.findall(rf"^  {attribute}\s*=\s*(.+)$", block[1], flags=re.MULTILINE)
+        found[key] = re.sub(r'"\s+#[^"]*$', '"', line)  # a comment after the string
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "launch_id"),
+    [
+        ("gpu-ci", "0123456789abcdef"),
+        # The service account id keeps 19 characters of the name, less the dashes at its end.
+        ("abcdefghijklmnopqr-stuvwxyz", "fedcba9876543210"),
+        ("abcdefghijklmnopq--rstuvwxyz", "a1b2c3d4"),
+        # The longest of each: the service account's description is the closest to its limit.
+        ("n" + "a1-" * 12 + "z9", "z" * 32),
+    ],
+)
+def test_what_the_module_names_and_writes_is_what_cleanup_reads(name, launch_id, tmp_path):
+    """Terraform's own evaluation of the module's names and descriptions: the reaper's
+    parser reads them back (launch id, name, created, expires), and the fake's runners
+    (tests/fakes/gcp.py `module_made`) are what the module makes."""
+    from cml_infra.clouds.gcp import FIREWALL, SERVICE_ACCOUNT, _marked, account_id, firewall_name
+    from cml_infra.terraform import Engine, EngineHome
+    from tests.fakes.gcp import module_made
+
+    # Near the last 10-digit Unix seconds: the longest times the module writes for centuries.
+    expires = datetime(2286, 11, 20, 17, 46, 39, tzinfo=timezone.utc)
+    created = expires - timedelta(hours=1)
+    expressions = _module_expressions()
+    types = {
+        "name": "string",
+        "launch_id": "string",
+        "created_at": "number",
+        "expires_at": "number",
+    }
+    variables = "".join(f'variable "{v}" {{ type = {t} }}\n' for v, t in types.items())
+    body = "".join(f"  {key} = {value}\n" for key, value in expressions.items())
+    (tmp_path / "main.tf").write_text(f"{variables}locals {{\n{body}}}\n")
+    rc = tmp_path / "terraformrc"
+    rc.write_text("disable_checkpoint = true\n")
+    engine = Engine.discover(None, EngineHome(Path("/nonexistent")))
+    args = [f"-var=name={name}", f"-var=launch_id={launch_id}"]
+    args += [f"-var=created_at={int(created.timestamp())}"]
+    args += [f"-var=expires_at={int(expires.timestamp())}"]
+    wanted = ", ".join(f"{key} = local.{key}" for key in expressions)
+    done = subprocess.run(
+        [*engine.argv, "console", *args],
+        cwd=tmp_path,
+        input=f"base64encode(jsonencode({{{wanted}}}))\n",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "TF_CLI_CONFIG_FILE": str(rc), "CHECKPOINT_DISABLE": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    made = json.loads(base64.b64decode(done.stdout.strip().strip('"')))
+
+    assert made["firewall_name"] == firewall_name(name, launch_id)
+    assert made["service_account_id"] == account_id(name, launch_id)
+    for kind, key in ((FIREWALL, "firewall_description"), (SERVICE_ACCOUNT, "account_description")):
+        mark = _marked(kind, made[key])
+        assert mark is not None, made[key]
+        assert (mark.name, mark.launch_id) == (name, launch_id)
+        assert (mark.created_at, mark.expires_at) == (created, expires)
+    assert len(made["account_description"].encode("utf-8")) <= 256
+    assert len(made["firewall_description"]) <= 2048
+    assert len(made["firewall_name"]) <= 63 and 6 <= len(made["service_account_id"]) <= 30
+    fake = module_made(name, launch_id, created, expires)
+    assert fake == {
+        "network_tag": made["network_tag"],
+        "firewall_name": made["firewall_name"],
+        "firewall_description": made["firewall_description"],
+        "account_id": made["service_account_id"],
+        "account_description": made["account_description"],
+    }
 
 
 def test_max_run_duration_is_the_ttl(cloud):

@@ -13,14 +13,17 @@ from datetime import datetime, timezone
 import pytest
 
 from cml_infra import clouds
+from cml_infra.clouds.base import Leftover
 from cml_infra.errors import CmlInfraError
-from tests.fakes.gcp import response_violations
+from tests.fakes.gcp import module_made, response_violations
 
 MANAGED = "cml-infra-managed"
 DELETE = "compute.instances.delete"
 FILTER = 'labels.cml-infra-managed = "true"'
 CREATED = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 EXPIRES = 1_893_553_445  # 2030-01-02T03:04:05Z
+LEFTOVER = Leftover("google_service_account", "cml-x-012345@proj.iam.gserviceaccount.com",
+                    "gcp", "global", "x", "0123456789abcdef", None)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -184,7 +187,9 @@ def test_terminate_several_and_a_missing_one(fake, cloud):
 
     assert fake.instance("europe-west4-a", "cml-c") is None
     assert fake.instance("asia-east1-b", "cml-d") is None
-    assert [r["status"] for r in _calls(fake, "compute.instances.delete")] == [200, 404, 200]
+    # What is gone already is not deleted: its get answers 404.
+    assert [r["status"] for r in _calls(fake, "compute.instances.get")] == [200, 404, 200]
+    assert [r["status"] for r in _calls(fake, "compute.instances.delete")] == [200, 200]
     assert len(fake.instances()) == 4
 
 
@@ -192,8 +197,17 @@ def test_terminate_a_missing_instance_is_fine(fake, cloud):
     cloud.terminate(["us-central1-a/x"])
 
     (call,) = fake.requests
-    assert (call["id"], call["status"]) == ("compute.instances.delete", 404)
+    assert (call["id"], call["status"]) == ("compute.instances.get", 404)
     assert fake.operations() == []
+
+
+def test_terminate_an_instance_gone_between_get_and_delete_is_fine(fake, cloud):
+    _seed(fake)
+    fake.fail(404, "The resource was not found", method=DELETE)
+
+    cloud.terminate(["us-central1-a/cml-a"])
+
+    assert [r["status"] for r in _calls(fake, DELETE)] == [404]
 
 
 def test_terminate_turns_a_403_into_cml_infra_error(fake, cloud):
@@ -231,7 +245,244 @@ def test_terminate_waits_for_a_running_operation(fake, cloud, loopback_only):
     assert len(_calls(fake, "compute.zoneOperations.wait")) == 1
 
 
-@pytest.mark.parametrize("call", ["list", "terminate"])
+# ---------------------------------------------------------------------------------------------
+# Leftovers: the firewall rule and service account a VM that deleted itself leaves
+
+
+FIREWALLS_LIST = "compute.firewalls.list"
+FIREWALL_DELETE = "compute.firewalls.delete"
+ACCOUNTS_LIST = "iam.projects.serviceAccounts.list"
+ACCOUNT_DELETE = "iam.projects.serviceAccounts.delete"
+LAUNCH_A, LAUNCH_B = "0123456789abcdef", "fedcba9876543210"
+LATER = datetime(2030, 1, 2, 4, 4, 5, tzinfo=timezone.utc)
+
+
+def _runner(fake, name, launch, instance=True, zone="us-central1-a", **more):
+    return fake.add_runner(zone, name, launch, created=CREATED, expires=LATER,
+                           instance=instance, **more)  # fmt: skip
+
+
+def _decoys(fake):
+    """What is not ours, though some of it looks it."""
+    fake.add_firewall("default-allow-ssh", "Allow SSH from anywhere")
+    fake.add_service_account("my-app", "the app's own identity")
+    fake.add_service_account("cml-foo-123456")  # our naming, no description
+    made = module_made("box-x", LAUNCH_B, CREATED, LATER)
+    # Our description on a name that is not the one the module gives that launch, and ours
+    # for launch B described as launch A: both are somebody's imitation, or a mistake.
+    fake.add_firewall("cml-infra-box-x-00000000-deny", made["firewall_description"])
+    fake.add_service_account(
+        module_made("box-x", LAUNCH_A, CREATED, LATER)["account_id"], made["account_description"]
+    )
+    # A description that ends in our mark after text of someone else's.
+    fake.add_firewall(made["firewall_name"], "theirs; " + made["firewall_description"])
+
+
+def _names(fake):
+    return {f["name"] for f in fake.firewalls()}, {a["email"] for a in fake.service_accounts()}
+
+
+def test_list_leftovers_finds_the_module_s_firewall_rules_and_service_accounts(fake, cloud):
+    made = _runner(fake, "box-a", LAUNCH_A, instance=False)
+    _runner(fake, "box-b", LAUNCH_B)
+    _decoys(fake)
+
+    found = {(f.kind, f.id): f for f in cloud.list_leftovers(None)}
+
+    firewall = ("google_compute_firewall", made["firewall"]["name"])
+    account = ("google_service_account", made["service_account"]["email"])
+    assert firewall in found and account in found
+    assert len(found) == 4  # both runners' (list_leftovers does not ask about instances)
+    for leftover in (found[firewall], found[account]):
+        assert (leftover.cloud, leftover.region, leftover.name) == ("gcp", "global", "box-a")
+        assert leftover.launch_id == LAUNCH_A
+        assert leftover.created_at == CREATED
+    assert found[account].label == f"google_service_account {account[1]}"
+    # The name filter went to the API; the description decided the rest.
+    (call,) = _calls(fake, FIREWALLS_LIST)
+    assert call["query"] == {"filter": ['name eq "cml-infra-.*-deny"']}
+    assert [c["query"]["pageSize"] for c in _calls(fake, ACCOUNTS_LIST)] == [["100"]]
+    assert _calls(fake, FIREWALL_DELETE) == _calls(fake, ACCOUNT_DELETE) == []
+
+
+def test_list_leftovers_reads_the_descriptions_of_older_modules(fake, cloud):
+    """Before `created`: the firewall rule's age is its creationTimestamp, the service
+    account's its expiry, a time after it was made, so it never looks older than it is."""
+    made = module_made("old-box", LAUNCH_A, CREATED, LATER)
+    expires = int(LATER.timestamp())
+    fake.add_firewall(
+        made["firewall_name"],
+        f"cml-infra runner old-box: no inbound traffic at all (managed by cml-infra, "
+        f"launch {LAUNCH_A}, expires {expires}).",
+        created=CREATED,
+    )
+    fake.add_service_account(
+        made["account_id"],
+        f"Identity of cml-infra runner VM old-box (launch {LAUNCH_A}, expires {expires}); "
+        "may delete only that instance.",
+    )
+
+    found = {f.kind: f for f in cloud.list_leftovers(None)}
+
+    assert found["google_compute_firewall"].created_at == CREATED
+    assert found["google_service_account"].created_at == LATER
+    assert {f.launch_id for f in found.values()} == {LAUNCH_A}
+
+
+def test_leftovers_are_global_and_cleanup_s_regions_keep_them(fake, cloud):
+    _runner(fake, "box-a", LAUNCH_A, instance=False, zone="europe-west4-a")
+
+    assert cloud.list_leftovers(["us-east1"]) == []
+    assert fake.requests == []
+    searched = cloud.searched_regions(["us-east1"])
+    assert set(searched) == {"us-east1", "global"}
+    assert len(cloud.list_leftovers(searched)) == 2
+    assert cloud.searched_regions(None) is None
+    # The instances' search is still narrowed: "global" is no instance's region.
+    fake.add_instance("europe-west4-a", "vm", {MANAGED: "true"})
+    assert cloud.list_managed(searched) == []
+
+
+def test_list_leftovers_follows_pages(fake, cloud):
+    for number in range(230):
+        _runner(fake, f"box-{number}", f"launch{number:04d}", instance=False)
+    for number in range(40):
+        fake.add_service_account(f"other-{number:03d}")
+
+    found = cloud.list_leftovers(None)
+
+    assert len(found) == 460
+    assert len({(f.kind, f.id) for f in found}) == 460
+    assert len(_calls(fake, ACCOUNTS_LIST)) == 3  # 270 accounts, 100 a page
+    assert [("pageToken" in c["query"]) for c in _calls(fake, ACCOUNTS_LIST)] == [
+        False,
+        True,
+        True,
+    ]
+
+
+@pytest.mark.parametrize("method", [FIREWALLS_LIST, ACCOUNTS_LIST])
+def test_list_leftovers_turns_a_403_into_cml_infra_error(fake, cloud, method):
+    fake.fail(403, "Permission denied", method=method)
+
+    with pytest.raises(CmlInfraError, match=r"gcp: could not list firewall rules and service"):
+        cloud.list_leftovers(None)
+
+
+def test_list_leftovers_retries_what_iam_throttles(fake, cloud):
+    _runner(fake, "box-a", LAUNCH_A, instance=False)
+    fake.fail(429, "Quota exceeded for quota metric 'Read requests'", method=ACCOUNTS_LIST)
+
+    assert len(cloud.list_leftovers(None)) == 2
+    assert [c["status"] for c in _calls(fake, ACCOUNTS_LIST)] == [429, 200]
+
+
+def test_delete_leftovers_deletes_them_and_what_is_gone_is_fine(fake, cloud):
+    _runner(fake, "box-a", LAUNCH_A, instance=False)
+    _decoys(fake)
+    before = _names(fake)
+    fake.operation_polls = 1  # the firewall rule's delete answers RUNNING, as GCE does
+
+    found = cloud.list_leftovers(None)
+    cloud.delete_leftovers(found)
+
+    firewalls, accounts = _names(fake)
+    assert before[0] - firewalls == {f.id for f in found if f.kind == "google_compute_firewall"}
+    assert before[1] - accounts == {f.id for f in found if f.kind == "google_service_account"}
+    # Waited for through the same endpoint (globalOperations.wait).
+    assert [o["status"] for o in fake.operations()] == ["DONE"]
+    assert len(_calls(fake, "compute.globalOperations.wait")) == 1
+
+    cloud.delete_leftovers(found)  # again: gone already
+    assert [c["status"] for c in _calls(fake, FIREWALL_DELETE)] == [200, 404]
+    assert [c["status"] for c in _calls(fake, ACCOUNT_DELETE)] == [200, 404]
+    cloud.delete_leftovers([])
+    assert _names(fake) == (firewalls, accounts)
+
+
+def test_delete_leftovers_keeps_those_of_a_launch_with_an_instance(fake, cloud):
+    """Whatever regions a cleanup searched: the instance may be in any of them."""
+    live = _runner(fake, "box-a", LAUNCH_A, zone="asia-east1-b")
+    gone = _runner(fake, "box-b", LAUNCH_B, instance=False)
+
+    with pytest.raises(CmlInfraError, match=r"cml-infra-box-a-.*kept: an instance of its"):
+        cloud.delete_leftovers(cloud.list_leftovers(None))
+
+    firewalls, accounts = _names(fake)
+    assert firewalls == {live["firewall"]["name"]}
+    assert accounts == {live["service_account"]["email"]}
+    assert gone["firewall"]["name"] not in firewalls
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        (FIREWALL_DELETE, r"gcp firewall rule cml-infra-box-a-\w+-deny: delete failed: 403"),
+        (ACCOUNT_DELETE, r"gcp service account cml-box-a-\w+@proj\..*: delete failed: 403"),
+    ],
+)
+def test_delete_leftovers_turns_a_403_into_cml_infra_error(fake, cloud, method, expected):
+    _runner(fake, "box-a", LAUNCH_A, instance=False)
+    found = cloud.list_leftovers(None)
+    fake.fail(403, "Permission denied", method=method)
+
+    with pytest.raises(CmlInfraError, match=expected):
+        cloud.delete_leftovers(found)
+
+
+def test_delete_leftovers_reports_a_failed_operation(fake, cloud):
+    _runner(fake, "box-a", LAUNCH_A, instance=False)
+    fake.operation_polls = 0
+    fake.fail_operation(400, "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE", "in use by something")
+
+    with pytest.raises(CmlInfraError, match=r"firewall rule .*: delete failed: 400 .*in use by"):
+        cloud.delete_leftovers(cloud.list_leftovers(None))
+    assert len(fake.firewalls()) == 1
+
+
+def test_terminate_removes_its_launch_s_firewall_rule_and_service_account(fake, cloud):
+    ended = _runner(fake, "box-a", LAUNCH_A)
+    other = _runner(fake, "box-b", LAUNCH_B, zone="us-central1-b")
+    _decoys(fake)
+    before = _names(fake)
+
+    cloud.terminate(["us-central1-a/box-a"])
+
+    assert fake.instance("us-central1-a", "box-a") is None
+    assert fake.instance("us-central1-b", "box-b") is not None
+    firewalls, accounts = _names(fake)
+    assert before[0] - firewalls == {ended["firewall"]["name"]}
+    assert before[1] - accounts == {ended["service_account"]["email"]}
+    assert other["firewall"]["name"] in firewalls
+    # The deny rule goes only once its VM is gone.
+    ids = [r["id"] for r in fake.requests]
+    assert ids.index("compute.zoneOperations.wait") < ids.index(FIREWALL_DELETE)
+    assert fake.violations == []
+
+
+def test_terminate_keeps_what_another_instance_of_the_launch_needs(fake, cloud):
+    """One launch's failover attempts share a launch id: a stray first attempt's instance
+    goes, the second attempt keeps its firewall rule and service account."""
+    _runner(fake, "box-a", LAUNCH_A)
+    fake.add_instance("us-central1-b", "box-a", {MANAGED: "true", "cml-infra-id": LAUNCH_A})
+    before = _names(fake)
+
+    cloud.terminate(["us-central1-a/box-a"])
+
+    assert _names(fake) == before
+    assert _calls(fake, FIREWALL_DELETE) == []
+
+
+def test_terminate_of_instances_older_than_launch_ids_lists_no_leftovers(fake, cloud):
+    _seed(fake)
+    fake.operation_polls = 0
+
+    cloud.terminate(["us-central1-a/cml-a", "europe-west4-a/cml-c"])
+
+    assert {r["id"] for r in fake.requests} == {DELETE, "compute.instances.get"}
+
+
+@pytest.mark.parametrize("call", ["list", "terminate", "leftovers", "delete leftovers"])
 def test_an_unreachable_endpoint_is_a_cml_infra_error(monkeypatch, cloud, call):
     with socket.socket() as probe:  # a loopback port with nobody listening
         probe.bind(("127.0.0.1", 0))
@@ -242,8 +493,12 @@ def test_an_unreachable_endpoint_is_a_cml_infra_error(monkeypatch, cloud, call):
     with pytest.raises(CmlInfraError):
         if call == "list":
             cloud.list_managed(None)
-        else:
+        elif call == "terminate":
             cloud.terminate(["us-central1-a/x"])
+        elif call == "leftovers":
+            cloud.list_leftovers(None)
+        else:
+            cloud.delete_leftovers([LEFTOVER])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,9 +634,9 @@ def _raw(fake, method, path, query=""):
         (
             "GET",
             "/compute/v1/projects/proj/aggregated/instances",
-            "?filter=name%20eq%20cml-.*",
+            "?filter=(name%20eq%20cml-.*)%20OR%20(status%20=%20RUNNING)",
             400,
-            "the fake does not implement the filter 'name eq cml-.*'",
+            "the fake does not implement the filter '(name eq cml-.*) OR (status = RUNNING)'",
         ),
         (
             "GET",

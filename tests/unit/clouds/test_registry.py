@@ -471,6 +471,7 @@ def test_module_vars(cloud, tmp_path):
             "cml-infra-name": "box-1",
             "cml-infra-expires": str(int(expires.timestamp())),
             "cml-infra-id": "0123456789abcdef",
+            "cml-infra-created": str(int(created.timestamp())),
         },
         "log_archive_dir": str(tmp_path / "state" / "runners" / "box-1" / "logs"),
         "ready_timeout_seconds": READY_TIMEOUT_SECONDS,
@@ -741,6 +742,7 @@ def test_module_vars_carry_the_user_tags(cloud):
         "cml-infra-name": "box-1",
         "cml-infra-expires": str(int(now.timestamp())),
         "cml-infra-id": "feedc0de12345678",
+        "cml-infra-created": str(int(now.timestamp())),
     }
 
 

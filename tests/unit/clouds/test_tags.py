@@ -14,6 +14,7 @@ from cml_infra.spec import ForgeTarget, RunnerSpec
 EXPIRES = datetime(2030, 1, 1, tzinfo=timezone.utc)
 EXPIRES_TAG = "1893456000"
 CREATED = datetime(2029, 12, 31, tzinfo=timezone.utc)
+CREATED_TAG = "1893369600"
 LAUNCH_ID = "0123456789abcdef"
 
 
@@ -70,17 +71,18 @@ def test_the_scope_mark_tells_repositories_and_organizations_apart():
 
 
 def test_managed_tags_add_the_marks_cleanup_finds_a_resource_by():
-    assert tags.managed_tags(_spec(tags={"team": "ml"}), EXPIRES, LAUNCH_ID) == {
+    assert tags.managed_tags(_spec(tags={"team": "ml"}), EXPIRES, LAUNCH_ID, CREATED) == {
         "team": "ml",
         "cml-infra-managed": "true",
         "cml-infra-name": "box-1",
         "cml-infra-expires": EXPIRES_TAG,
         "cml-infra-id": LAUNCH_ID,
+        "cml-infra-created": CREATED_TAG,
     }
 
 
 def test_managed_tags_of_a_runner_keep_its_forge_marks():
-    managed = tags.managed_tags(_spec(forge=ForgeTarget(org="octo")), EXPIRES, LAUNCH_ID)
+    managed = tags.managed_tags(_spec(forge=ForgeTarget(org="octo")), EXPIRES, LAUNCH_ID, CREATED)
     assert managed[tags.FORGE] == "github"
     assert tags.SCOPE in managed
     assert tags.is_managed(managed)
@@ -88,17 +90,31 @@ def test_managed_tags_of_a_runner_keep_its_forge_marks():
 
 def test_our_marks_win_over_a_user_tag_of_the_same_key():
     spec = _spec(
-        tags={"cml-infra-name": "spoofed", "cml-infra-managed": "false", "cml-infra-id": "x"}
+        tags={
+            "cml-infra-name": "spoofed",
+            "cml-infra-managed": "false",
+            "cml-infra-id": "x",
+            "cml-infra-created": "1",
+        }
     )
-    managed = tags.managed_tags(spec, EXPIRES, LAUNCH_ID)
+    managed = tags.managed_tags(spec, EXPIRES, LAUNCH_ID, CREATED)
     assert (managed[tags.NAME], managed[tags.MANAGED]) == ("box-1", "true")
     assert managed[tags.LAUNCH_ID] == LAUNCH_ID
+    assert managed[tags.CREATED] == CREATED_TAG
 
 
 def test_every_key_of_ours_has_the_prefix():
     assert all(
         key.startswith(tags.PREFIX)
-        for key in (tags.MANAGED, tags.NAME, tags.EXPIRES, tags.FORGE, tags.SCOPE, tags.LAUNCH_ID)
+        for key in (
+            tags.MANAGED,
+            tags.NAME,
+            tags.EXPIRES,
+            tags.FORGE,
+            tags.SCOPE,
+            tags.LAUNCH_ID,
+            tags.CREATED,
+        )
     )
 
 
@@ -162,9 +178,10 @@ def test_an_instance_older_than_launch_ids_has_none():
 
 
 def test_the_launch_id_of_managed_tags_is_what_instance_reads_back():
-    managed = tags.managed_tags(_spec(name="gpu-ci"), EXPIRES, LAUNCH_ID)
-    instance = _instance(managed)
+    managed = tags.managed_tags(_spec(name="gpu-ci"), EXPIRES, LAUNCH_ID, CREATED)
+    instance = _instance(managed, created_at=None)
     assert (instance.name, instance.launch_id) == ("gpu-ci", LAUNCH_ID)
+    assert instance.created_at == CREATED
 
 
 def test_a_fresh_launch_id_is_valid_for_every_module_and_unique():
@@ -200,6 +217,20 @@ def test_a_fresh_launch_id_is_valid_for_every_module_and_unique():
 def test_instance_with_a_bad_or_huge_expiry_has_no_deadline(expires):
     instance = _instance({"cml-infra-managed": "true", "cml-infra-expires": expires})
     assert instance.expires_at is None
+    # Nor a creation time, from a creation tag just as bad.
+    unknown = _instance(
+        {"cml-infra-managed": "true", "cml-infra-created": expires}, created_at=None
+    )
+    assert unknown.created_at is None
+
+
+def test_instance_created_at_comes_from_our_tag_where_the_cloud_does_not_say():
+    found = {"cml-infra-managed": "true", "cml-infra-created": CREATED_TAG}
+    assert _instance(found, created_at=None).created_at == CREATED
+    # What the cloud reports wins over a tag anyone may write.
+    reported = datetime(2029, 6, 1, tzinfo=timezone.utc)
+    assert _instance(found, created_at=reported).created_at == reported
+    assert _instance({"cml-infra-managed": "true"}, created_at=None).created_at is None
 
 
 def test_instance_tags_become_strings():

@@ -81,7 +81,8 @@ def _golden(cpu_on_demand: dict, gpu: dict) -> dict:
     }
 
 
-STAMPS = {"launch_id": LAUNCH_ID, "expires_at": EXPIRES_AT}
+# The launch's id, deadline and start (CREATED: the cml-infra-created tag's Unix seconds).
+STAMPS = {"launch_id": LAUNCH_ID, "expires_at": EXPIRES_AT, "created_at": 1893456000}
 
 GOLDEN = {
     "aws": _golden(

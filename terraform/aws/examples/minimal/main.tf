@@ -23,6 +23,7 @@ module "runner" {
   spot             = true
   gpu              = true
   user_data_base64 = base64encode("#!/bin/sh\necho 'runner started' >&2\n")
+  created_at       = 1893369600 # 2029-12-31T00:00:00Z, when the launch began
   expires_at       = 1893456000 # 2030-01-01T00:00:00Z
 
   tags = {

@@ -43,6 +43,7 @@ module "runner" {
   max_bid_price      = -1
   gpu                = true
   custom_data_base64 = base64gzip(local.startup_script)
+  created_at         = 1893369600 # 2029-12-31T00:00:00Z, when the launch began
   expires_at         = 1893456000 # 2030-01-01T00:00:00Z
 
   tags = {

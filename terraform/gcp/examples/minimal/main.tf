@@ -33,6 +33,7 @@ module "runner" {
   spot                     = true
   startup_script           = "#!/bin/sh\necho 'runner agent starts here'\n"
   max_run_duration_seconds = 3600
+  created_at               = 1767225600
   expires_at               = 1767229200
   labels                   = { team = "ml" }
 }
