@@ -14,7 +14,9 @@ from cml_infra.state import utcnow
 
 
 def accrued(record: RunnerRecord, now: datetime | None = None) -> float | None:
-    """USD spent so far: from creation to the end (or now, while it lives)."""
+    """USD spent so far: from creation to the end (or now, while it lives). The end is
+    `ended_at`: stamped when the record is saved destroyed, or earlier by `status` on a record
+    still `running` whose instance ended itself; the state does not matter here."""
     if record.hourly_price is None:
         return None
     end = record.ended_at or now or utcnow()

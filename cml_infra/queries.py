@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cml_infra.errors import CmlInfraError
-from cml_infra.state import LIVE_STATES, StateDir
+from cml_infra.state import LIVE_STATES, StateDir, utcnow
 
 if TYPE_CHECKING:
-    from cml_infra.clouds.base import ManagedInstance
+    from cml_infra.clouds.base import Cloud, ManagedInstance
     from cml_infra.record import RunnerRecord
 
 # The agent's state → the state `status` shows for a running record.
@@ -27,6 +29,16 @@ _AGENT_STATES = {
     "terminated": "stopped",
     "agent-dead": "agent-dead",
 }
+# Recorded states whose instance may end itself (idle, TTL, preemption) while no command
+# changes the record: `status` shows such a record `ended` once its cloud no longer lists it.
+_SELF_ENDING = frozenset({"running", "idle"})
+
+
+@dataclass(frozen=True)
+class _Listing:
+    instances: dict[tuple[str, str, str], ManagedInstance]
+    # The clouds whose listing worked: only there does a missing instance mean it ended.
+    clouds: dict[str, Cloud]
 
 
 def status(
@@ -34,8 +46,11 @@ def status(
     include_destroyed: bool,
     only: str | None = None,
     warn: Callable[[str], None] = lambda message: None,
+    now: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per runner; an unreadable record is one warning and no row."""
+    """One row per runner; an unreadable record is one warning and no row. A runner whose
+    instance ended itself shows `ended`, and its cost stops there (see `_reconcile`)."""
+    now = now or utcnow()
     scan = state.scan()
     for broken in scan.broken:
         if only in (None, broken.name):
@@ -43,10 +58,16 @@ def status(
     records = [
         r
         for r in scan.records
-        if (include_destroyed or r.state != "destroyed") and only in (None, r.name)
+        if (include_destroyed or r.state != "destroyed") and only in (None, state.key(r))
     ]
-    live = _live_instances(state, [r for r in records if r.state in LIVE_STATES], warn)
-    return [_status_row(record, live.get(_key(record))) for record in records]
+    listing = _live_instances(state, [r for r in records if r.state in LIVE_STATES], warn)
+    rows = []
+    for record in records:
+        instance = listing.instances.get(_key(record))
+        cloud = listing.clouds.get(record.cloud)
+        shown, ended = _reconcile(state, record, instance, cloud, now)
+        rows.append(_status_row(shown, instance, ended, now))
+    return rows
 
 
 def _key(runner: RunnerRecord | ManagedInstance) -> tuple[str, str, str]:
@@ -59,28 +80,89 @@ def _key(runner: RunnerRecord | ManagedInstance) -> tuple[str, str, str]:
 
 def _live_instances(
     state: StateDir, records: list[RunnerRecord], warn: Callable[[str], None]
-) -> dict[tuple[str, str, str], ManagedInstance]:
+) -> _Listing:
+    listing = _Listing({}, {})
     if not records:
-        return {}
+        return listing
     from cml_infra import clouds
 
-    live: dict[tuple[str, str, str], ManagedInstance] = {}
     for cloud_name in sorted({r.cloud for r in records}):
         cloud = clouds.get(cloud_name, state)
         regions = sorted({r.region for r in records if r.cloud == cloud_name})
         try:
-            live.update({_key(i): i for i in cloud.list_managed(regions)})
+            listing.instances.update({_key(i): i for i in cloud.list_managed(regions)})
         except CmlInfraError as exc:
             warn(f"showing recorded states only for {cloud_name}: {exc}")
-    return live
+            continue
+        listing.clouds[cloud_name] = cloud
+    return listing
 
 
-def _status_row(record: RunnerRecord, instance: ManagedInstance | None) -> dict[str, Any]:
+def _reconcile(
+    state: StateDir,
+    record: RunnerRecord,
+    instance: ManagedInstance | None,
+    cloud: Cloud | None,
+    now: datetime,
+) -> tuple[RunnerRecord, bool]:
+    """The record as `status` shows it, and whether its instance ended itself: recorded
+    running or idle, and no longer listed by its cloud (`cloud`, None when the listing failed:
+    then only an end already recorded counts).
+
+    The end is the cloud's time where it says one, else the moment a `status` first saw the
+    instance gone; it is written into the record's `ended_at` (and only there: the state stays
+    for `down` and cleanup's stale-state rule to act on), so that later calls, `cost.accrued`
+    and other commands agree. An instance listed again was missed by a listing that lagged: the
+    mark was wrong and is taken back."""
+    if record.state not in _SELF_ENDING:
+        return record, False
+    if instance is not None:
+        if record.ended_at is None:
+            return record, False
+        return _save_ended_at(state, record, None) or record.replace(ended_at=None), False
+    if record.ended_at is not None:
+        return record, True
+    if cloud is None or now - record.updated_at < cloud.LISTING_LAG:
+        return record, False
+    said = cloud.ended_at(record.outputs)
+    # Unwritten (another command holds the runner), a first sighting is no end time: unknown.
+    return _save_ended_at(state, record, said or now) or record.replace(ended_at=said), True
+
+
+def _save_ended_at(
+    state: StateDir, record: RunnerRecord, ended_at: datetime | None
+) -> RunnerRecord | None:
+    """`status`'s one write: the record's `ended_at` set once (its first time stands) or taken
+    back, nothing else. Nothing is written (None) while another command holds the runner, its
+    record being that command's to write, nor once the record on disk is no longer the one
+    judged: another launch of the name, or moved on by `down`."""
+    key = state.key(record)
+    try:
+        with state.lock(key, wait=0, claim=False):
+            current = state.load(key)
+            if (
+                current is None
+                or (current.launch_id, current.created_at) != (record.launch_id, record.created_at)
+                or current.state not in _SELF_ENDING
+            ):
+                return None
+            if (current.ended_at is None) == (ended_at is None):
+                return current
+            return state.save(current.replace(ended_at=ended_at))
+    except CmlInfraError:  # held, or a state dir this user may only read
+        return None
+
+
+def _status_row(
+    record: RunnerRecord, instance: ManagedInstance | None, ended: bool, now: datetime
+) -> dict[str, Any]:
     from cml_infra import cost
 
     state: str = record.state
     idle_seconds = None
-    if state in ("running", "idle") and instance is not None:
+    if ended:
+        state = "ended"
+    elif state in _SELF_ENDING and instance is not None:
         state = _AGENT_STATES.get(instance.state, state)
         idle_seconds = 0.0 if state == "running" else instance.idle_seconds
     return {
@@ -90,11 +172,12 @@ def _status_row(record: RunnerRecord, instance: ManagedInstance | None) -> dict[
         "state": state,
         "created_at": record.created_at.isoformat(),
         "expires_at": record.expires_at.isoformat(),
+        "ended_at": None if record.ended_at is None else record.ended_at.isoformat(),
         "idle_seconds": None if idle_seconds is None else round(idle_seconds, 1),
         "labels": list(record.labels),
         "instance_type": record.instance_type,
         "hourly_price": record.hourly_price,
-        "cost_usd": cost.accrued(record),
+        "cost_usd": cost.accrued(record, now),
         "instance_id": record.instance_id,
         "launch_id": record.launch_id,
         "end_reason": record.end_reason,
@@ -205,6 +288,12 @@ def doctor(
         results.append(("terraform", True, engine.label))
     except UsageError as exc:
         results.append(("terraform", False, str(exc)))
+    if state.remote:
+        try:
+            state.check()
+            results.append(("backend", True, f"{state.describe()}: can be listed"))
+        except CmlInfraError as exc:
+            results.append(("backend", False, str(exc)))
     asked = [clouds.canonical(name) for name in cloud_names or []]
     default = clouds.canonical(default_cloud)
     for name in asked or clouds.names():

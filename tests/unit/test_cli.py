@@ -186,12 +186,12 @@ def test_status_text_empty(state_root):
 def test_status_json_lists_records(state_root, make_record):
     _runners(state_root, make_record, ("runner-a", "running"), ("runner-b", "destroyed"))
     rows = json.loads(invoke("status", "--json").stdout)
-    assert [(r["name"], r["state"]) for r in rows] == [("runner-a", "running")]
+    assert [(r["name"], r["state"]) for r in rows] == [("runner-a", "ended")]
     assert rows[0]["labels"] == ["gpu", "cml-infra-runner-a"]
     assert rows[0]["idle_seconds"] is None
     rows = json.loads(invoke("status", "--all", "--json").stdout)
     assert [(r["name"], r["state"]) for r in rows] == [
-        ("runner-a", "running"),
+        ("runner-a", "ended"),
         ("runner-b", "destroyed"),
     ]
 
@@ -202,7 +202,7 @@ def test_status_table(state_root, make_record):
     assert result.exit_code == 0
     header, row = result.stdout.strip().splitlines()
     assert tuple(header.split()) == STATUS_COLUMNS
-    assert row.split()[:4] == ["runner-a", "local", "local", "running"]
+    assert row.split()[:4] == ["runner-a", "local", "local", "ended"]
     # Rich fits the table to 80 columns when not on a terminal; the labels may be cut.
     assert row.split()[-1].startswith("gpu,cml-infra-")
 

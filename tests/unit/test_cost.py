@@ -29,6 +29,15 @@ def test_accrued_stops_at_the_end(make_record):
     assert cost.accrued(record, now=T0 + timedelta(days=3)) == 0.1
 
 
+def test_accrued_stops_at_an_end_status_saw_on_a_record_still_running(make_record):
+    """`status` stamps `ended_at` on a running record whose instance ended itself; the record
+    stays `running` until `down` or cleanup, and the cost must not grow meanwhile."""
+    record = make_record(created_at=T0, hourly_price=0.5, state="running",
+                         ended_at=T0 + timedelta(hours=1))  # fmt: skip
+    assert cost.accrued(record, now=T0 + timedelta(hours=2)) == 0.5
+    assert cost.accrued(record, now=T0 + timedelta(days=30)) == 0.5
+
+
 def test_accrued_without_a_price_is_unknown(make_record):
     assert cost.accrued(make_record(created_at=T0, hourly_price=None), now=T0) is None
 
