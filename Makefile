@@ -10,7 +10,11 @@ CHECKOV_VENV ?= .venv-checkov
 
 .PHONY: install install-checkov demo lint test bench clean
 
-install: $(BIN)/.installed
+# Azurite, the Azure Storage emulator the azurerm backend is tested against, from npm into the
+# venv; 3.35 is the last release that runs on Node.js 20. Without npm its tests skip, saying so.
+AZURITE := $(VENV)/azurite
+
+install: $(BIN)/.installed $(AZURITE)/.installed
 
 install-checkov: $(CHECKOV_VENV)/bin/.installed
 
@@ -25,6 +29,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+$(AZURITE)/.installed: | $(BIN)/.installed
+	@if command -v npm >/dev/null; then \
+		npm install --silent --no-audit --no-fund --prefix $(AZURITE) azurite@3.35.0 && touch $@; \
+	else echo "npm not found: the tests against Azurite will be skipped"; fi
 
 demo: install
 	CML_INFRA_CLI=$(BIN)/cml-infra bash scripts/demo.sh

@@ -21,8 +21,8 @@ app = typer.Typer(
     help="Cloud GPUs for CI runners: created for a workflow, destroyed when idle or expired.",
     epilog="Defaults may come from .cml-infra.toml or [tool.cml-infra] in pyproject.toml, "
     "looked for up to the repository root or $HOME. Keys that run code or decide where the "
-    "token goes (terraform, runner-archive, github-url, state-dir) are taken from such a file "
-    "only with CML_INFRA_TRUST_CONFIG=1.",
+    "token goes (terraform, runner-archive, github-url, state-dir, backend) are taken from such "
+    "a file only with CML_INFRA_TRUST_CONFIG=1.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -173,6 +173,13 @@ StateDirOpt = Annotated[
     typer.Option("--state-dir", help="Where runner workspaces and records live; "
                  "default: the user state dir.", envvar="CML_INFRA_HOME", rich_help_panel=OUTPUT),
 ]  # fmt: skip
+BackendOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--backend", help="Keep records and Terraform state where every machine sees "
+                 "them: s3://BUCKET/PREFIX[?region=R&endpoint=URL], gs://BUCKET/PREFIX or "
+                 "azurerm://ACCOUNT/CONTAINER/PREFIX; default: the state dir only.",
+                 envvar="CML_INFRA_BACKEND", rich_help_panel=OUTPUT),
+]  # fmt: skip
 TerraformOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--terraform", help="Terraform or OpenTofu binary, or 'bundled' for the one in "
@@ -209,6 +216,7 @@ SPEC_OPTIONS: dict[str, tuple[Any, Any]] = {
     "startup_timeout": (StartupTimeout, "15m"),
     "single": (Single, False),
     "state_dir": (StateDirOpt, None),
+    "backend": (BackendOpt, None),
 }
 # What only `up` takes: how it launches, not what it makes.
 LAUNCH_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -262,8 +270,8 @@ def main_options(
 
     Defaults may come from .cml-infra.toml or [tool.cml-infra] in pyproject.toml, looked for up
     to the repository root or $HOME (see README). Keys that run code or decide where the token
-    goes (terraform, runner-archive, github-url, state-dir) are taken from such a file only with
-    CML_INFRA_TRUST_CONFIG=1.
+    goes (terraform, runner-archive, github-url, state-dir, backend) are taken from such a file
+    only with CML_INFRA_TRUST_CONFIG=1.
     """
     from cml_infra import config, ui
 
@@ -287,6 +295,7 @@ def down(
     *,
     all_runners: Annotated[bool, typer.Option("--all", help="Every live runner.")] = False,
     state_dir: StateDirOpt = None,
+    backend: BackendOpt = None,
     terraform: TerraformOpt = None,
     token: Token = None,
     reason: Annotated[str | None, typer.Option(hidden=True, envvar="CML_INFRA_END_REASON")] = None,
@@ -295,7 +304,7 @@ def down(
     from cml_infra import commands
 
     commands.down(names=names or [], all_runners=all_runners, state_dir=state_dir,
-                  terraform=terraform, reason=reason, token=token)  # fmt: skip
+                  backend=backend, terraform=terraform, reason=reason, token=token)  # fmt: skip
 
 
 @app.command()
@@ -305,14 +314,14 @@ def status(
         bool, typer.Option("--all", help="Include destroyed runners.")
     ] = False,
     state_dir: StateDirOpt = None,
+    backend: BackendOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """List runners with their state, idle time, price and cost so far."""
     from cml_infra import commands
 
-    commands.status(
-        state_dir=state_dir, include_destroyed=include_destroyed, json_output=json_output
-    )
+    commands.status(state_dir=state_dir, backend=backend, include_destroyed=include_destroyed,
+                    json_output=json_output)  # fmt: skip
 
 
 @app.command()
@@ -323,11 +332,12 @@ def logs(
         bool, typer.Option("--follow", "-f", help="Keep printing until the instance is gone.")
     ] = False,
     state_dir: StateDirOpt = None,
+    backend: BackendOpt = None,
 ) -> None:
     """Print the instance log: the agent's lines and the task's output."""
     from cml_infra import commands
 
-    commands.logs(name=name, follow=follow, state_dir=state_dir)
+    commands.logs(name=name, follow=follow, state_dir=state_dir, backend=backend)
 
 
 @app.command()
@@ -372,11 +382,13 @@ def doctor(
     ] = None,
     terraform: TerraformOpt = None,
     state_dir: StateDirOpt = None,
+    backend: BackendOpt = None,
 ) -> None:
-    """Check the Terraform engine and the clouds' credentials and project/subscription."""
+    """Check the Terraform engine, the backend and the clouds' credentials and
+    project/subscription."""
     from cml_infra import commands
 
-    commands.doctor(cloud=cloud, terraform=terraform, state_dir=state_dir)
+    commands.doctor(cloud=cloud, terraform=terraform, state_dir=state_dir, backend=backend)
 
 
 # Kept in step with the cleanup rules by a test; written out so that --help imports nothing.
@@ -389,6 +401,8 @@ CLEANUP_RULES_HELP = (
     "stale-state (a record whose instance is gone, or that a dead command left unfinished); "
     "stale-registration (forge: an offline cml-infra registration with no live instance, "
     "registered over --orphan-grace ago); "
+    "leftover (what a module made beside an instance, once no instance of its launch is left "
+    "and it is older than --orphan-grace); "
     "untracked (opt-in: an instance no state record knows)."
 )
 
@@ -418,15 +432,16 @@ def cleanup(
     orphan_grace: Annotated[
         str,
         typer.Option(
-            help="Grace period of the orphan, dead and stale-registration rules (at most 366d)."
+            help="Grace period of the orphan, dead, stale-registration and leftover rules "
+            "(at most 366d)."
         ),
     ] = "10m",
     rule: Annotated[Optional[list[str]], typer.Option("--rule", help=CLEANUP_RULES_HELP)] = None,  # noqa: UP045
     max_destroy: Annotated[
         int,
         typer.Option(
-            help="Destroy nothing, and fail, when more than this many would be "
-            "destroyed; 0: no limit.",
+            help="Destroy nothing, and fail, when more than this many runners (an instance "
+            "with what was made beside it) would be destroyed; 0: no limit.",
             envvar="CML_INFRA_MAX_DESTROY",
         ),
     ] = 50,
@@ -451,6 +466,7 @@ def cleanup(
     token: Token = None,
     github_url: GithubUrl = None,
     state_dir: StateDirOpt = None,
+    backend: BackendOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Destroy what outlived its rules: expired, dead, orphaned or idle instances, stale state
@@ -460,7 +476,7 @@ def cleanup(
     commands.cleanup(cloud=cloud, regions=region or [], max_age=max_age, idle=idle,
                      orphan_grace=orphan_grace, rules=rule or [], max_destroy=max_destroy,
                      dry_run=dry_run, yes=yes, repo=repo, org=org, token=token,
-                     github_url=github_url, state_dir=state_dir,
+                     github_url=github_url, state_dir=state_dir, backend=backend,
                      json_output=json_output)  # fmt: skip
 
 

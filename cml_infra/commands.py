@@ -33,11 +33,17 @@ CLEANUP_COLUMNS = (
     "kind", "cloud", "region", "name", "launch", "rule", "reason", "result", "hourly_price",
 )  # fmt: skip
 # Flags of `up` that are not part of what it makes.
-_LAUNCH_ONLY = ("state_dir", "token", "terraform", "json_output")
+_LAUNCH_ONLY = ("state_dir", "backend", "token", "terraform", "json_output")
 
 
-def _state(state_dir: str | None) -> StateDir:
-    return StateDir(resolve_state_dir(state_dir))
+def _state(state_dir: str | None, backend: str | None = None) -> StateDir:
+    """The ledger: the state dir, or a backend with a work area in it."""
+    state = StateDir(resolve_state_dir(state_dir))
+    if backend is None:
+        return state
+    from cml_infra.backends import open_ledger
+
+    return open_ledger(state, backend)
 
 
 def _spec(command: Sequence[str], flags: dict[str, Any]) -> RunnerSpec:
@@ -58,7 +64,7 @@ def up(command: Sequence[str], flags: dict[str, Any]) -> None:
     from cml_infra.lifecycle import up as lifecycle
 
     spec = _spec(command, flags)
-    state = _state(flags["state_dir"])
+    state = _state(flags["state_dir"], flags["backend"])
     token = flags["token"]
     reused = lifecycle.reusable(spec, state, token) if spec.reuse_idle else None
     if reused is not None:
@@ -70,7 +76,7 @@ def up(command: Sequence[str], flags: dict[str, Any]) -> None:
     if flags["json_output"]:
         from cml_infra import queries
 
-        ui.emit_json(queries.status(state, include_destroyed=True, only=record.name)[0])
+        ui.emit_json(queries.status(state, include_destroyed=True, only=state.key(record))[0])
     else:
         ui.result(record.name)
 
@@ -138,12 +144,12 @@ def _report_reuse(runner: RunnerInfo, json_output: bool) -> None:
 
 @reported
 def down(
-    *, names: Sequence[str], all_runners: bool, state_dir: str | None, terraform: str | None,
-    reason: str | None, token: str | None,
+    *, names: Sequence[str], all_runners: bool, state_dir: str | None, backend: str | None,
+    terraform: str | None, reason: str | None, token: str | None,
 ) -> None:  # fmt: skip
     from cml_infra.lifecycle import down as lifecycle
 
-    state = _state(state_dir)
+    state = _state(state_dir, backend)
     if all_runners == bool(names):
         raise UsageError("NAME", "give one or more runner names, or --all (not both)")
     targets = lifecycle.all_live(state) if all_runners else list(names)
@@ -154,10 +160,12 @@ def down(
 
 
 @reported
-def status(*, state_dir: str | None, include_destroyed: bool, json_output: bool) -> None:
+def status(
+    *, state_dir: str | None, backend: str | None, include_destroyed: bool, json_output: bool
+) -> None:
     from cml_infra import queries
 
-    rows = queries.status(_state(state_dir), include_destroyed, warn=ui.warn)
+    rows = queries.status(_state(state_dir, backend), include_destroyed, warn=ui.warn)
     if json_output:
         ui.emit_json(rows)
     elif rows:
@@ -167,11 +175,11 @@ def status(*, state_dir: str | None, include_destroyed: bool, json_output: bool)
 
 
 @reported
-def logs(*, name: str, follow: bool, state_dir: str | None) -> None:
+def logs(*, name: str, follow: bool, state_dir: str | None, backend: str | None) -> None:
     from cml_infra import queries
 
     try:
-        for chunk in queries.logs(name, _state(state_dir), follow):
+        for chunk in queries.logs(name, _state(state_dir, backend), follow):
             print(chunk, end="", flush=True)
     except KeyboardInterrupt:
         pass
@@ -183,7 +191,7 @@ def render(command: Sequence[str], output: str, flags: dict[str, Any]) -> None:
 
     spec = _spec(command, flags)
     out = user_path(output, "--output")
-    launch = lifecycle.render_only(spec, _state(flags["state_dir"]), out)
+    launch = lifecycle.render_only(spec, _state(flags["state_dir"], flags["backend"]), out)
     first = launch.attempts[0].placement
     price = f", ${first.hourly_price:.4f}/h {first.market}" if first.hourly_price else ""
     ui.info(
@@ -205,11 +213,14 @@ def catalog(*, cloud: str | None, json_output: bool) -> None:
 
 
 @reported
-def doctor(*, cloud: str | None, terraform: str | None, state_dir: str | None) -> None:
+def doctor(
+    *, cloud: str | None, terraform: str | None, state_dir: str | None, backend: str | None
+) -> None:
     from cml_infra import config, queries
 
     default = str(config.default("up", "cloud", "local"))
-    results = queries.doctor([cloud] if cloud else None, default, terraform, _state(state_dir))
+    state = _state(state_dir, backend)
+    results = queries.doctor([cloud] if cloud else None, default, terraform, state)
     for subject, ready, detail in results:
         verdict = {True: "ok", False: "NOT READY", None: "not set up (not used here)"}[ready]
         ui.result(f"{subject}: {verdict}: {detail}")
@@ -222,11 +233,11 @@ def cleanup(
     *, cloud: str | None, regions: Sequence[str], max_age: str | None, idle: str,
     orphan_grace: str, rules: Sequence[str], max_destroy: int, dry_run: bool, yes: bool,
     repo: str | None, org: str | None, token: str | None, github_url: str | None,
-    state_dir: str | None, json_output: bool,
+    state_dir: str | None, backend: str | None, json_output: bool,
 ) -> None:  # fmt: skip
     from cml_infra.cleanup import run as reaper
 
-    state = _state(state_dir)
+    state = _state(state_dir, backend)
     settings = reaper.settings(
         cloud, regions, max_age, idle, orphan_grace, dry_run, rules, state, max_destroy
     )

@@ -25,7 +25,7 @@ request's. So the search stops at the repository root (a folder holding `.git`) 
 whichever comes first; it passes over (`doctor` says so) a file that is not the user's, or
 whose folder others may write (or is not the user's or root's); and the keys that run a program
 or decide where code or the token comes from or goes (UNTRUSTED: `terraform`, `runner-archive`,
-`image`, `github-url`, `runner-group`, `state-dir`) are refused from any file,
+`image`, `github-url`, `runner-group`, `state-dir`, `backend`) are refused from any file,
 `CML_INFRA_CONFIG`'s included, unless `CML_INFRA_TRUST_CONFIG=1` says that the user trusts it.
 """
 
@@ -54,15 +54,15 @@ SECTIONS = ("cleanup",)
 # Never from a file that may be committed.
 REFUSED = frozenset({"token"})
 # Top-level keys that every command with the option takes, not only `up` and `render`.
-SHARED = frozenset({"state_dir", "terraform"})
+SHARED = frozenset({"state_dir", "terraform", "backend"})
 # Options (parameter names) that run a program (`terraform`), choose the code an instance runs
 # (`runner_archive`: a local file's checksum is taken as given; `image`: the system that gets
 # the runner registration), decide where the token or the runner goes (`github_url`;
 # `runner_group`: which repositories may send it jobs), or where records, workspaces and the
-# engine's plugin cache live (`state_dir`): from a file only with TRUST_ENV=1, since in CI the
-# file may come from a pull request.
+# engine's plugin cache live (`state_dir`, `backend`: the state holds the instance's user data):
+# from a file only with TRUST_ENV=1, since in CI the file may come from a pull request.
 UNTRUSTED = frozenset(
-    {"terraform", "runner_archive", "github_url", "state_dir", "image", "runner_group"}
+    {"terraform", "runner_archive", "github_url", "state_dir", "backend", "image", "runner_group"}
 )
 
 

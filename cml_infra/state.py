@@ -91,7 +91,7 @@ if TYPE_CHECKING:
 class BrokenRecord(CmlInfraError):
     """A record file that cannot be read: reported and skipped, never fatal for the others."""
 
-    def __init__(self, name: str, path: Path, reason: str) -> None:
+    def __init__(self, name: str, path: Path | str, reason: str) -> None:
         self.name = name
         super().__init__(f"{path}: unreadable runner record ({reason})")
 
@@ -143,10 +143,67 @@ def make_private_dir(path: Path) -> Path:
 
 
 class StateDir:
-    """Access to one state dir; creates nothing until something is written."""
+    """Access to one state dir; creates nothing until something is written.
+
+    The ledger commands work with: records, holds and workspaces keyed by `key(record)` (the
+    name here; the launch id in a backend, see backends/ledger.py, which keeps the same shape).
+    """
+
+    # Whether the records live elsewhere than this machine (a backend).
+    remote = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def key_of(self, name: str, launch_id: str) -> str:
+        """The key of a runner's record, hold and workspace: its name, unique in a state dir."""
+        return name
+
+    def key(self, record: RunnerRecord) -> str:
+        return self.key_of(record.name, record.launch_id)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def cli_args(self) -> tuple[str, ...]:
+        """The flags that make another cml-infra process use this same ledger."""
+        return ("--state-dir", str(self.root))
+
+    @property
+    def local_root(self) -> Path:
+        """Where the local cloud keeps its instances and their logs."""
+        return self.root / "local"
+
+    def instance_logs(self, name: str) -> Path:
+        """Where a local instance's log is kept once its sandbox is gone."""
+        return self.log_dir(name)
+
+    def check(self) -> None:
+        """Whether the ledger can be used (a backend is asked; a state dir is made on use)."""
+
+    def knows(self, key: str) -> bool:
+        return self.runner_dir(key).is_dir()
+
+    def named(self, name: str) -> list[RunnerRecord]:
+        """The records of runners called `name` (one at most in a state dir)."""
+        record = self.load(name)
+        return [] if record is None else [record]
+
+    def configure_workspace(self, key: str, workspace: Path) -> None:
+        """Add what the workspace needs besides the render (a backend block in a backend)."""
+
+    def publish_workspace(self, key: str, workspace: Path, stand_in: dict[str, object]) -> None:
+        """Keep the workspace where other machines find it (nothing to do here)."""
+
+    def fetch_workspace(self, key: str) -> bool:
+        """Whether this machine has the workspace (a backend brings its copy here first)."""
+        return (self.workspace(key) / "main.tf").is_file()
+
+    def has_workspace(self, key: str) -> bool:
+        return self.workspace(key).is_dir()
+
+    def put_away(self, key: str) -> None:
+        """After `up` made the runner: the workspace stays where `down` will run Terraform."""
 
     @property
     def runners(self) -> Path:
@@ -234,7 +291,7 @@ class StateDir:
         if record.state == "destroyed" and record.ended_at is None:
             record = record.replace(ended_at=now)
         self.ensure()
-        path = self.record_path(record.name)
+        path = self.record_path(self.key(record))
         with unusable_as_usage(self.root):
             make_private_dir(path.parent)
             if path.is_dir() and not path.is_symlink():
@@ -270,7 +327,7 @@ class StateDir:
         """The readable records (see `scan` for the others)."""
         return self.scan().records
 
-    def set_aside(self, name: str) -> Path | None:
+    def set_aside(self, name: str) -> Path | str | None:
         """Move an unreadable record out of the way (kept for a person to read)."""
         path = self.record_path(name)
         if not path.exists():

@@ -10,8 +10,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +36,12 @@ _PGID = re.compile(r"[1-9][0-9]{0,6}")
 class LocalCloud(Cloud):
     module = "local"
     ON_THIS_MACHINE = True
+    # The listing reads this machine's folders: never behind.
+    LISTING_LAG = timedelta(0)
+    REAPED: ClassVar[Mapping[str, str]] = {
+        "terraform_data": "with the instance: it is the sandbox, whose process group and "
+        "folder terminate (destroy.sh) removes; nothing is made beside it",
+    }
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {
         Feature.SPOT: "a local instance is never preempted",
         Feature.GPU: "the local cloud runs on this machine, which it does not partition",
@@ -49,7 +55,7 @@ class LocalCloud(Cloud):
 
     @property
     def instances_root(self) -> Path:
-        return self.home.root / "local" / "instances"
+        return self.home.local_root / "instances"
 
     def resolve(
         self, spec: RunnerSpec, *, region: str | None, spot: bool, max_price: float | None
@@ -74,23 +80,30 @@ class LocalCloud(Cloud):
         return Placement(cloud=self.name, region=REGION, instance_type="process", hourly_price=0.0)
 
     def boot(self, spec: RunnerSpec) -> Boot:
-        # The instance ends itself with a `down` of its own workspace, run by this same install.
         return Boot(
-            self_destroy=(
-                sys.executable,
-                "-m",
-                "cml_infra",
-                "down",
-                spec.name,
-                "--state-dir",
-                str(self.home.root),
-            ),
+            self_destroy=self._self_destroy(spec.name),
             python=sys.executable,
             home=str(self.instances_root / spec.name),
             poll_seconds=1,
             # As whoever runs cml-infra: this machine has no user made for it.
             runner_user=None,
             reads_launcher_files=True,
+        )
+
+    def _self_destroy(self, name: str) -> tuple[str, ...]:
+        """With the ledger in this state dir, the instance ends itself with a `down` of its own
+        workspace, run by this same install. With a backend it ends the way a VM does: the
+        instance goes and its Terraform state stays for `cleanup` (or `down`) to finish, since
+        an instance has a clean environment and so no credential of the store."""
+        if not self.home.remote:
+            return (sys.executable, "-m", "cml_infra", "down", name, *self.home.cli_args())
+        script = packaged.module_dir(self.module) / "scripts" / "destroy.sh"
+        return (
+            "env",
+            f"SANDBOX={self.instances_root / name}",
+            f"LOG_ARCHIVE_DIR={self.home.instance_logs(name)}",
+            "sh",
+            str(script),
         )
 
     def module_vars(
@@ -101,8 +114,10 @@ class LocalCloud(Cloud):
             "instances_root": str(self.instances_root),
             "startup_script": context.startup_script,
             "created_at": context.created_at.isoformat(),
-            "tags": tags.managed_tags(spec, context.expires_at, context.launch_id),
-            "log_archive_dir": str(self.home.log_dir(spec.name)),
+            "tags": tags.managed_tags(
+                spec, context.expires_at, context.launch_id, context.created_at
+            ),
+            "log_archive_dir": str(self.home.instance_logs(spec.name)),
             "ready_timeout_seconds": READY_TIMEOUT_SECONDS,
         }
 
@@ -125,7 +140,7 @@ class LocalCloud(Cloud):
             env = {
                 **environment_without_secrets(),
                 "SANDBOX": str(sandbox),
-                "LOG_ARCHIVE_DIR": str(self.home.log_dir(instance_id)),
+                "LOG_ARCHIVE_DIR": str(self.home.instance_logs(instance_id)),
             }
             done = subprocess.run(
                 ["sh", str(script)], env=env, capture_output=True, text=True, check=False
@@ -138,7 +153,7 @@ class LocalCloud(Cloud):
     def instance_log(self, name: str) -> Path | None:
         for path in (
             self.instances_root / name / "instance.log",
-            self.home.log_dir(name) / "instance.log",
+            self.home.instance_logs(name) / "instance.log",
         ):
             if path.is_file():
                 return path

@@ -31,18 +31,13 @@ def down(
     reason: str | None,
     token: str | None = None,
 ) -> list[RunnerRecord]:
-    names = list(names)
-    for name in names:
-        validate_name(name, "NAME")
-    unknown = [name for name in names if not state.runner_dir(name).is_dir()]
-    if unknown:
-        raise unknown_names(unknown, state, "nothing to destroy")
+    keys = resolve(list(names), state, "nothing to destroy")
     # An engine that does not exist is bad input: found before any record changes.
     explicit = Engine.discover(terraform, state.engine_home()) if terraform else None
     ended, failures = [], []
-    for name in names:
+    for key in keys:
         try:
-            ended.append(_down_one(name, state, explicit, reason, token))
+            ended.append(_down_one(key, state, explicit, reason, token))
         except CmlInfraError as exc:
             failures.append(str(exc))
     if failures:
@@ -62,7 +57,7 @@ def _down_one(
         if record is None:
             raise unknown_names([name], state, "nothing to destroy")
         if record.state == "destroyed":
-            ui.info(f"{name} is already gone")
+            ui.info(f"{record.name} is already gone")
             return record
         engine = explicit or Engine.from_argv(record.engine, state.engine_home())
         cloud = clouds.get(record.cloud, state, flag=f"{name}: cloud")
@@ -74,7 +69,7 @@ def _down_one(
         state.remove_workspace(name)
         if record.forge:
             _down_registration(record, token)
-        ui.info(f"{name} destroyed" + (f" ({reason})" if reason else ""))
+        ui.info(f"{record.name} destroyed" + (f" ({reason})" if reason else ""))
         return state.save(record.replace(state="destroyed", end_reason=reason, error=None))
 
 
@@ -87,8 +82,10 @@ def _stand_in(name: str, state: StateDir, broken: BrokenRecord) -> RunnerRecord:
     The launch id is what the sweep after `terraform destroy` matches; with none, nothing is
     swept by name (another launch may carry it). On the local cloud the sandbox under this
     state dir is the instance's id, which no other launch can hold while it exists."""
+    state.fetch_workspace(name)
     cloud = _cloud_of_workspace(state, name)
-    launch_id = _launch_id_of_workspace(state, name)
+    # In a backend the key is the launch id.
+    launch_id = name if state.remote else _launch_id_of_workspace(state, name)
     instance_id = None
     if cloud is None:
         cloud, instance = _on_this_machine(state, name)
@@ -132,7 +129,7 @@ def _on_this_machine(state: StateDir, name: str) -> tuple[str | None, ManagedIns
         if not cls.ON_THIS_MACHINE:
             continue
         for instance in clouds.get(cloud_name, state).list_managed(None):
-            if instance.name == name:
+            if name in (instance.name, instance.launch_id):
                 return cloud_name, instance
     return None, None
 
@@ -196,15 +193,65 @@ def target_of_record(saved: dict[str, object]) -> ForgeTarget:
 
 
 def all_live(state: StateDir) -> list[str]:
-    """Every runner not yet destroyed, unreadable records included (`down --all`)."""
+    """Every runner not yet destroyed, unreadable records included (`down --all`): their
+    keys."""
     scan = state.scan()
-    live = [record.name for record in scan.records if record.state in LIVE_STATES]
+    live = [state.key(record) for record in scan.records if record.state in LIVE_STATES]
     return sorted([*live, *(broken.name for broken in scan.broken)])
 
 
-def unknown_names(names: list[str], state: StateDir, consequence: str) -> UsageError:
-    known = ", ".join(state.names()) or "none"
+def resolve(names: list[str], state: StateDir, consequence: str) -> list[str]:
+    """The keys of the runners that NAME arguments mean. In a state dir a name is the key; in
+    a backend an argument is a launch id, or a name that one live runner has (two live runners
+    of one name are told apart by their launch ids, never guessed between)."""
+    for name in names:
+        if not (state.remote and tags.LAUNCH_ID_FORMAT.fullmatch(name)):
+            validate_name(name, "NAME")
+    if not state.remote:
+        unknown = [name for name in names if not state.knows(name)]
+        if unknown:
+            raise unknown_names(unknown, state, consequence)
+        return names
+    # A launch id is a key as it is (cleanup passes keys, and lists the ledger once).
+    keys = [name for name in names if tags.LAUNCH_ID_FORMAT.fullmatch(name) and state.knows(name)]
+    if len(keys) == len(names):
+        return keys
+    scan = state.scan()
+    keys, unknown = [], []
+    for name in names:
+        if any(state.key(r) == name for r in scan.records) or any(
+            b.name == name for b in scan.broken
+        ):
+            keys.append(name)
+            continue
+        same = [r for r in scan.records if r.name == name]
+        live = [r for r in same if r.state != "destroyed"] or same[-1:]
+        if not live:
+            unknown.append(name)
+        elif len(live) > 1:
+            ids = ", ".join(sorted(f"{state.key(r)} ({r.state})" for r in live))
+            raise UsageError(
+                "NAME", f"{len(live)} live runners are named {name!r}: {ids}; give its launch id"
+            )
+        else:
+            keys.append(state.key(live[0]))
+    if unknown:
+        raise unknown_names(unknown, state, consequence, scan.records)
+    return keys
+
+
+def unknown_names(
+    names: list[str],
+    state: StateDir,
+    consequence: str,
+    records: list[RunnerRecord] | None = None,
+) -> UsageError:
+    if state.remote:
+        listed = sorted({r.name for r in records or state.scan().records})
+    else:
+        listed = state.names()
+    known = ", ".join(listed) or "none"
     missing = ", ".join(repr(name) for name in names)
     return UsageError(
-        "NAME", f"no runner named {missing} in {state.root} ({consequence}); known: {known}"
+        "NAME", f"no runner named {missing} in {state.describe()} ({consequence}); known: {known}"
     )

@@ -20,8 +20,9 @@ def destroy(engine: Engine, state: StateDir, cloud: Cloud, record: RunnerRecord)
     and Terraform runs no destroy-time step for tainted resources.
     """
     problems = []
-    workspace = state.workspace(record.name)
-    if (workspace / "main.tf").is_file():
+    key = state.key(record)
+    workspace = state.workspace(key)
+    if state.fetch_workspace(key):
         try:
             with ui.terraform_progress(f"{record.name}: destroying on {cloud.name}") as on_event:
                 if not (workspace / ".terraform").is_dir():
@@ -33,6 +34,13 @@ def destroy(engine: Engine, state: StateDir, cloud: Cloud, record: RunnerRecord)
         leftovers = _leftovers(cloud, record)
         if leftovers:
             cloud.terminate(leftovers)
+        if record.launch_id:
+            # What the module made beside the instance (an Azure group whose VM was evicted, a
+            # GCP service account) when Terraform could not destroy it.
+            regions = [record.region] if record.region else None
+            beside = [x for x in cloud.list_leftovers(regions) if x.launch_id == record.launch_id]
+            if beside:
+                cloud.delete_leftovers(beside)
     except CmlInfraError as exc:
         problems.append(str(exc))
     return "; ".join(problems)
@@ -83,11 +91,11 @@ def rollback(
         # Before apply starts nothing exists in the cloud (a failed init, say, of a provider
         # that cannot be downloaded), and asking the cloud would need credentials the user
         # may not have.
-        state.remove_workspace(record.name)
+        state.remove_workspace(state.key(record))
         if previous is not None:
             state.save(previous)
         else:
-            state.forget(record.name)
+            state.forget(state.key(record))
         ui.info(f"{record.name}: nothing was created")
         return
     ui.warn(f"{record.name}: {reason}; destroying what was created")
@@ -99,7 +107,7 @@ def rollback(
             f"run `cml-infra down {record.name}` to finish"
         )
         return
-    state.remove_workspace(record.name)
+    state.remove_workspace(state.key(record))
     state.save(record.replace(state="destroyed", error=f"up failed: {reason}"))
     ui.info(f"{record.name}: rolled back; nothing is left running")
 

@@ -24,6 +24,11 @@ from cml_infra.spec import RunnerSpec
 from cml_infra.state import BrokenRecord, StateDir
 from cml_infra.terraform import Engine, TerraformError
 
+# What the workspace a backend keeps has in place of the startup script, which holds the
+# runner's registration secret (destroy needs valid variables, not their values).
+STAND_IN_SCRIPT = (
+    "#!/bin/sh\n# Not kept in the ledger: the startup script held a registration secret.\nexit 0\n"
+)
 # `up` fails when another command works on the name; it waits only this long, so that a
 # cleanup that just looks whether anyone holds the lock (StateDir.held) does not fail it.
 CLAIM_WAIT_SECONDS = 2.0
@@ -37,9 +42,11 @@ def up(
     engine = Engine.discover(terraform, state.engine_home())
     # Both before the state dir is touched: bad input creates nothing. This state dir's own
     # answer comes first, and is asked again under the name's lock.
-    _free_name(state, spec.name)
+    state.check()
+    key = state.key_of(spec.name, launch.launch_id)
+    _free_name(state, spec.name, key)
     _refuse_a_name_in_use(launch)
-    with SignalGuard() as guard, state.lock(spec.name, wait=CLAIM_WAIT_SECONDS, claim=True):
+    with SignalGuard() as guard, state.lock(key, wait=CLAIM_WAIT_SECONDS, claim=True):
         return _Up(launch, state, engine, forge, guard).run()
 
 
@@ -58,10 +65,11 @@ class _Up:
             launch, state, engine, forge, guard,
         )  # fmt: skip
         self.name = launch.spec.name
+        self.key = state.key_of(self.name, launch.launch_id)
         self.created = self.registered = False
 
     def run(self) -> RunnerRecord:
-        previous = _free_name(self.state, self.name)
+        previous = _free_name(self.state, self.name, self.key)
         record = self.claim()
         try:
             registration = self.register()
@@ -75,6 +83,7 @@ class _Up:
                 **{"state": "running", "instance_id": instance["id"], "outputs": instance}
             )
         )
+        self.state.put_away(self.key)
         self.guard.commit()
         return record
 
@@ -102,8 +111,8 @@ class _Up:
             )
         )
         # A reused name starts clean: no workspace, and no log of the runner it replaces.
-        self.state.remove_workspace(spec.name)
-        shutil.rmtree(self.state.log_dir(spec.name), ignore_errors=True)
+        self.state.remove_workspace(self.key)
+        shutil.rmtree(self.state.log_dir(self.key), ignore_errors=True)
         return record
 
     def register(self) -> Registration | None:
@@ -121,13 +130,17 @@ class _Up:
         is destroyed before the next starts elsewhere."""
         launch = self.launch
         context = launch.context(launch.startup_script(registration))
-        workspace = self.state.workspace(self.name)
+        workspace = self.state.workspace(self.key)
         attempt = launch.attempts[0]
         while True:
             if attempt.number:
                 update = attempt.placement.record_fields()
                 record = self.state.save(record.replace(**update))
             _write(workspace, launch, attempt, context)
+            self.state.configure_workspace(self.key, workspace)
+            # Before apply: whatever apply creates, another machine can destroy it from here.
+            stand_in = launch.context(STAND_IN_SCRIPT)
+            self.state.publish_workspace(self.key, workspace, launch.variables(attempt, stand_in))
             try:
                 return record, self.apply(workspace, attempt)
             except TerraformError as exc:
@@ -173,7 +186,7 @@ class _Up:
         problems = teardown.destroy(self.engine, self.state, self.launch.cloud, record)
         if problems:
             raise CmlInfraError(f"{error}; cleaning up before the next attempt failed: {problems}")
-        self.state.remove_workspace(record.name)
+        self.state.remove_workspace(self.key)
 
     def wait_online(self) -> None:
         if self.forge is None or not self.launch.spec.wait:
@@ -197,21 +210,24 @@ class _Up:
             raise failure from None
 
 
-def _free_name(state: StateDir, name: str) -> RunnerRecord | None:
-    """The destroyed record a new runner of this name replaces; any other record is refused."""
+def _free_name(state: StateDir, name: str, key: str) -> RunnerRecord | None:
+    """The destroyed record a new runner replaces under the same key (in a state dir, the
+    name's); a record of the name that is not destroyed is refused."""
     try:
-        existing = state.load(name)
+        existing = state.named(name)
     except BrokenRecord as exc:
         raise UsageError(
             "--name", f"{name!r} is in use ({exc}); run `cml-infra down {name}` first"
         ) from None
-    if existing is not None and existing.state != "destroyed":
+    live = [record for record in existing if record.state != "destroyed"]
+    if live:
         raise UsageError(
             "--name",
-            f"{name!r} is in use (state {existing.state}); pick another name "
-            f"or run `cml-infra down {name}` first",
+            f"{name!r} is in use (state {live[0].state}"
+            + (f", launch {live[0].launch_id}" if state.remote else "")
+            + f"); pick another name or run `cml-infra down {name}` first",
         )
-    return existing
+    return next((record for record in existing if state.key(record) == key), None)
 
 
 def _refuse_a_name_in_use(launch: Launch) -> None:
@@ -279,6 +295,7 @@ def render_only(spec: RunnerSpec, state: StateDir, out: Path) -> Launch:
             raise UsageError("--output", f"{out} exists and is not an empty folder")
         created = _first_missing(out)
         _write(out, launch, launch.attempts[0], context)
+        state.configure_workspace(state.key_of(spec.name, launch.launch_id), out)
     except OSError as exc:
         if created is not None:  # half a workspace is worse than none
             shutil.rmtree(created, ignore_errors=True)

@@ -7,11 +7,11 @@ locals {
 # inside the sandbox; destroyed by stopping that whole group and removing the sandbox. Only the
 # built-in terraform_data resource is used, so init downloads no provider.
 resource "terraform_data" "instance" {
-  # Destroy-time provisioners may only read `self`, so everything destroy needs is kept here.
+  # Destroy-time provisioners may only read `self` (and the module path), so everything else
+  # destroy needs is kept here.
   input = {
     name               = var.name
     sandbox            = local.sandbox
-    scripts            = local.scripts
     created_at         = var.created_at
     log_archive_dir    = var.log_archive_dir
     stop_grace_seconds = var.stop_grace_seconds
@@ -38,7 +38,9 @@ resource "terraform_data" "instance" {
   provisioner "local-exec" {
     when        = destroy
     interpreter = ["/bin/sh"]
-    command     = "${self.output.scripts}/destroy.sh"
+    # This copy of the module's script, not the one `up` ran from: another machine or state dir
+    # destroys from its own copy of the workspace (a backend keeps the state for all of them).
+    command = "${abspath(path.module)}/scripts/destroy.sh"
     environment = {
       SANDBOX         = self.output.sandbox
       LOG_ARCHIVE_DIR = self.output.log_archive_dir
