@@ -52,6 +52,20 @@ def no_cloud_metadata(monkeypatch):
     monkeypatch.setattr(azure, "_credential", NoAzureCredential)
 
 
+@pytest.fixture(autouse=True)
+def fresh_boto3_session():
+    """boto3's default session keeps the credentials it first resolved: a later test (the fuzz
+    test's doctor, with no credentials anywhere) would otherwise sign with an earlier test's
+    fake keys and reach for the real STS."""
+    boto3 = sys.modules.get("boto3")
+    if boto3 is not None:
+        boto3.DEFAULT_SESSION = None
+    yield
+    boto3 = sys.modules.get("boto3")
+    if boto3 is not None:
+        boto3.DEFAULT_SESSION = None
+
+
 @pytest.fixture
 def aws_credentials(monkeypatch):
     """Fake AWS credentials, and nothing else of the machine's AWS set-up."""
