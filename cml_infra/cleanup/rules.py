@@ -224,15 +224,7 @@ class LeftBehind(Rule[LeftoverItem]):
             return None
         # By launch id: another launch may share the name. One older than launch ids has only
         # its name, and any instance of that name keeps it.
-        if any(
-            instance.cloud == found.cloud
-            and (
-                instance.launch_id == found.launch_id
-                if found.launch_id
-                else instance.name == found.name
-            )
-            for instance in world.instances
-        ):
+        if world.listed_launch(found.cloud, found.launch_id, found.name):
             return None
         # An `up` makes these before its instance: young ones, and those of unknown age, wait.
         age = _age(found.created_at, world.now)
