@@ -51,6 +51,7 @@ test: lint install-checkov
 bench: install
 	$(BIN)/python tests/bench/bench_cli.py
 	$(BIN)/python tests/bench/bench_cleanup.py
+	$(BIN)/python tests/bench/bench_backend.py
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .venv-bench build dist .pytest_cache .mypy_cache .ruff_cache

@@ -2,24 +2,43 @@
 
 A moto server on 127.0.0.1 holds 5,000 of our instances (half of them past their
 `cml-infra-expires`) and 1,000 foreign ones over four regions. Three contenders run as whole
-processes against it, RUNS times each, interleaved:
+processes against it, RUNS (5) rounds, the order of the three rotating from round to round so
+that none always goes first (the server warms up, the machine's load drifts):
 
 - `cml-infra cleanup --dry-run --cloud aws --region ... --json`;
-- Cloud Custodian (`c7n`, in `.venv-bench`: it pins its own botocore) with the same policy:
-  `cml-infra-managed` is "true", and `cml-infra-expires` has passed or the instance is older
-  than MAX_AGE_HOURS;
-- the floor: one `describe_instances` paginator per region, one after the other, with the tag
-  filter on the server side, in `python -c`.
+- Cloud Custodian (`c7n`, in `.venv-bench`: it pins its own botocore) with the same verdict:
+  `cml-infra-expires` has passed or the instance is older than MAX_AGE_HOURS. It gets the
+  server-side filters cleanup sends (`cml-infra-managed` = "true", a live state) in its policy's
+  `query`, so that neither lists more than the other;
+- the floor: in `python -c`, one `describe_instances` paginator per region with those filters,
+  the regions in parallel (a thread pool, clients made before the threads, as cleanup does).
 
-The table gives wall time (median, min, max), the process's own CPU time (median; the server's
-work is not in it, so it shows the client's cost apart from moto's), peak RSS and the targets:
-cleanup <= 0.85x Custodian's wall time and <= 1.1x the paginator's, peak memory <= Custodian's.
+Every contender must find what was seeded: as many managed instances, as many of them expired
+(Custodian says how many it listed in its debug log, `-v`: "Filtered from N to M"; cleanup in
+its "rule expired matched M of N" line). A wrong count fails the bench: the timing of a
+contender that does not do the work means nothing.
+
+The second scenario adds security groups, the module's leftover once its instance ended itself:
+one per instance (tagged with its launch id) and as many again whose launch has no instance.
+cleanup lists them through `AwsCloud.list_leftovers` and judges them with a rule of its own;
+while either is missing, the scenario is skipped, saying so. Custodian runs a second policy,
+`aws.security-group`, with the tag filter client-side: its security-group source ignores a
+policy's `query`. No foreign group is seeded (only each region's default group), so that this
+costs Custodian next to nothing. The floor lists instances and groups of every region at once,
+and counts the groups whose launch id no instance carries.
+
+Per round: cleanup's wall time over each other's (a ratio of the same round is less bent by
+drift than a ratio of medians); the median of those, against the targets (printed as met or
+not, they do not fail the bench): <= 0.85x Custodian, <= 1.1x the floor, and peak memory
+<= 0.7x Custodian's. The process's own CPU time is a figure beside them (moto's work is not in
+it, so it shows the client's cost apart from the server's).
 
 What the fake cloud cannot show, and what is changed in it:
 - moto stamps LaunchTime at creation, so no instance is old: the age branch of either policy
   matches nothing and the verdict rests on `cml-infra-expires` alone.
 - moto pages DescribeInstances by reservations (100 a page); each of ours is a reservation of
-  its own, as Terraform creates them, so a region takes 13 pages.
+  its own, as Terraform creates them, so a region takes 13 pages. It answers
+  DescribeSecurityGroups in one page.
 - moto costs that grow with the fleet are taken out, in this process only, so that the
   server does not dominate every figure more than it must: each resource's tags are read from
   the tag table by id (moto scans every tag of the region for each instance it filters or
@@ -28,7 +47,8 @@ What the fake cloud cannot show, and what is changed in it:
   1,300 default AMIs are not loaded (each new instance was checked against all of them), one
   AMI is registered per region instead. Answers are unchanged. What remains is moto's
   serializer, about 6 ms of server CPU per instance returned: the floor cannot go below
-  ~30 s of it for 5,000 instances, so the ratios are squeezed towards 1.
+  ~30 s of it for 5,000 instances, so the ratios are squeezed towards 1. Timings are noisy on a
+  busy machine: read the per-round spread beside the medians.
 - Nothing leaves 127.0.0.1: AWS_ENDPOINT_URL points at the server (botocore reads it from
   1.31 on; checked for both venvs), the AWS_* variables of the caller are dropped, the AWS
   config and credential files point into the temporary folder, and HTTP(S)_PROXY points at a
@@ -41,6 +61,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -48,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,22 +83,33 @@ REGIONS = ("us-east-1", "us-east-2", "us-west-2", "eu-west-1")
 # Smaller figures make a quick trial run: BENCH_OURS=400 BENCH_FOREIGN=100 BENCH_RUNS=1.
 OURS = int(os.environ.get("BENCH_OURS", "5000"))
 FOREIGN = int(os.environ.get("BENCH_FOREIGN", "1000"))
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 FOREIGN_BATCH = 50
 MAX_AGE_HOURS = 24
 MANAGED_TAG = "cml-infra-managed"
 EXPIRES_TAG = "cml-infra-expires"
+LAUNCH_TAG = "cml-infra-id"
+CREATED_TAG = "cml-infra-created"
+# What cleanup asks the server for (cml_infra/clouds/aws.py); every contender asks the same.
+LIVE_STATES = ("pending", "running", "shutting-down", "stopping", "stopped")
 
 TARGET_VS_CUSTODIAN = 0.85
-TARGET_VS_PAGINATOR = 1.1
+TARGET_VS_FLOOR = 1.1
+TARGET_MEMORY = 0.7
 
-# "true", not `present`: the foreign instances tagged cml-infra-managed=false would match that.
-POLICY = f"""\
-policies:
+# Custodian's policies. The instance query is c7n's explicit form of EC2 filters (its
+# EC2QueryParser checks each name and state); "true", not `present`: the foreign instances
+# tagged cml-infra-managed=false would match that.
+EC2_POLICY = f"""\
   - name: cml-infra-reap
     resource: aws.ec2
+    query:
+      - Filters:
+          - Name: "tag:{MANAGED_TAG}"
+            Values: ["true"]
+          - Name: instance-state-name
+            Values: {json.dumps(list(LIVE_STATES))}
     filters:
-      - "tag:{MANAGED_TAG}": "true"
       - or:
           - type: value
             key: "tag:{EXPIRES_TAG}"
@@ -87,29 +120,59 @@ policies:
             op: greater-than
             hours: {MAX_AGE_HOURS}
 """
+# c7n's security-group resource reads no `query` (its describe source passes none on), so the
+# tag filter can only be a client-side one.
+GROUP_POLICY = f"""\
+  - name: cml-infra-groups
+    resource: aws.security-group
+    filters:
+      - "tag:{MANAGED_TAG}": "true"
+"""
 
-# The floor: what any lister must at least do. Prints "<managed> <reapable>".
-PAGINATOR = f"""\
-import os, sys, time
+# The floor: what any lister must at least do, with as much parallelism as cleanup's. argv:
+# "instances" or "groups", then the regions; prints what it found as JSON.
+FLOOR = f"""\
+import json, os, sys, time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
 import boto3
+groups, regions = sys.argv[1] == "groups", sys.argv[2:]
 now = time.time()
 oldest = datetime.now(timezone.utc) - timedelta(hours={MAX_AGE_HOURS})
-managed = reapable = 0
-for region in sys.argv[1:]:
-    pages = boto3.client("ec2", region_name=region).get_paginator("describe_instances").paginate(
-        Filters=[{{"Name": "tag:{MANAGED_TAG}", "Values": ["true"]}}]
+managed = {{"Name": "tag:{MANAGED_TAG}", "Values": ["true"]}}
+live = {{"Name": "instance-state-name", "Values": {list(LIVE_STATES)!r}}}
+clients = {{region: boto3.client("ec2", region_name=region) for region in regions}}
+
+def instances(region):
+    pages = clients[region].get_paginator("describe_instances").paginate(Filters=[managed, live])
+    return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+def security_groups(region):
+    pages = clients[region].get_paginator("describe_security_groups").paginate(Filters=[managed])
+    return [group for page in pages for group in page["SecurityGroups"]]
+
+tasks = [(instances, region) for region in regions]
+tasks += [(security_groups, region) for region in regions if groups]
+with ThreadPoolExecutor(max_workers=min(8, len(tasks))) as pool:
+    found = list(pool.map(lambda task: task[0](task[1]), tasks))
+counts = {{"instances": 0, "expired": 0}}
+launches = set()
+for instance in (i for (kind, _), batch in zip(tasks, found) if kind is instances for i in batch):
+    tags = {{tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}}
+    launches.add(tags.get("{LAUNCH_TAG}"))
+    expires = tags.get("{EXPIRES_TAG}", "")
+    counts["instances"] += 1
+    old = instance["LaunchTime"] < oldest
+    counts["expired"] += (expires.isdigit() and int(expires) < now) or old
+if groups:
+    listed = [g for (kind, _), batch in zip(tasks, found) if kind is security_groups for g in batch]
+    counts["groups"] = len(listed)
+    counts["leftovers"] = sum(
+        all(t["Key"] != "{LAUNCH_TAG}" or t["Value"] not in launches for t in g.get("Tags", []))
+        for g in listed
     )
-    for page in pages:
-        for reservation in page["Reservations"]:
-            for instance in reservation["Instances"]:
-                managed += 1
-                tags = {{tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}}
-                expires = tags.get("{EXPIRES_TAG}", "")
-                if (expires.isdigit() and int(expires) < now) or instance["LaunchTime"] < oldest:
-                    reapable += 1
-print(managed, reapable)
+print(json.dumps(counts))
 """
 
 
@@ -129,33 +192,54 @@ with open(sys.argv[1], "w") as out:
     json.dump({"wall": wall, "cpu": cpu, "peak_kib": peak, "code": code}, out)
 """
 
+# What each contender is asked to find: always instances and expired; with groups, groups.
+# `leftovers` is checked only where a contender says it (Custodian has no such join).
+Counts = dict[str, int]
 
-@dataclass
+
+@dataclass(frozen=True)
 class Sample:
     wall: float
     cpu: float  # the contender's own user + system time: moto's share is not in it
     peak_kib: int
 
 
+@dataclass(frozen=True)
+class Output:
+    """What a contender left: stdout, stderr, and Custodian's output folder."""
+
+    stdout: str
+    stderr: str
+    folder: Path
+
+
 @dataclass
 class Contender:
     label: str
     args: list[str]
-    samples: list[Sample] = field(default_factory=list)
-    found: str = ""
-    failure: str = ""  # set: no (more) samples, the row prints this instead
+    counts: Callable[[Output], Counts]
+    samples: dict[int, Sample] = field(default_factory=dict)  # by round
+    found: Counts = field(default_factory=dict)
+    failure: str = ""  # set: no (more) samples; the row prints this instead
 
     @property
     def walls(self) -> list[float]:
-        return [sample.wall for sample in self.samples]
+        return [sample.wall for sample in self.samples.values()]
 
     @property
     def cpus(self) -> list[float]:
-        return [sample.cpu for sample in self.samples]
+        return [sample.cpu for sample in self.samples.values()]
 
     @property
     def peak_mib(self) -> float:
-        return max(sample.peak_kib for sample in self.samples) / 1024
+        return max(sample.peak_kib for sample in self.samples.values()) / 1024
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    expected: Counts
+    groups: bool
 
 
 def main() -> None:
@@ -166,6 +250,7 @@ def main() -> None:
     closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     closed.bind(("127.0.0.1", 0))
     server: Any = None
+    failures: list[str] = []
     try:
         from moto.server import ThreadedMotoServer
 
@@ -176,22 +261,45 @@ def main() -> None:
         env = loopback_env(f"http://{host}:{port}", closed.getsockname()[1], tmp)
         os.environ.clear()
         os.environ.update(env)
+        check_botocore()
 
         print(f"populating moto at {host}:{port} ...", flush=True)
         start = time.perf_counter()
-        managed, reapable = populate()
+        managed, expired = populate()
         print(
             f"populated {managed + FOREIGN:,} instances in {len(REGIONS)} regions in "
-            f"{time.perf_counter() - start:.0f}s: {managed:,} ours ({reapable:,} expired), "
-            f"{FOREIGN:,} foreign; expecting {reapable:,} to reap",
+            f"{time.perf_counter() - start:.0f}s: {managed:,} ours ({expired:,} expired), "
+            f"{FOREIGN:,} foreign",
             flush=True,
         )
-        run_all(env, tmp, reapable)
+        instances = Scenario("instances", {"instances": managed, "expired": expired}, False)
+        failures += run_scenario(instances, env, tmp)
+
+        print("\n== instances and security groups", flush=True)
+        if not cleanup_lists_groups():
+            print("skipped: cleanup does not list security groups yet", flush=True)
+        else:
+            start = time.perf_counter()
+            groups, leftovers = populate_groups()
+            print(
+                f"populated {groups:,} managed security groups in "
+                f"{time.perf_counter() - start:.0f}s: one per instance, {leftovers:,} of "
+                "launches with no instance",
+                flush=True,
+            )
+            expected = instances.expected | {"groups": groups, "leftovers": leftovers}
+            both = Scenario("instances and security groups", expected, True)
+            failures += run_scenario(both, env, tmp)
     finally:
         if server is not None:
             server.stop()
         closed.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    if failures:
+        print(file=sys.stderr)
+        for failure in failures:
+            print(f"bench_cleanup: FAILED: {failure}", file=sys.stderr)
+        sys.exit(1)
 
 
 def ensure_custodian() -> None:
@@ -207,6 +315,26 @@ def ensure_custodian() -> None:
     marker.touch()
 
 
+def cleanup_lists_groups() -> bool:
+    """Whether `cleanup` lists security groups: AwsCloud lists leftovers itself (the Cloud
+    protocol's default lists none) and a rule looks at them."""
+    from cml_infra.cleanup.rules import RULES
+    from cml_infra.clouds import base
+    from cml_infra.clouds.aws import AwsCloud
+
+    own = getattr(AwsCloud, "list_leftovers", None)
+    if own is None or own is getattr(base.Cloud, "list_leftovers", None):
+        return False
+    return any(rule.item not in known_items() for rule in RULES.values())
+
+
+def known_items() -> tuple[type, ...]:
+    """The items of the reaper's rules that are not leftovers."""
+    from cml_infra.cleanup.world import InstanceItem, RecordItem, RegistrationItem
+
+    return InstanceItem, RecordItem, RegistrationItem
+
+
 def patch_moto() -> None:
     """Take out the two moto costs that grow with the fleet (see the module docstring)."""
     from moto.ec2.exceptions import InvalidInstanceIdError
@@ -217,7 +345,9 @@ def patch_moto() -> None:
     # moto's get_tags runs describe_tags(resource-id=[id]): a regex over every tag it holds.
     def get_tags(self: Any) -> list[dict[str, str]]:
         resource_id = getattr(self, "id", None)
-        tags = self.ec2_backend.tags.get(resource_id) if resource_id else None
+        if not resource_id:
+            return []
+        tags = self.ec2_backend.tags.get(resource_id)
         if not tags:
             return []
         kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(resource_id), "")
@@ -271,13 +401,20 @@ def loopback_env(endpoint: str, closed_port: int, tmp: Path) -> dict[str, str]:
     return env
 
 
+def check_botocore() -> None:
+    _, c7n_botocore = venv_versions(BENCH_VENV / "bin" / "python", "c7n", "botocore")
+    _, our_botocore = venv_versions(Path(sys.executable), "boto3", "botocore")
+    for where, version in (("Custodian's", c7n_botocore), ("our", our_botocore)):
+        # AWS_ENDPOINT_URL is read from botocore 1.31 on; an older one would ignore it.
+        if tuple(int(part) for part in version.split(".")[:2]) < (1, 31):
+            sys.exit(f"{where} botocore {version} does not read AWS_ENDPOINT_URL; not running")
+    print(f"botocore: ours {our_botocore}, Custodian's {c7n_botocore}", flush=True)
+
+
 def populate() -> tuple[int, int]:
     """Ours one reservation each (as Terraform makes them), foreign in batches; (ours, expired)."""
-    assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
-    import boto3
-
     now = int(time.time())
-    clients = {region: boto3.client("ec2", region_name=region) for region in REGIONS}
+    clients = ec2_clients()
     amis = {
         region: client.register_image(Name="bench")["ImageId"] for region, client in clients.items()
     }
@@ -288,7 +425,12 @@ def populate() -> tuple[int, int]:
         past = (n // len(REGIONS)) % 2 == 0
         expired += past
         expires = now + (-1 if past else 1) * 3600 * (1 + n % 48)
-        tags = {MANAGED_TAG: "true", "cml-infra-name": f"bench-{n}", EXPIRES_TAG: str(expires)}
+        tags = {
+            MANAGED_TAG: "true",
+            "cml-infra-name": f"bench-{n}",
+            EXPIRES_TAG: str(expires),
+            LAUNCH_TAG: launch_id(n),
+        }
         run(clients[region], amis[region], 1, tags)
     for n, start in enumerate(range(0, FOREIGN, FOREIGN_BATCH)):
         region = REGIONS[n % len(REGIONS)]
@@ -299,6 +441,39 @@ def populate() -> tuple[int, int]:
             tags |= {MANAGED_TAG: "false", EXPIRES_TAG: str(now - 86400)}
         run(clients[region], amis[region], count, tags)
     return OURS, expired
+
+
+def populate_groups() -> tuple[int, int]:
+    """One group per instance of ours (its launch id, in its region), and as many of launches
+    that have no instance, made two days ago (past any grace); (groups, leftovers)."""
+    clients = ec2_clients()
+    created = str(int(time.time()) - 2 * 86400)
+    for n in range(2 * OURS):
+        region = REGIONS[n % len(REGIONS)]
+        launch = launch_id(n)  # from OURS on, no instance has it
+        tags = {MANAGED_TAG: "true", LAUNCH_TAG: launch, CREATED_TAG: created}
+        clients[region].create_security_group(
+            GroupName=f"cml-infra-{launch}",
+            Description="bench",
+            TagSpecifications=[
+                {
+                    "ResourceType": "security-group",
+                    "Tags": [{"Key": key, "Value": value} for key, value in tags.items()],
+                }
+            ],
+        )
+    return 2 * OURS, OURS
+
+
+def ec2_clients() -> dict[str, Any]:
+    assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    import boto3
+
+    return {region: boto3.client("ec2", region_name=region) for region in REGIONS}
+
+
+def launch_id(n: int) -> str:
+    return f"bench{n:08d}"  # a launch id's format: [a-z0-9]{8,32}
 
 
 def run(client: Any, ami: str, count: int, tags: dict[str, str]) -> None:
@@ -316,33 +491,41 @@ def run(client: Any, ami: str, count: int, tags: dict[str, str]) -> None:
     )
 
 
-def run_all(env: dict[str, str], tmp: Path, expected: int) -> None:
-    c7n_version, c7n_botocore = venv_versions(BENCH_VENV / "bin" / "python", "c7n", "botocore")
-    _, our_botocore = venv_versions(Path(sys.executable), "boto3", "botocore")
-    for where, version in (("Custodian's", c7n_botocore), ("our", our_botocore)):
-        # AWS_ENDPOINT_URL is read from botocore 1.31 on; an older one would ignore it.
-        if tuple(int(part) for part in version.split(".")[:2]) < (1, 31):
-            sys.exit(f"{where} botocore {version} does not read AWS_ENDPOINT_URL; not running")
-    print(f"botocore: ours {our_botocore}, Custodian's {c7n_botocore}", flush=True)
-
-    policy = tmp / "policy.yml"
-    policy.write_text(POLICY)
+def contenders(scenario: Scenario, tmp: Path) -> list[Contender]:
+    c7n_version = venv_versions(BENCH_VENV / "bin" / "python", "c7n")[0]
+    policy = tmp / f"policy-{'groups' if scenario.groups else 'instances'}.yml"
+    policy.write_text("policies:\n" + EC2_POLICY + (GROUP_POLICY if scenario.groups else ""))
     region_flags = [flag for region in REGIONS for flag in ("--region", region)]
-    cleanup = Contender(
-        "cml-infra cleanup",
-        [CLI, "cleanup", "--dry-run", "--cloud", "aws", *region_flags, "--json"],
-    )
-    custodian = Contender(
-        f"Cloud Custodian {c7n_version}",
-        # --cache-period 0: by default c7n reuses what it listed in the last 15 minutes.
-        [
-            *(str(CUSTODIAN), "run", "--dryrun", "--cache-period", "0"),
-            *("-s", "OUT", str(policy), *region_flags),
-        ],
-    )
-    paginator = Contender("boto3 paginator (floor)", [sys.executable, "-c", PAGINATOR, *REGIONS])
-    contenders = [cleanup, custodian, paginator]
+    return [
+        Contender(
+            "cml-infra cleanup",
+            [CLI, "cleanup", "--dry-run", "--cloud", "aws", *region_flags, "--json"],
+            cleanup_counts,
+        ),
+        Contender(
+            f"Cloud Custodian {c7n_version}",
+            # --cache-period 0: by default c7n reuses what it listed in the last 15 minutes.
+            # -v: its debug log says how many resources it listed before its filters.
+            [
+                *(str(CUSTODIAN), "run", "-v", "--dryrun", "--cache-period", "0"),
+                *("-s", "OUT", str(policy), *region_flags),
+            ],
+            custodian_counts,
+        ),
+        Contender(
+            "boto3 paginators (floor)",
+            [sys.executable, "-c", FLOOR, "groups" if scenario.groups else "instances", *REGIONS],
+            lambda output: {key: int(value) for key, value in json.loads(output.stdout).items()},
+        ),
+    ]
 
+
+def run_scenario(scenario: Scenario, env: dict[str, str], tmp: Path) -> list[str]:
+    """RUNS rounds of every contender, in rotating order; the report; what failed."""
+    expected = ", ".join(f"{value:,} {key}" for key, value in scenario.expected.items())
+    print(f"scenario {scenario.name}: every contender must find {expected}", flush=True)
+    entrants = contenders(scenario, tmp)
+    cleanup = entrants[0]
     probe = subprocess.run([CLI, "cleanup", "--help"], env=env, capture_output=True, check=False)
     if probe.returncode != 0:
         cleanup.failure = "not available yet"
@@ -351,31 +534,114 @@ def run_all(env: dict[str, str], tmp: Path, expected: int) -> None:
     subprocess.run([str(CUSTODIAN), "version"], env=env, capture_output=True, check=False)
 
     for number in range(1, RUNS + 1):
-        for contender in contenders:
-            if contender.failure:
-                continue
-            out = tmp / f"custodian-{number}"
-            args = [str(out) if arg == "OUT" else arg for arg in contender.args]
-            sample, code, stdout, stderr = measure(args, env, tmp)
-            if code != 0:
-                tail = " | ".join(stderr.strip().splitlines()[-3:])
-                contender.failure = f"failed (exit {code}): {tail[:300]}"
-                continue
-            contender.samples.append(sample)
-            if contender is custodian:
-                contender.found = str(custodian_count(out))
-                shutil.rmtree(out, ignore_errors=True)
-            elif contender is paginator:
-                contender.found = (stdout.split() or ["?"])[-1]
-            else:
-                contender.found = json_count(stdout)
-            print(
-                f"  run {number}/{RUNS} {contender.label:<26} {sample.wall:7.2f}s "
-                f"(cpu {sample.cpu:5.2f}s) {sample.peak_kib / 1024:7.1f} MiB  "
-                f"found {contender.found}",
-                flush=True,
-            )
-    report(contenders, expected)
+        shift = (number - 1) % len(entrants)
+        for contender in entrants[shift:] + entrants[:shift]:
+            if not contender.failure:
+                measure_one(contender, number, scenario, env, tmp)
+        print_round(entrants, number)
+    report(entrants, scenario)
+    return [
+        f"{scenario.name}: {contender.label}: {contender.failure}"
+        for contender in entrants
+        if contender.failure and contender.failure != "not available yet"
+    ]
+
+
+def measure_one(
+    contender: Contender, number: int, scenario: Scenario, env: dict[str, str], tmp: Path
+) -> None:
+    folder = tmp / f"custodian-{number}"
+    args = [str(folder) if arg == "OUT" else arg for arg in contender.args]
+    sample, code, stdout, stderr = measure(args, env, tmp)
+    try:
+        if code != 0:
+            tail = " | ".join(stderr.strip().splitlines()[-3:])
+            contender.failure = f"failed (exit {code}): {tail[:300]}"
+            return
+        try:
+            contender.found = contender.counts(Output(stdout, stderr, folder))
+        except (ValueError, KeyError, TypeError) as exc:
+            contender.failure = f"round {number}: could not read what it found: {exc!r}"
+            return
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    contender.samples[number] = sample
+    found = ", ".join(
+        f"{value:,} {key}" for key, value in sorted(contender.found.items(), key=order)
+    )
+    print(
+        f"  round {number}/{RUNS} {contender.label:<26} {sample.wall:7.2f}s "
+        f"(cpu {sample.cpu:5.2f}s) {sample.peak_kib / 1024:7.1f} MiB  found {found}",
+        flush=True,
+    )
+    wrong = wrong_counts(contender.found, scenario)
+    if wrong:
+        contender.failure = f"round {number}: {wrong}"
+        print(f"  {contender.label}: WRONG COUNT: {wrong}", flush=True)
+
+
+def order(count: tuple[str, int]) -> int:
+    """Counts in the order the scenario says them."""
+    keys = ("instances", "expired", "groups", "leftovers")
+    return keys.index(count[0]) if count[0] in keys else len(keys)
+
+
+def wrong_counts(found: Counts, scenario: Scenario) -> str:
+    """What a contender found that is not what was seeded, or did not say; "" when right."""
+    required = ["instances", "expired", *(["groups"] if scenario.groups else [])]
+    wrong = [f"did not say how many {key}" for key in required if key not in found]
+    wrong += [
+        f"found {found[key]:,} {key}, {value:,} were seeded"
+        for key, value in scenario.expected.items()
+        if key in found and found[key] != value
+    ]
+    # cleanup says how many groups it listed once it lists them, in either scenario.
+    wrong += [
+        f"found {found[key]:,} {key}, none were seeded"
+        for key in sorted(found.keys() - scenario.expected.keys())
+        if found[key]
+    ]
+    return "; ".join(wrong)
+
+
+# The row kinds of cleanup's other items (world.py).
+OTHER_KINDS = ("instance", "state", "registration")
+CLEANUP_RULE_LINE = re.compile(r"^cleanup: rule (\S+) matched (\d+) of (\d+)$", re.MULTILINE)
+
+
+def cleanup_counts(output: Output) -> Counts:
+    """Listed: how many items each rule looked at ("rule expired matched M of N"); found: the
+    rows of --json by kind (a leftover's is its Terraform type, aws_security_group)."""
+    from cml_infra.cleanup.rules import RULES
+    from cml_infra.cleanup.world import InstanceItem
+
+    counts: Counts = {}
+    for name, _, total in CLEANUP_RULE_LINE.findall(output.stderr):
+        item = RULES[name].item
+        if item is InstanceItem:
+            counts["instances"] = int(total)
+        elif item not in known_items():
+            counts["groups"] = int(total)
+    rows = json.loads(output.stdout)
+    counts["expired"] = sum(1 for row in rows if row["kind"] == "instance")
+    if "groups" in counts:
+        counts["leftovers"] = sum(1 for row in rows if row["kind"] not in OTHER_KINDS)
+    return counts
+
+
+CUSTODIAN_FILTERED = re.compile(r"Filtered from (\d+) to (\d+) (\S+)$", re.MULTILINE)
+
+
+def custodian_counts(output: Output) -> Counts:
+    """Listed: "Filtered from N to M ec2" per region (-v); found: each policy's resources.json
+    (OUT/<region>/<policy>/resources.json with several regions)."""
+    listed = [int(n) for n, _, kind in CUSTODIAN_FILTERED.findall(output.stderr) if kind == "ec2"]
+    counts: Counts = {"instances": sum(listed)} if len(listed) == len(REGIONS) else {}
+    for key, policy in (("expired", "cml-infra-reap"), ("groups", "cml-infra-groups")):
+        found = list(output.folder.glob(f"*/{policy}/resources.json"))
+        if found:
+            counts[key] = sum(len(json.loads(path.read_text())) for path in found)
+    return counts
 
 
 def venv_versions(python: Path, *packages: str) -> list[str]:
@@ -407,67 +673,64 @@ def measure(args: list[str], env: dict[str, str], tmp: Path) -> tuple[Sample, in
     )
 
 
-def custodian_count(out: Path) -> int:
-    # Several regions: c7n writes OUT/<region>/<policy>/resources.json.
-    return sum(len(json.loads(path.read_text())) for path in out.rglob("resources.json"))
+def round_ratios(entrants: list[Contender]) -> list[tuple[int, float, float]]:
+    """(round, cleanup / Custodian, cleanup / floor) for every round all three finished."""
+    cleanup, custodian, floor = entrants
+    return [
+        (number, wall / custodian.samples[number].wall, wall / floor.samples[number].wall)
+        for number, wall in sorted((n, sample.wall) for n, sample in cleanup.samples.items())
+        if number in custodian.samples and number in floor.samples
+    ]
 
 
-def json_count(text: str) -> str:
-    """How many instances `cleanup --json` names, when its shape says so; else '?'."""
-    try:
-        answer = json.loads(text)
-    except ValueError:
-        return "?"
-    if isinstance(answer, dict):
-        lists = [value for value in answer.values() if isinstance(value, list)]
-        answer = lists[0] if len(lists) == 1 else answer
-    return str(len(answer)) if isinstance(answer, list) else "?"
+def print_round(entrants: list[Contender], number: int) -> None:
+    for done, vs_custodian, vs_floor in round_ratios(entrants):
+        if done == number:
+            print(
+                f"  round {number}/{RUNS}: cleanup {vs_custodian:.2f}x Custodian, "
+                f"{vs_floor:.2f}x the floor",
+                flush=True,
+            )
 
 
-def report(contenders: list[Contender], expected: int) -> None:
-    print(
-        f"\n{'wall time':<28}{'median':>9}{'min':>9}{'max':>9}{'cpu':>9}{'peak MiB':>10}"
-        f"  found (expect {expected})"
-    )
-    for contender in contenders:
+def report(entrants: list[Contender], scenario: Scenario) -> None:
+    print(f"\n{scenario.name}")
+    print(f"{'wall time':<28}{'median':>9}{'min':>9}{'max':>9}{'cpu':>9}{'peak MiB':>10}  runs")
+    for contender in entrants:
         if not contender.samples:
-            print(f"{contender.label}: {contender.failure or 'no runs'}")
+            print(f"{contender.label:<28}{contender.failure or 'no runs'}")
             continue
         walls = contender.walls
         print(
             f"{contender.label:<28}{statistics.median(walls):8.2f}s{min(walls):8.2f}s"
             f"{max(walls):8.2f}s{statistics.median(contender.cpus):8.2f}s"
-            f"{contender.peak_mib:10.1f}  {contender.found}"
-            f"  ({len(walls)} runs){'  ' + contender.failure if contender.failure else ''}"
+            f"{contender.peak_mib:10.1f}  {len(walls)}"
+            f"{'  ' + contender.failure if contender.failure else ''}"
         )
-    cleanup, custodian, paginator = contenders
-    print()
-    if not (cleanup.samples and custodian.samples and paginator.samples):
-        print("targets: n/a (needs all three rows)")
+    cleanup, custodian, floor = entrants
+    ratios = round_ratios(entrants)
+    if not ratios:
+        print("targets: n/a (needs a round that all three finished)\n")
         return
-    cleanup_wall = statistics.median(cleanup.walls)
+    print("per round (cleanup's wall time over the other's, same round):")
+    for number, vs_custodian, vs_floor in ratios:
+        print(f"  round {number}: {vs_custodian:.2f}x Custodian, {vs_floor:.2f}x the floor")
     targets = (
-        (
-            "time vs Custodian",
-            cleanup_wall / statistics.median(custodian.walls),
-            TARGET_VS_CUSTODIAN,
-        ),
-        (
-            "time vs paginator",
-            cleanup_wall / statistics.median(paginator.walls),
-            TARGET_VS_PAGINATOR,
-        ),
-        ("peak memory vs Custodian", cleanup.peak_mib / custodian.peak_mib, 1.0),
+        ("time vs Custodian", statistics.median(r[1] for r in ratios), TARGET_VS_CUSTODIAN),
+        ("time vs floor", statistics.median(r[2] for r in ratios), TARGET_VS_FLOOR),
+        ("peak memory vs Custodian", cleanup.peak_mib / custodian.peak_mib, TARGET_MEMORY),
     )
     for label, ratio, target in targets:
-        verdict = "PASS" if ratio <= target else "MISS"
-        print(f"cleanup {label:<26}{ratio:6.2f}x  (target <= {target:.2f}x)  {verdict}")
+        verdict = "met" if ratio <= target else "NOT MET"
+        median = "median " if label.startswith("time") else ""
+        print(f"cleanup {label:<26}{median:>7}{ratio:5.2f}x  (target <= {target:.2f}x)  {verdict}")
     # Wall time here is mostly moto's and moves with the machine's load; CPU time is the
     # contender's own and steadier: a figure to read beside the targets, not one of them.
     cleanup_cpu = statistics.median(cleanup.cpus)
-    for label, other in (("cpu vs Custodian", custodian), ("cpu vs paginator", paginator)):
+    for label, other in (("cpu vs Custodian", custodian), ("cpu vs floor", floor)):
         ratio = cleanup_cpu / statistics.median(other.cpus)
-        print(f"cleanup {label:<26}{ratio:6.2f}x  (a figure, no target)")
+        print(f"cleanup {label:<26}{'':>7}{ratio:5.2f}x  (a figure, no target)")
+    print()
 
 
 if __name__ == "__main__":
