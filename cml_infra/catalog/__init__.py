@@ -6,6 +6,7 @@ Each file maps the generic sizes (s, m, l, xl) and GPU names with counts (`t4:2`
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from functools import cache
 from importlib import resources
@@ -49,6 +50,10 @@ class Catalog(BaseModel):
     # Type name prefixes of the families whose types come with GPUs built in: a native --type
     # of one of them is a GPU machine (the module gets it as a boolean, never as a list).
     gpu_type_prefixes: list[str]
+    # Patterns (regular expressions, matched in full) of the type names whose CPUs are 64-bit
+    # Arm: the instance then installs the linux-arm64 build of the runner. Every other type is
+    # x86_64.
+    arm64_types: list[str] = []
     sizes: dict[str, str]
     gpus: dict[str, dict[int, str]]
     instance_types: list[Offer]
@@ -68,6 +73,13 @@ class Catalog(BaseModel):
         ]
         if unnamed:
             raise ValueError(f"{', '.join(unnamed)}: GPU types no gpu_type_prefixes entry names")
+        for pattern in self.arm64_types:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"arm64_types: {pattern!r} is not a regular expression ({exc})"
+                ) from None
         if self.default_region not in self.regions:
             raise ValueError(f"default_region {self.default_region!r} is not in regions")
         if sorted(self.sizes) != sorted(SIZES):
@@ -86,6 +98,11 @@ class Catalog(BaseModel):
 
     def has_builtin_gpu(self, instance_type: str) -> bool:
         return instance_type.startswith(tuple(self.gpu_type_prefixes))
+
+    def arch(self, instance_type: str) -> str:
+        """`arm64` or `x86_64`: the CPU of a type, by its name."""
+        arm = any(re.fullmatch(pattern, instance_type) for pattern in self.arm64_types)
+        return "arm64" if arm else "x86_64"
 
     def offer(self, offer_id: str) -> Offer:
         return next(offer for offer in self.instance_types if offer.id == offer_id)

@@ -1,8 +1,9 @@
 """The Forge protocol: where runners register and jobs come from (GitHub today, GitLab next).
 
 Nothing past this seam sees a forge's own API JSON: runners are RunnerInfo, registrations are
-Registration, and the record keeps `describe()`. The long-lived token stays in the forge
-object; the instance only ever gets what `register` mints.
+Registration, releases of the forge's runner are RunnerRelease, and the record keeps
+`describe()`. The long-lived token stays in the forge object; the instance only ever gets what
+`register` mints.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ class Registration:
     kind: Literal["jit", "token"]
     secret: str
     url: str
+
+
+@dataclass(frozen=True)
+class RunnerRelease:
+    """One build of the forge's runner, for one platform: where the instance downloads it, and
+    the SHA-256 the forge publishes for it (the instance refuses an archive that differs)."""
+
+    version: str
+    url: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -148,13 +159,35 @@ class Forge(ABC):
         cannot list them for this scope."""
         return {}
 
+    @abstractmethod
+    def latest_runner(self, platform: str) -> RunnerRelease:
+        """The release of the forge's runner that runners should install now, for `platform`
+        (`linux-x64`, `linux-arm64`); CmlInfraError when the forge cannot say."""
+
+    @abstractmethod
+    def runner_release(self, platform: str, version: str) -> RunnerRelease:
+        """One given release of the runner, for `platform`; UsageError (naming
+        --runner-version) when there is no such release, CmlInfraError when the forge cannot
+        be asked."""
+
+    def resolve_runner(self, spec: RunnerSpec, boot: Boot) -> RunnerRelease | None:
+        """At `up`, before anything is created: the release this launch installs, looked up
+        through the forge (None: the one `agent_runner` names without a lookup)."""
+        return None
+
     @classmethod
     @abstractmethod
     def agent_runner(
-        cls, spec: RunnerSpec, registration: Registration, labels: tuple[str, ...], boot: Boot
+        cls,
+        spec: RunnerSpec,
+        registration: Registration,
+        labels: tuple[str, ...],
+        boot: Boot,
+        release: RunnerRelease | None = None,
     ) -> dict[str, Any]:
         """The `runner` section of the agent's config: how the instance installs and runs
-        this forge's runner (agent/<kind>_runner.py reads it)."""
+        this forge's runner (agent/<kind>_runner.py reads it); `release` is what
+        `resolve_runner` found (None: render, or nothing to look up)."""
 
     @classmethod
     @abstractmethod

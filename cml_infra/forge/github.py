@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from cml_infra import forge
 from cml_infra.errors import CmlInfraError, UsageError
-from cml_infra.forge.base import Forge, Registration, RunnerInfo
+from cml_infra.forge.base import Forge, Registration, RunnerInfo, RunnerRelease
 from cml_infra.spec import ForgeTarget
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from cml_infra.spec import RunnerSpec
 
 PUBLIC_API = "https://api.github.com"
+# Where GitHub publishes the runner's releases (on github.com and GHE.com).
+RUNNER_REPO = "/repos/actions/runner"
 # GitHub's rules. A user or organization name: letters, digits and single hyphens, neither
 # first nor last, at most 39 characters. A repository name: letters, digits, '.', '-' and '_',
 # at most 100, and not '.' or '..'.
@@ -38,6 +40,12 @@ _REPO_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9._-]{1,100}\Z")
 GROUP_MAX = 100
 # Waiting for a rate-limit reset is worth it only when the reset is this close.
 RATE_LIMIT_WAIT_MAX = 60.0
+
+
+def enterprise_server(api_url: str | None) -> bool:
+    """GitHub Enterprise Server, whose API is under /api/v3 of its host: it names the runner
+    version it requires itself, and github.com's minimum does not hold there."""
+    return bool(api_url) and urlsplit(str(api_url)).path.rstrip("/").endswith("/api/v3")
 
 
 def html_url(target: ForgeTarget, api_url: str) -> str:
@@ -103,11 +111,58 @@ class GitHubForge(Forge):
 
     @classmethod
     def agent_runner(
-        cls, spec: RunnerSpec, registration: Registration, labels: tuple[str, ...], boot: Boot
+        cls,
+        spec: RunnerSpec,
+        registration: Registration,
+        labels: tuple[str, ...],
+        boot: Boot,
+        release: RunnerRelease | None = None,
     ) -> dict[str, Any]:
         from cml_infra.forge import github_runner
 
-        return github_runner.agent_config(spec, registration, labels, boot)
+        return github_runner.agent_config(spec, registration, labels, boot, release)
+
+    def latest_runner(self, platform: str) -> RunnerRelease:
+        """github.com and GHE.com: the latest release of actions/runner. GitHub Enterprise
+        Server: the runner it serves for its scopes (its own version, which may lag github.com's
+        releases), from the list of runner applications."""
+        from cml_infra.forge import github_runner
+
+        if enterprise_server(self.api_url):
+            path = f"/{self.target.scope_path}/actions/runners/downloads"
+            return github_runner.from_applications(self._request("GET", path), platform)
+        try:
+            data = self._request("GET", f"{RUNNER_REPO}/releases/latest")
+        except _NotFound:
+            raise CmlInfraError(
+                f"github: {self.api_url} lists no release of actions/runner"
+            ) from None
+        return github_runner.from_release(data, platform)
+
+    def runner_release(self, platform: str, version: str) -> RunnerRelease:
+        from cml_infra.forge import github_runner
+
+        if enterprise_server(self.api_url):
+            served = self.latest_runner(platform)
+            if served.version != version:
+                raise UsageError(
+                    "--runner-version",
+                    f"{self.api_url} serves actions/runner {served.version}, not {version}: "
+                    "GitHub Enterprise Server installs the runner it requires; drop the flag",
+                )
+            return served
+        try:
+            data = self._request("GET", f"{RUNNER_REPO}/releases/tags/v{version}")
+        except _NotFound:
+            raise UsageError(
+                "--runner-version", f"actions/runner has no release v{version} on {self.api_url}"
+            ) from None
+        return github_runner.from_release(data, platform)
+
+    def resolve_runner(self, spec: RunnerSpec, boot: Boot) -> RunnerRelease | None:
+        from cml_infra.forge import github_runner
+
+        return github_runner.resolve(self, spec, boot)
 
     def register(self, name: str, labels: tuple[str, ...], single: bool) -> Registration:
         """A JIT config for a single-job runner, a registration token otherwise."""
@@ -218,15 +273,26 @@ class GitHubForge(Forge):
         body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A call on the target's scope (`repos/OWNER/NAME/…`, `orgs/ORG/…`)."""
+        return dict(self._request(verb, f"/{self.target.scope_path}/{path}", body, params) or {})
+
+    def _request(
+        self,
+        verb: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """One API call (`url` from the API root): its decoded JSON; a rate limit that resets
+        soon is waited out once, anything else becomes one clean error without the token."""
         from github import GithubException
 
-        url = f"/{self.target.scope_path}/{path}"
         for attempt in range(2):
             try:
                 _, data = self._client().requester.requestJsonAndCheck(
                     verb, url, parameters=params, input=body
                 )
-                return dict(data or {})
+                return data
             except GithubException as exc:
                 wait = _rate_limit_wait(exc)
                 if wait is not None and wait <= RATE_LIMIT_WAIT_MAX and attempt == 0:

@@ -3,6 +3,7 @@ loopback GitHub whose traffic is checked against GitHub's OpenAPI description.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tarfile
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from cml_infra.clouds.base import machine_arch
+from cml_infra.forge.github_runner import MINIMUM_VERSION, PLATFORMS
 from tests.e2e.conftest import SCOPE, TOKEN, Cli, assert_no_processes_in, processes_in
-from tests.fakes.github import FakeGitHub
+from tests.fakes.github import TOO_OLD_TO_REGISTER, FakeGitHub
+from tests.fakes.runner_double import build_archive
 
 pytestmark = pytest.mark.e2e
 
@@ -126,6 +130,57 @@ def test_the_token_leaks_nowhere(runner_cli: Cli, github, archive, tmp_path: Pat
     assert leaked == []
 
 
+def recording(archive: Path, dest: Path) -> Path:
+    """The runner double's archive, its config.sh and run.sh first noting, in the runner folder,
+    their arguments (argv-seen) and the ACTIONS_RUNNER_INPUT_* variables they were given
+    (inputs-seen): a short-lived config.sh cannot be caught in /proc, but it can write."""
+    folder = dest / "unpacked"
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    note = (
+        'here="$(dirname "$0")"\n'
+        'printf "%s\\0" "$@" >>"$here/argv-seen"\n'
+        'env | sed -n "s/^\\(ACTIONS_RUNNER_INPUT_[A-Z]*\\)=.*/\\1/p" >>"$here/inputs-seen"\n'
+    )
+    for script in ("config.sh", "run.sh"):
+        shebang, body = (folder / script).read_text().split("\n", 1)
+        (folder / script).write_text(f"{shebang}\n{note}{body}")
+    packed = dest / archive.name
+    with tarfile.open(packed, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+    return packed
+
+
+@pytest.mark.parametrize(("single", "variable"), [(False, "TOKEN"), (True, "JITCONFIG")])
+def test_the_registration_secret_is_in_no_argv_of_the_runner(
+    runner_cli: Cli, github, archive, tmp_path: Path, single: bool, variable: str
+) -> None:
+    """config.sh gets the registration token, and run.sh the JIT config, in the variable the
+    runner reads (ACTIONS_RUNNER_INPUT_*): /proc/PID/cmdline, which every user of the machine
+    can read, never holds it, neither theirs nor the listener's for the runner's whole life."""
+    recorded = recording(archive, tmp_path / "recorded")
+    up = runner_cli.run("up", "--name", "quiet", "--repo", "octo/repo", "--github-url",
+                        github.url, "--runner-archive", str(recorded), "--idle-timeout", "1h",
+                        *(["--single"] if single else []))  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert our_runner(github, "quiet")["status"] == "online", "the secret did not reach it"
+    (config,) = runner_cli.sandbox("quiet").rglob("agent-config.json")
+    secret = json.loads(config.read_text())["runner"]["registration"]["secret"].encode()
+    (runner_folder,) = {path.parent for path in runner_cli.sandbox("quiet").rglob("argv-seen")}
+
+    argv_seen = (runner_folder / "argv-seen").read_bytes().split(b"\0")
+    assert secret not in b"\0".join(argv_seen)
+    assert not {b"--token", b"--jitconfig"} & set(argv_seen)
+    assert (runner_folder / "inputs-seen").read_text().split() == [
+        f"ACTIONS_RUNNER_INPUT_{variable}"
+    ]
+    listening = processes_in(runner_cli.state_dir)
+    assert any(b"Runner.Listener" in (_read(pid, "cmdline") or b"") for pid in listening)
+    assert [pid for pid in listening if secret in (_read(pid, "cmdline") or b"")] == []
+    runner_cli.ok("down", "quiet")
+
+
 def descendants(root: int) -> list[int]:
     parents = {}
     for entry in Path("/proc").iterdir():
@@ -186,3 +241,90 @@ def test_reuse_idle_takes_a_warm_runner_until_it_is_busy(runner_cli: Cli, github
     assert our_runner(github, "extra")["status"] == "online"
     for name in ("warm", "extra"):
         assert runner_cli.run("down", name).returncode == 0
+
+
+# --- which runner release the instance installs ------------------------------------------------
+
+# The runner build this machine runs: what a local instance downloads.
+PLATFORM = PLATFORMS[machine_arch()]
+
+
+def download_path(version: str) -> str:
+    name = f"actions-runner-{PLATFORM}-{version}.tar.gz"
+    return f"/_fake/github.com/actions/runner/releases/download/v{version}/{name}"
+
+
+def test_up_installs_githubs_latest_runner_release(runner_cli: Cli, github, tmp_path) -> None:
+    # No --runner-archive: up asks GitHub for the latest release, and the instance downloads it
+    # from the URL GitHub gives and checks it against the checksum in the release notes.
+    github.publish_runner("2.331.0", build_archive(tmp_path / "old", version="2.331.0"))
+    github.publish_runner("2.333.0", build_archive(tmp_path / "new", version="2.333.0"))
+    up = runner_cli.run("up", "--name", "fresh", "--repo", "octo/repo", "--github-url",
+                        github.url, "--idle-timeout", "1h")  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert "warning" not in up.stderr
+    runner = our_runner(github, "fresh")
+    assert runner is not None and runner["status"] == "online"
+    assert runner["version"] == "2.333.0", "GitHub sees the release that was installed"
+    assert github.downloads == [download_path("2.333.0")]
+    log = runner_cli.ok("logs", "fresh")
+    assert f"downloading the runner from {github.url}{download_path('2.333.0')}" in log
+    assert "Current runner version: '2.333.0'" in log
+    assert runner_cli.run("down", "fresh").returncode == 0
+
+
+def test_up_installs_the_runner_version_asked_for(runner_cli: Cli, github, tmp_path) -> None:
+    github.publish_runner("2.331.0", build_archive(tmp_path / "old", version="2.331.0"))
+    github.publish_runner("2.333.0", build_archive(tmp_path / "new", version="2.333.0"))
+    up = runner_cli.run("up", "--name", "pinned", "--repo", "octo/repo", "--github-url",
+                        github.url, "--runner-version", "2.331.0", "--single")  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert our_runner(github, "pinned")["version"] == "2.331.0"
+    assert github.downloads == [download_path("2.331.0")]
+    assert runner_cli.run("down", "pinned").returncode == 0
+
+
+def test_a_runner_older_than_githubs_minimum_is_refused_before_anything(runner_cli: Cli, github):
+    done = runner_cli.run("up", "--name", "old", "--repo", "octo/repo", "--github-url", github.url,
+                          "--runner-version", "2.300.0")  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --runner-version: 2.300.0 is older "), (
+        lines
+    )
+    assert MINIMUM_VERSION in lines[0]
+    assert github.requests == [], "nothing is asked of GitHub"
+    assert not runner_cli.state_dir.exists(), "nothing is created"
+
+
+def test_a_checksum_mismatch_stops_the_boot_and_up_fails(runner_cli: Cli, github, tmp_path):
+    # The notes publish one checksum, the download has another (a tampered or broken file).
+    archive = build_archive(tmp_path / "new", version="2.333.0")
+    github.publish_runner("2.333.0", archive, sha256={PLATFORM: "0" * 64}, digests=False)
+    done = runner_cli.run("up", "--name", "tampered", "--repo", "octo/repo", "--github-url",
+                          github.url, "--startup-timeout", "8s")  # fmt: skip
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    log = runner_cli.ok("logs", "tampered")
+    assert f"not the {'0' * 64} it must have" in log
+    assert "refusing to install it" in log
+    assert "Listening for Jobs" not in log
+    assert our_runner(github, "tampered") is None
+    assert not runner_cli.sandbox("tampered").exists()
+    assert_no_processes_in(runner_cli.state_dir)
+    assert runner_cli.status()["tampered"]["state"] == "destroyed"
+
+
+def test_github_refuses_to_register_a_runner_too_old(runner_cli: Cli, github, tmp_path) -> None:
+    # A mirror or a local file may hold any release; GitHub (the double's server) refuses one
+    # below its minimum, in its own words, and up fails rather than wait for ever.
+    old = build_archive(tmp_path / "old", version="2.321.0")
+    done = runner_cli.run("up", "--name", "stale", "--repo", "octo/repo", "--github-url",
+                          github.url, "--runner-archive", str(old),
+                          "--startup-timeout", "8s")  # fmt: skip
+    assert done.returncode == 1
+    log = runner_cli.ok("logs", "stale")
+    assert TOO_OLD_TO_REGISTER.format(minimum=MINIMUM_VERSION) in log
+    assert our_runner(github, "stale") is None
+    assert_no_processes_in(runner_cli.state_dir)

@@ -7,20 +7,31 @@ every response the fake gives is validated with openapi-core against tests/data/
 (a cut of GitHub's official description); whatever does not match is appended to
 `gh.violations`, which tests assert is empty.
 
+It also serves the releases of actions/runner (`GET /repos/actions/runner/releases/latest` and
+`.../releases/tags/{tag}`, each release with its assets and the SHA-256 of each in its notes, as
+GitHub writes them) and, as GitHub Enterprise Server does, the runner applications of a scope
+(`GET .../actions/runners/downloads`): tests publish a release with `gh.publish_runner(...)`, and
+its archives download from `/_fake/github.com/actions/runner/releases/download/v{V}/{asset}`.
+With `api_prefix="/api/v3"` the REST API answers under that path only, as on GitHub Enterprise
+Server (`gh.api_url`); `requests` and `request_log` then name paths from the API's root.
+
 Under `/_fake/` there is a control API, not validated and without auth, that the runner double
 (tests/fakes/runner/) uses the way the real runner uses GitHub's private runner protocol:
 register with a registration token, go online, poll for a job, report it done. Tests queue jobs
 with `gh.queue_job(...)` and read their state with `gh.job(...)`.
 
 The control API's contract is shared with the runner double: POST /_fake/register (with a
-minted registration token), POST /_fake/runners/{id}/online|offline, GET .../next-job (204 or a
-job), POST .../job-done; an ephemeral runner's registration is removed after its job.
+minted registration token and the runner's version), POST /_fake/runners/{id}/online|offline,
+GET .../next-job (204 or a job), POST .../job-done; an ephemeral runner's registration is removed
+after its job. As GitHub does, the fake refuses to register a runner older than
+`gh.minimum_runner_version`, and a runner that old gets no session (`online`).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import itertools
 import json
 import secrets
@@ -37,12 +48,30 @@ SPEC_PATH = Path(__file__).resolve().parent.parent / "data" / "github-subset.jso
 # The validator sees every request as sent to the description's own server, so that the spec is
 # built once per process whatever port a fake listens on.
 API_HOST = "https://api.github.com"
-RUNNER_VERSION = "2.321.0"
+# The version a runner has when the double does not say (runners seeded with add_runner).
+RUNNER_VERSION = "2.330.0"
+# The oldest runner GitHub lets configure or register (cml_infra/forge/github_runner.py has
+# the launcher's copy), and what GitHub answers an older one. config.sh of an older runner gets
+# a 404 from the registration endpoint with the first message (the console output quoted in
+# cert-manager/aws-privateca-issuer#478 and man-group/ArcticDB#3404); a listener that is too
+# old gets the second when it asks for jobs, and exits (actions/runner#3651, #3266).
+MINIMUM_RUNNER_VERSION = "2.329.0"
+TOO_OLD_TO_REGISTER = (
+    "Your runner version is out of date and can no longer register with GitHub. "
+    "The minimum runner version required to register with GitHub Actions is now {minimum}."
+)
+DEPRECATED_RUNNER = "Runner version v{version} is deprecated and cannot receive messages."
+RUNNER_REPO = "actions/runner"
+RELEASE_ASSET = "actions-runner-{platform}-{version}.tar.gz"
+RUNNER_PLATFORMS = ("linux-x64", "linux-arm64")
 READ_ONLY_LABELS = ("self-hosted", "Linux", "X64")
 DEFAULT_RUNNER_GROUP = (1, "Default")
 DOCS_URL = "https://docs.github.com/rest"
 FAKE_PREFIX = "/_fake/"
 JSON_TYPE = "application/json; charset=utf-8"
+ARCHIVE_TYPE = "application/octet-stream"
+# Where release assets download from: github.com's web host, played by the fake's own.
+DOWNLOADS = FAKE_PREFIX + "github.com/"
 
 _spec_lock = threading.Lock()
 # openapi-core and jsonschema-path keep caches; validation is serialized to stay on the safe side.
@@ -306,8 +335,10 @@ def _error(status: int, message: str, **extra: Any) -> _Reply:
 class FakeGitHub(Loopback):
     """A fake GitHub API server; see the module docstring.
 
-    Public attributes: url, token, repos, orgs, requests [(method, path, status)], request_log
-    [dicts with the query and JSON body too], violations [str], fail_with, fail_count, tokens.
+    Public attributes: url (the server), api_url (its REST API), token, repos, orgs, requests
+    [(method, path, status)], request_log [dicts with the query and JSON body too], violations
+    [str], fail_with, fail_count, tokens, minimum_runner_version, downloads [paths of archives
+    fetched].
     """
 
     def __init__(
@@ -315,10 +346,21 @@ class FakeGitHub(Loopback):
         token: str,
         repos: tuple[str, ...] | list[str] = ("octo/repo",),
         orgs: tuple[str, ...] | list[str] = ("octo",),
+        *,
+        api_prefix: str = "",
     ):
         self.token = token
         self.repos = tuple(repos)
         self.orgs = tuple(orgs)
+        # "/api/v3": the REST API answers there, as on GitHub Enterprise Server.
+        self.api_prefix = api_prefix.rstrip("/")
+        self.minimum_runner_version = MINIMUM_RUNNER_VERSION
+        # actions/runner releases: version -> {"assets": {platform: bytes}, "sha256": {...},
+        # "digests": bool, "published_at"}; the latest is the last published with latest=True.
+        self._releases: dict[str, dict[str, Any]] = {}
+        self._latest_release: str | None = None
+        self._release_ids = itertools.count(90001)
+        self.downloads: list[str] = []
         self.user_login = "fake-user"
         self.requests: list[tuple[str, str, int]] = []
         self.request_log: list[dict[str, Any]] = []
@@ -343,7 +385,40 @@ class FakeGitHub(Loopback):
         openapi()  # build the description before the first request needs it
         self._start_server("fake-github")
 
+    @property
+    def api_url(self) -> str:
+        """What `--github-url` takes: the REST API's root."""
+        return self.url + self.api_prefix
+
     # -- helpers for tests ----------------------------------------------------------------
+
+    def publish_runner(
+        self,
+        version: str,
+        archive: bytes | Path,
+        *,
+        platforms: tuple[str, ...] = RUNNER_PLATFORMS,
+        sha256: Mapping[str, str] | None = None,
+        digests: bool = True,
+        latest: bool = True,
+    ) -> dict[str, str]:
+        """Publish release v`version` of actions/runner with `archive` as the asset of every
+        platform. Its notes carry each asset's SHA-256 (`sha256` overrides some, as a release
+        whose notes disagree with its files would), and with `digests` each asset also has
+        GitHub's `digest`. Returns platform -> the asset's download URL."""
+        data = archive if isinstance(archive, bytes) else Path(archive).read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            self._releases[version] = {
+                "id": next(self._release_ids),
+                "assets": dict.fromkeys(platforms, data),
+                "sha256": {p: (sha256 or {}).get(p, actual) for p in platforms},
+                "digest": actual if digests else None,
+                "published_at": _now(),
+            }
+            if latest:
+                self._latest_release = version
+        return {p: self._download_url(version, p) for p in platforms}
 
     def scope_of(self, scope: str) -> str:
         """The canonical scope ("repos/OWNER/REPO" or "orgs/ORG") for a scope string; also
@@ -489,6 +564,10 @@ class FakeGitHub(Loopback):
     def _serve(self, handler: Handler) -> None:
         split = urlsplit(handler.path)
         path, query = split.path, parse_qs(split.query, keep_blank_values=True)
+        if self.api_prefix and not path.startswith(FAKE_PREFIX):
+            # GitHub Enterprise Server's API lives under /api/v3; nothing answers outside it.
+            inside = path.startswith(self.api_prefix + "/")
+            path = path[len(self.api_prefix) :] if inside else "/__outside_the_api__" + path
         method = handler.command.upper()
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
@@ -505,7 +584,7 @@ class FakeGitHub(Loopback):
         data = b"" if body is None else (body if isinstance(body, bytes) else _dump(body))
         reply_headers = {}
         if data:
-            reply_headers["Content-Type"] = JSON_TYPE
+            reply_headers["Content-Type"] = ARCHIVE_TYPE if isinstance(body, bytes) else JSON_TYPE
         if not path.startswith(FAKE_PREFIX):
             reply_headers.update(self._rate_headers())
         for key, value in extra.items():  # header names are case-insensitive
@@ -645,6 +724,8 @@ class FakeGitHub(Loopback):
         if path == "/rate_limit":
             return 200, self._rate_limit(), {}
         parts = [p for p in path.split("/") if p]
+        if method == "GET" and "/".join(parts[:3]) == f"repos/{RUNNER_REPO}":
+            return self._release_route(parts[3:])
         scope, rest = self._scope_from_path(parts)
         if not rest and scope.startswith("repos/"):
             return 200, self._repository(scope.removeprefix("repos/"), "full-repository"), {}
@@ -669,6 +750,8 @@ class FakeGitHub(Loopback):
             return 201, self._mint("remove", scope), {}
         if method == "POST" and rest == ["generate-jitconfig"]:
             return 201, self._generate_jitconfig(scope, body), {}
+        if method == "GET" and rest == ["downloads"]:
+            return 200, self._runner_applications(), {}
         if method == "GET" and not rest:
             found = [r for r in self._runners.values() if r["scope"] == scope]
             name = _first(query, "name")
@@ -902,6 +985,111 @@ class FakeGitHub(Loopback):
             pull_requests=[],
         )
 
+    # -- actions/runner releases ------------------------------------------------------------
+
+    def _download_url(self, version: str, platform: str) -> str:
+        name = RELEASE_ASSET.format(platform=platform, version=version)
+        return f"{self.url}{DOWNLOADS}{RUNNER_REPO}/releases/download/v{version}/{name}"
+
+    def _release_route(self, rest: list[str]) -> tuple[int, Any, dict[str, str]]:
+        if rest == ["releases", "latest"] and self._latest_release is not None:
+            return 200, self._release(self._latest_release), {}
+        tagged = len(rest) == 3 and rest[:2] == ["releases", "tags"] and rest[2].startswith("v")
+        if tagged and rest[2][1:] in self._releases:
+            return 200, self._release(rest[2][1:]), {}
+        raise _error(404, "Not Found")
+
+    def _release(self, version: str) -> dict[str, Any]:
+        """A release as GitHub describes actions/runner's: an asset per platform, and notes
+        with the SHA-256 of each between GitHub's markers."""
+        release = self._releases[version]
+        api = f"{self.api_url}/repos/{RUNNER_REPO}/releases/{release['id']}"
+        published = _iso(release["published_at"])
+        assets = []
+        for number, (platform, data) in enumerate(release["assets"].items()):
+            name = RELEASE_ASSET.format(platform=platform, version=version)
+            asset = example(
+                "release-asset",
+                id=release["id"] * 10 + number,
+                node_id=f"RA_fake{release['id']}{number}",
+                name=name,
+                label="",
+                state="uploaded",
+                content_type="application/gzip",
+                size=len(data),
+                download_count=0,
+                url=f"{self.api_url}/repos/{RUNNER_REPO}/releases/assets/{release['id']}{number}",
+                browser_download_url=self._download_url(version, platform),
+                created_at=published,
+                updated_at=published,
+            )
+            asset["digest"] = f"sha256:{release['digest']}" if release["digest"] else None
+            assets.append(asset)
+        checksums = "".join(
+            f"- {RELEASE_ASSET.format(platform=p, version=version)} "
+            f"<!-- BEGIN SHA {p} -->{sha}<!-- END SHA {p} -->\n"
+            for p, sha in release["sha256"].items()
+        )
+        body = (
+            f"## What's Changed\n* Runner release {version}\n\n## Linux x64\n\n"
+            "``` bash\n# Create a folder\nmkdir actions-runner && cd actions-runner\n```\n\n"
+            "## SHA-256 Checksums\n\nThe SHA-256 checksums for the packages included in this "
+            f"build are shown below:\n\n{checksums}"
+        )
+        return example(
+            "release",
+            id=release["id"],
+            node_id=f"RE_fake{release['id']}",
+            url=api,
+            html_url=f"https://github.com/{RUNNER_REPO}/releases/tag/v{version}",
+            assets_url=f"{api}/assets",
+            upload_url=f"https://uploads.github.com/repos/{RUNNER_REPO}/releases/{release['id']}"
+            "/assets{?name,label}",
+            tarball_url=f"{self.api_url}/repos/{RUNNER_REPO}/tarball/v{version}",
+            zipball_url=f"{self.api_url}/repos/{RUNNER_REPO}/zipball/v{version}",
+            tag_name=f"v{version}",
+            target_commitish="main",
+            name=f"v{version}",
+            body=body,
+            draft=False,
+            prerelease=False,
+            created_at=published,
+            published_at=published,
+            author=self._owner("github-actions[bot]"),
+            assets=assets,
+        )
+
+    def _runner_applications(self) -> list[dict[str, Any]]:
+        """What GitHub Enterprise Server lists for a scope: the runner it serves (here, the
+        latest release), one entry per platform, with its checksum."""
+        if self._latest_release is None:
+            return []
+        version = self._latest_release
+        release = self._releases[version]
+        found = []
+        for platform in release["assets"]:
+            os_name, _, architecture = platform.partition("-")
+            found.append(
+                {
+                    "os": os_name,
+                    "architecture": architecture,
+                    "download_url": self._download_url(version, platform),
+                    "filename": RELEASE_ASSET.format(platform=platform, version=version),
+                    "sha256_checksum": release["sha256"][platform],
+                }
+            )
+        return found
+
+    def _download(self, path: str) -> tuple[int, Any, dict[str, str]]:
+        prefix = f"{DOWNLOADS}{RUNNER_REPO}/releases/download/v"
+        version, _, name = path.removeprefix(prefix).partition("/")
+        release = self._releases.get(version) if path.startswith(prefix) else None
+        for platform, data in (release or {}).get("assets", {}).items():
+            if name == RELEASE_ASSET.format(platform=platform, version=version):
+                self.downloads.append(path)
+                return 200, data, {}
+        return 404, b"Not Found", {"Content-Type": "text/plain"}
+
     # -- the control API for the runner double ---------------------------------------------
 
     def _control(self, method: str, path: str, raw: bytes) -> tuple[int, Any, dict[str, str]]:
@@ -911,6 +1099,8 @@ class FakeGitHub(Loopback):
             body = {}
         try:
             with self._lock:
+                if method == "GET" and path.startswith(DOWNLOADS):
+                    return self._download(path)
                 if method == "POST" and parts == ["register"]:
                     return 201, self._register(body), {}
                 if len(parts) == 3 and parts[0] == "runners" and parts[1].isdigit():
@@ -918,10 +1108,15 @@ class FakeGitHub(Loopback):
                     if record is None:
                         raise _Reply(404, {"message": "runner not found"})
                     action = (method, parts[2])
-                    if action in (("POST", "online"), ("POST", "offline")):
-                        record["status"] = parts[2]
-                        if parts[2] == "online":
-                            record["version"] = record["version"] or RUNNER_VERSION
+                    if action == ("POST", "online"):
+                        version = str(body.get("version") or record["version"] or RUNNER_VERSION)
+                        if self._too_old(version):
+                            message = DEPRECATED_RUNNER.format(version=version)
+                            raise _Reply(403, {"message": message})
+                        record.update(status="online", version=version)
+                        return 200, {"status": record["status"]}, {}
+                    if action == ("POST", "offline"):
+                        record["status"] = "offline"
                         return 200, {"status": record["status"]}, {}
                     if action == ("GET", "next-job"):
                         return self._next_job(record)
@@ -948,11 +1143,22 @@ class FakeGitHub(Loopback):
         labels = body.get("labels") or []
         if not isinstance(name, str) or not name or not isinstance(labels, list):
             raise _Reply(400, {"message": "name (string) and labels (list) are required"})
+        version = body.get("version")
+        if version is not None and self._too_old(str(version)):
+            message = TOO_OLD_TO_REGISTER.format(minimum=self.minimum_runner_version)
+            raise _Reply(404, {"message": message})
         for old in [r for r in self._runners.values() if r["scope"] == scope]:
             if old["name"] == name:  # as config.sh --replace does
                 del self._runners[old["id"]]
         record = self._create_runner(scope, name, labels, ephemeral=bool(body.get("ephemeral")))
+        record["version"] = version
         return {"runner_id": record["id"]}
+
+    def _too_old(self, version: str) -> bool:
+        try:
+            return _version_key(version) < _version_key(self.minimum_runner_version)
+        except ValueError:
+            return True
 
     def _next_job(self, record: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         if record["status"] != "online" or record["busy"]:
@@ -979,6 +1185,10 @@ class FakeGitHub(Loopback):
         if record["ephemeral"]:  # GitHub removes ephemeral runners once their job is done
             self._runners.pop(record["id"], None)
         return {"job_id": job["id"], "status": "completed"}
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def _first(query: Mapping[str, list[str]], name: str) -> str | None:

@@ -13,7 +13,7 @@ import github
 import pytest
 import requests
 
-from tests.fakes.github import FakeGitHub
+from tests.fakes.github import RUNNER_VERSION, FakeGitHub
 
 TOKEN = "ghp_fake_token_for_tests"
 SCOPES = ["repos/octo/repo", "orgs/octo"]
@@ -413,7 +413,7 @@ def test_control_flow_register_run_and_remove_an_ephemeral_runner(gh, http):
 
     runner_url = f"{gh.url}/repos/octo/repo/actions/runners/{runner_id}"
     seen = http.get(runner_url).json()
-    assert (seen["status"], seen["busy"], seen["version"]) == ("online", True, "2.321.0")
+    assert (seen["status"], seen["busy"], seen["version"]) == ("online", True, RUNNER_VERSION)
     assert http.delete(runner_url).status_code == 422  # GitHub refuses to delete a busy runner
 
     runs = http.get(f"{gh.url}/repos/octo/repo/actions/runs").json()

@@ -287,7 +287,7 @@ def jit_config(stub: ControlStub, name: str = "jit-1") -> tuple[int, str]:
 
 
 def test_build_archive_has_the_release_layout_with_executable_bits(archive, tmp_path):
-    assert archive.name == "actions-runner-linux-x64-2.321.0.tar.gz"
+    assert archive.name == f"actions-runner-linux-x64-{runner_double.RUNNER_VERSION}.tar.gz"
     with tarfile.open(archive, "r:gz") as tar:
         members = {member.name: member for member in tar.getmembers()}
     for name in runner_double.EXECUTABLES:
@@ -345,6 +345,7 @@ def test_config_registers_and_writes_dot_runner(runner_dir, stub, path, token, s
                 "labels": ["cml", "gpu"],
                 "ephemeral": True,
                 "scope": scope,
+                "version": runner_double.RUNNER_VERSION,
             },
         )
     ]
@@ -386,6 +387,24 @@ def test_config_rejects_unknown_arguments_and_a_second_configuration(runner_dir,
     assert "already configured" in again.stderr
 
 
+def test_config_takes_the_token_from_its_variable_as_the_real_runner_does(runner_dir, stub):
+    """ACTIONS_RUNNER_INPUT_TOKEN stands in for --token (the agent passes the secret that way,
+    never in argv); a --token given on the command line wins, as in CommandSettings.cs."""
+    argv = ["./config.sh", "--url", stub.url + "/octo/repo", "--name", "env-1", "--unattended"]
+    env = dict(ENV, actions_runner_input_TOKEN=" good-token ")
+    done = subprocess.run(argv, cwd=runner_dir, capture_output=True, encoding="utf-8",
+                          timeout=WAIT, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert stub.calls[-1][2]["token"] == "good-token"
+
+    (runner_dir / ".runner").unlink()
+    env["actions_runner_input_TOKEN"] = "stale-token"
+    done = subprocess.run([*argv, "--token", "good-token"], cwd=runner_dir, capture_output=True,
+                          encoding="utf-8", timeout=WAIT, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [call[2]["token"] for call in stub.calls] == ["good-token", "good-token"]
+
+
 # --- run.sh ----------------------------------------------------------------------------------
 
 
@@ -396,7 +415,10 @@ def test_run_ephemeral_registration_runs_one_job_in_a_worker_and_exits(runner_di
     listener = start(procs, ["./run.sh"], runner_dir)
     listener.wait_line("Listening for Jobs")
     assert stub.runners[1]["status"] == "online"
-    assert listener.lines[:3] == ["√ Connected to GitHub", "", "Current runner version: '2.321.0'"]
+    version = runner_double.RUNNER_VERSION
+    connected = ["√ Connected to GitHub", "", f"Current runner version: '{version}'"]
+    assert listener.lines[:3] == connected
+    assert stub.calls[1][2] == {"version": version}, "the session carries the runner's version"
     job_id = stub.queue_job("train", seconds=0.6)
 
     listener.wait_line("Running job: train")
@@ -444,6 +466,22 @@ def test_run_jitconfig_needs_no_config_sh(runner_dir, stub, procs):
     assert stub.done == {job_id: "success"}
     assert not (runner_dir / ".runner").exists()
     assert "/_fake/register" not in stub.paths()
+
+
+def test_run_takes_the_jit_config_from_its_variable_and_no_worker_inherits_it(
+    runner_dir, stub, procs
+):
+    runner_id, encoded = jit_config(stub)
+    listener = start(procs, ["./run.sh"], runner_dir, ACTIONS_RUNNER_INPUT_JITCONFIG=encoded)
+    listener.wait_line("Listening for Jobs")
+    assert stub.runners[runner_id]["status"] == "online"
+    stub.queue_job("smoke", seconds=1.0)
+    workers = wait_until(
+        lambda: children_running(listener.popen.pid, "Runner.Worker"), what="a Runner.Worker child"
+    )
+    environ = Path(f"/proc/{workers[0]}/environ").read_bytes()
+    assert b"ACTIONS_RUNNER_INPUT_" not in environ and encoded.encode() not in environ
+    assert listener.wait_exit() == 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

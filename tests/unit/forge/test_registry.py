@@ -178,8 +178,14 @@ class ListedForge(Forge):
     def wait_online(self, name, timeout, sleep=None):
         raise NotImplementedError
 
+    def latest_runner(self, platform):
+        raise NotImplementedError
+
+    def runner_release(self, platform, version):
+        raise NotImplementedError
+
     @classmethod
-    def agent_runner(cls, spec, registration, labels, boot):
+    def agent_runner(cls, spec, registration, labels, boot, release=None):
         return {"kind": cls.name}
 
     @classmethod
