@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 AGENT_PACKAGE = "cml_infra_agent"
 AGENT_DELIMITER = "CML_INFRA_AGENT_EOF"
 CONFIG_DELIMITER = "CML_INFRA_CONFIG_EOF"
+# How long the agent waits for `nvidia-smi` to list the GPUs (agent/host.py).
+GPU_TIMEOUT_SECONDS = 900
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
@@ -109,14 +111,63 @@ def agent_files() -> dict[str, str]:
         source = path.read_text(encoding="utf-8")
         if AGENT_DELIMITER in source.replace(f'"{AGENT_DELIMITER}"', ""):
             raise RuntimeError(f"{path.name} contains the heredoc delimiter {AGENT_DELIMITER}")
-        files[path.name] = source.rstrip("\n")
+        files[path.name] = shipped(source).rstrip("\n")
     return files
 
 
+def shipped(source: str) -> str:
+    """Python source as an instance gets it: comments and docstrings (any statement that is a
+    lone string) emptied, every line where it was, so that a traceback on the instance names
+    the repository's line. User data is capped (AWS: 16 KB, compressed), and the prose of the
+    agent's comments is most of its size."""
+    import io
+    import tokenize
+
+    lines = source.splitlines(keepends=True)
+    edits: list[tuple[tuple[int, int], tuple[int, int], str]] = []
+    starts_statement = True
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    for index, token in enumerate(tokens):
+        kind = token.type
+        if kind == tokenize.COMMENT:
+            edits.append((token.start, token.end, ""))
+            continue
+        if kind in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING):
+            continue
+        following = next(
+            (t for t in tokens[index + 1 :] if t.type not in (tokenize.COMMENT, tokenize.NL)),
+            None,
+        )
+        if (
+            starts_statement
+            and kind == tokenize.STRING
+            and following is not None
+            and following.type in (tokenize.NEWLINE, tokenize.ENDMARKER)
+        ):
+            breaks = token.end[0] - token.start[0]
+            edits.append(
+                (token.start, token.end, '"""' + "\n" * breaks + '"""' if breaks else '""')
+            )
+        starts_statement = kind in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+    for (row, col), (end_row, end_col), text in reversed(edits):
+        head = lines[row - 1][:col]
+        tail = lines[end_row - 1][end_col:]
+        lines[row - 1 : end_row] = [head + text + tail]
+    # Without the blanks a removed comment leaves at the end of its line.
+    return "\n".join(line.rstrip() for line in "".join(lines).split("\n"))
+
+
 def startup_script(
-    boot: Boot, spec: RunnerSpec, expires_at: float, runner: dict[str, Any] | None = None
+    boot: Boot,
+    spec: RunnerSpec,
+    expires_at: float,
+    runner: dict[str, Any] | None = None,
+    gpus: int | None = None,
 ) -> str:
-    """The script an instance boots: it writes the agent and its config, then runs the agent."""
+    """The script an instance boots: it writes the agent and its config, then runs the agent.
+    `gpus`: how many the placement promised (None: as the spec asks, at least one for a GPU)."""
+    if gpus is None:
+        gpus = max(spec.gpu_count, 1) if spec.gpu else 0
     config: dict[str, Any] = {
         "name": spec.name,
         "idle_timeout": spec.idle_timeout,
@@ -125,6 +176,10 @@ def startup_script(
         "command": list(spec.command),
         "self_destroy": list(boot.self_destroy),
         "poll_seconds": boot.poll_seconds,
+        "gpus": gpus,
+        "gpu_timeout": gpu_timeout(spec),
+        # Docker for the jobs (agent/host.py installs it and adds the runner user to its group).
+        "docker": spec.docker if spec.docker is not None else gpus > 0,
     }
     if runner is not None:
         config["runner"] = runner
@@ -138,13 +193,24 @@ def startup_script(
             python=boot.python,
             ttl_timer=boot.ttl_timer,
             runner_user=runner.get("user") if runner else None,
-            gpu=spec.gpu is not None,
+            docker=config["docker"],
+            # A role for the job's data is fetched from the metadata service by job code.
+            block_metadata=not spec.data_identities,
             expires_at=int(expires_at),
             agent_package=AGENT_PACKAGE,
             agent_files=agent_files(),
             agent_config=json.dumps(config, indent=2),
         )
     )
+
+
+def gpu_timeout(spec: RunnerSpec) -> int:
+    """The agent's wait for the GPUs. A runner's leaves a third of its startup timeout for
+    Docker, the toolkit and the runner itself: a GPU that never comes then ends the instance,
+    with the reason in its log, before `up` stops waiting for the runner to come online."""
+    if spec.forge is None:
+        return GPU_TIMEOUT_SECONDS
+    return min(GPU_TIMEOUT_SECONDS, spec.startup_timeout * 2 // 3)
 
 
 def root_module(

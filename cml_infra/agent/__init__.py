@@ -8,5 +8,6 @@ nothing is installed from PyPI on an instance. Modules:
     loop.py           the Agent: task or runner, idle and TTL clocks, the status file
     github_runner.py  GitHub's runner on the instance: install, configure, run, watch
     hooks.py          per-cloud hooks: spot interruption notices and self-destroy calls
+    host.py           before any work: the GPUs awaited, Docker and the NVIDIA toolkit
     __main__.py       `python3 -m cml_infra_agent --config agent-config.json`
 """

@@ -4,16 +4,12 @@ registration the launcher minted, run as an unprivileged user, and watched for j
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
 import signal
 import subprocess
-import tarfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,11 @@ LISTENING_LINE = "Listening for Jobs"
 RUNNER_STOP_GRACE = 30.0
 PREEMPTION_POLL_SECONDS = 5.0
 WORK_FOLDER = "_work"
+# The runner reads a command-line argument NAME from the variable ACTIONS_RUNNER_INPUT_NAME too
+# (actions/runner, src/Runner.Listener/CommandSettings.cs), then drops it from its environment,
+# so that no worker or job inherits it. The registration secret goes that way, never in argv:
+# /proc/PID/cmdline is readable by every user of the machine for the process's whole life.
+INPUT_PREFIX = "ACTIONS_RUNNER_INPUT_"
 
 
 class Runner:
@@ -46,6 +47,13 @@ class Runner:
         self._next_preemption_poll = 0.0
 
     def install(self) -> None:
+        # Imported here: the agent runs this in a child process (loop._isolated), so that the
+        # megabytes these modules take never stay in the agent that watches the runner.
+        import hashlib
+        import shutil
+        import tarfile
+        import urllib.request
+
         archive = self.config["archive"]
         packed = self.home / "runner.tar.gz"
         if "path" in archive:
@@ -59,8 +67,10 @@ class Runner:
                 shutil.copyfileobj(response, out)
         digest = hashlib.sha256(packed.read_bytes()).hexdigest()
         if digest != archive["sha256"]:
+            packed.unlink()
             raise RuntimeError(
-                f"runner archive sha256 {digest} is not the pinned {archive['sha256']}"
+                f"the runner archive's sha256 is {digest}, not the {archive['sha256']} it "
+                "must have (its release's published checksum): refusing to install it"
             )
         self.dir.mkdir(exist_ok=True)
         with tarfile.open(packed) as tar:
@@ -75,37 +85,51 @@ class Runner:
     def start(self) -> None:
         registration = self.config["registration"]
         _check_values(registration, self.config)
+        secret: dict[str, str] = {}
         if registration["kind"] == "token":
             args = [
-                "./config.sh", "--unattended", "--replace", "--disableupdate",
-                "--url", registration["url"], "--token", registration["secret"],
+                "./config.sh", "--unattended", "--replace",
+                "--url", registration["url"],
                 "--name", self.config["name"], "--labels", ",".join(self.config["labels"]),
                 "--work", WORK_FOLDER,
             ]  # fmt: skip
             if self.config.get("ephemeral"):
-                args.append("--ephemeral")
+                # One job, then gone: an update would only delay it. A runner that takes many
+                # keeps GitHub's self-update, or it stops getting jobs 30 days after the next
+                # release.
+                args += ["--ephemeral", "--disableupdate"]
             if self.config.get("group"):
                 args += ["--runnergroup", str(self.config["group"])]
-            done = subprocess.run(args, cwd=self.dir, stdin=subprocess.DEVNULL, **self._as_user())
+            # config.sh ends once registered: the token lives no longer than it does.
+            token = {f"{INPUT_PREFIX}TOKEN": registration["secret"]}
+            done = subprocess.run(
+                args, cwd=self.dir, stdin=subprocess.DEVNULL, **self._as_user(token)
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"config.sh exited with {done.returncode}")
-            run = ["./run.sh"]
         else:
-            run = ["./run.sh", "--jitconfig", registration["secret"]]
+            # In run.sh's environment (and its listener's) while the runner lives: readable by
+            # root and the runner user only, whose jobs can read the same credentials anyway in
+            # the runner folder, where the listener writes them from the JIT config.
+            secret = {f"{INPUT_PREFIX}JITCONFIG": registration["secret"]}
         self.started_at = time.time()
         self.process = subprocess.Popen(
-            run,
+            ["./run.sh"],
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            **self._as_user(),
+            **self._as_user(secret),
         )
         threading.Thread(target=self._relay, daemon=True).start()
         log(f"runner {self.config['name']} started ({registration['kind']} registration)")
 
-    def _as_user(self) -> dict[str, Any]:
-        env = {**os.environ}
+    def _as_user(self, inputs: dict[str, str]) -> dict[str, Any]:
+        """Popen's arguments that run a runner script as the runner user, with `inputs` (the
+        runner's ACTIONS_RUNNER_INPUT_* variables) and no others: none inherited from
+        whoever started the agent may stand in for an argument of ours."""
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(INPUT_PREFIX)}
+        env.update(inputs)
         if not self.user:
             # The local cloud runs the runner as whoever runs cml-infra, root included.
             if os.geteuid() == 0:

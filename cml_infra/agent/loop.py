@@ -12,6 +12,8 @@ the instance. It reads one JSON config:
                     cloud API with the VM's own identity from the metadata server
     poll_seconds    how often to look
     runner          the forge's runner to run instead of a task (its `kind` picks the module)
+    gpus, gpu_timeout, docker
+                    what the instance must have before any work starts (host.py)
 
 It writes `agent-status.json` (state busy/idle/destroying, last_activity, idle_seconds) beside
 itself for the launcher to read, and logs one line per event to standard output.
@@ -25,14 +27,14 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .github_runner import Runner
 from .hooks import DEFAULT_ENDPOINTS, SELF_DESTROY, log
+from .host import HostSetup
 
 STATUS_FILE = "agent-status.json"
 SELF_DESTROY_ATTEMPTS = 5
@@ -66,6 +68,7 @@ class Agent:
             else None
         )
         self.startup_timeout = float(config.get("runner", {}).get("startup_timeout", 900))
+        self.host = HostSetup(config, self.runner.user if self.runner else None, self.expires_at)
         self._listening_seen = False
         self.preempted = False
 
@@ -76,16 +79,24 @@ class Agent:
             f"ttl deadline {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.expires_at))}"
             + (", single" if self.single else "")
         )
+        if self.host.needed:
+            # Nothing runs before the GPUs and Docker are there: a job would fail on them.
+            self.state = "starting"
+            self._write_status()
+            reason = self.host.run()
+            if reason:
+                return self._end_instance(reason)
         if self.command:
             self._start_task()
         if self.runner is not None:
             self.state = "starting"
             try:
-                self.runner.install()
+                _isolated(self.runner.install)
                 self.runner.start()
-            except (OSError, RuntimeError, ValueError, tarfile.TarError) as exc:
-                log(f"runner could not start: {exc}")
-                return self._end_instance("runner could not start")
+            except (OSError, RuntimeError, ValueError) as exc:
+                # The reason travels to the status file and `up`'s error (its log kept on the
+                # local cloud): a checksum or an archive that is not one says what to fix.
+                return self._end_instance(f"runner could not start: {exc}")
         self._write_status()
         while not self.stopping:
             tick = self._tick_runner if self.runner is not None else self._tick
@@ -265,7 +276,7 @@ class Agent:
         }
         # A fresh file of our own (O_EXCL, 0600), renamed over the status: nothing planted at
         # either name (a symlink) is written through.
-        fd, tmp = tempfile.mkstemp(prefix=f".{STATUS_FILE}.", dir=self.home)
+        fd, tmp = _fresh_file(self.home, f".{STATUS_FILE}.{os.getpid()}")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(json.dumps(status))
@@ -274,3 +285,45 @@ class Agent:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _fresh_file(folder: Path, prefix: str) -> tuple[int, Path]:
+    """A new file of ours, 0600, opened for writing: the first `prefix.N` that does not exist
+    (O_EXCL: a name already taken, a symlink included, is never opened). Not tempfile: it
+    costs the agent a megabyte it keeps for its whole life."""
+    for number in range(1000):
+        path = folder / f"{prefix}.{number}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free name {prefix}.N in {folder}")
+
+
+def _isolated(work: Callable[[], None]) -> None:
+    """Run `work` in a forked child and wait for it; its failure is raised here as a
+    RuntimeError with its message. What it imports (hashlib, tarfile, urllib and ssl for the
+    runner's download and checksum: about 10 MiB) stays out of this process, which lives as long
+    as the instance. So `work` must leave its results on disk, not in memory."""
+    sys.stdout.flush()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into the caller's code
+        code = 1
+        try:
+            os.close(read)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                work()
+                code = 0
+            except BaseException as exc:  # whatever it is, the parent reports it
+                os.write(write, (str(exc) or type(exc).__name__).encode(errors="replace")[:4000])
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code != 0:
+        raise RuntimeError(message or f"its process exited with {code}")

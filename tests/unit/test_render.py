@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -158,7 +159,7 @@ def test_startup_script_carries_the_agent_and_its_config(rendered, runner_spec, 
     assert config["self_destroy"][4:] == ["render-me", "--state-dir", str(tmp_path / "state")]
 
 
-def test_startup_script_writes_the_agent_byte_for_byte(rendered, tmp_path):
+def test_startup_script_writes_the_shipped_agent_byte_for_byte(rendered, tmp_path):
     """Run the script up to its `exec` line: the heredocs must reproduce the agent package and
     the JSON."""
     _, _, script, _ = rendered
@@ -178,7 +179,8 @@ def test_startup_script_writes_the_agent_byte_for_byte(rendered, tmp_path):
     modules = sorted(path.name for path in AGENT_PACKAGE.glob("*.py"))
     assert sorted(path.name for path in written.iterdir()) == modules
     for module in modules:
-        assert (written / module).read_text() == (AGENT_PACKAGE / module).read_text(), module
+        shipped = render.shipped((AGENT_PACKAGE / module).read_text())
+        assert (written / module).read_text() == shipped.rstrip("\n") + "\n", module
         assert stat.S_IMODE(os.stat(written / module).st_mode) == 0o600
     config = json.loads((home / "agent-config.json").read_text())
     assert config["name"] == "render-me"
@@ -202,8 +204,44 @@ def test_agent_files_are_the_agent_package():
     files = render.agent_files()
     assert set(files) == {path.name for path in AGENT_PACKAGE.glob("*.py")}
     for name, source in files.items():
-        assert source == (AGENT_PACKAGE / name).read_text().rstrip("\n")
+        assert source == render.shipped((AGENT_PACKAGE / name).read_text()).rstrip("\n")
         assert render.AGENT_DELIMITER not in source.splitlines()
+
+
+def _code_of(source: str) -> str:
+    """The module's syntax tree with every lone string statement (docstrings) emptied."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        for index, statement in enumerate(body if isinstance(body, list) else []):
+            lone = isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+            if lone and isinstance(statement.value.value, str):
+                body[index] = ast.Expr(ast.Constant(""))
+    return ast.dump(tree)
+
+
+@pytest.mark.parametrize("path", sorted(AGENT_PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_the_shipped_agent_is_the_same_code_on_the_same_lines(path):
+    source = path.read_text()
+    shipped = render.shipped(source)
+    assert _code_of(shipped) == _code_of(source)
+    # A traceback on the instance names the repository's line.
+    assert len(shipped.splitlines()) == len(source.rstrip("\n").splitlines())
+    assert not [line for line in shipped.splitlines() if line.lstrip().startswith("#")]
+    assert len(shipped) < 0.9 * len(source)
+
+
+def test_shipping_keeps_strings_that_are_values():
+    source = (
+        '"""Doc."""\n'
+        "x = '# not a comment'  # a comment\n"
+        "def f():\n"
+        '    """Two\n    lines."""\n'
+        "    return x  # why\n"
+    )
+    assert render.shipped(source) == (
+        '""\nx = \'# not a comment\'\ndef f():\n    """\n"""\n    return x\n'
+    )
 
 
 def _fake_agent(tmp_path, monkeypatch, text):
@@ -269,3 +307,44 @@ def test_prepared_workspace_of_every_cloud(tmp_path, cloud, sensitive):
     marked = {key for key, body in blocks.items() if "sensitive   = true" in body}
     assert marked == {sensitive}
     assert not state.root.exists(), "preparing and rendering create no state"
+
+
+def _agent_config(script: str) -> dict:
+    found = re.search(r"<<'CML_INFRA_CONFIG_EOF'\n(.*?)\nCML_INFRA_CONFIG_EOF", script, re.DOTALL)
+    assert found is not None
+    return json.loads(found.group(1))
+
+
+@pytest.mark.parametrize(
+    ("cloud", "flags", "gpus"),
+    [
+        ("aws", {"gpu": "t4", "gpu_count": 1}, 1),
+        # A type with its GPUs built in: the catalog's count, though --gpu was not given.
+        ("aws", {"instance_type": "g4dn.12xlarge"}, 4),
+        ("gcp", {"gpu": "t4", "gpu_count": 2}, 2),
+        ("azure", {"gpu": "v100", "gpu_count": 4}, 4),
+        ("aws", {"size": "s"}, 0),
+        ("local", {}, 0),
+    ],
+)
+def test_the_agent_waits_for_the_gpus_the_placement_promises(tmp_path, cloud, flags, gpus):
+    from cml_infra.lifecycle import prepare
+
+    spec = RunnerSpec(name="gpu-box", cloud=cloud, idle_timeout=120, ttl=3600, **flags)
+    launch = prepare.plan(spec, StateDir(tmp_path / "state"))
+    config = _agent_config(launch.startup_script(None))
+    assert config["gpus"] == gpus
+    assert config["gpu_timeout"] == render.GPU_TIMEOUT_SECONDS
+    assert config["docker"] is (gpus > 0), "Docker by default where GPUs are expected"
+
+
+def test_a_runners_gpu_wait_ends_within_its_startup_timeout():
+    from cml_infra.spec import ForgeTarget
+
+    forge = ForgeTarget(repo="octo/repo", org=None, group=None, api_url=None)
+    task = RunnerSpec(name="a", cloud="aws", idle_timeout=60, ttl=3600, gpu="t4", gpu_count=1)
+    assert render.gpu_timeout(task) == render.GPU_TIMEOUT_SECONDS
+    for startup, wait in ((900, 600), (3600, render.GPU_TIMEOUT_SECONDS), (60, 40)):
+        runner = RunnerSpec(name="a", cloud="aws", idle_timeout=60, ttl=3600, gpu="t4",
+                            gpu_count=1, forge=forge, startup_timeout=startup)  # fmt: skip
+        assert render.gpu_timeout(runner) == wait

@@ -227,7 +227,8 @@ def test_start_relays_listening_and_sees_a_worker(tmp_path, quiet_log, capsys):
     # (as TERM: a background child of a non-interactive sh starts with SIGINT ignored).
     _fake_runner_dir(
         tmp_path,
-        'echo "args: $*"\necho "√ Connected to GitHub"\necho "Listening for Jobs"\n'
+        'echo "args: $*"\necho "jit: $ACTIONS_RUNNER_INPUT_JITCONFIG"\n'
+        'echo "√ Connected to GitHub"\necho "Listening for Jobs"\n'
         f'while [ ! -e "{flag}" ]; do sleep 0.05; done\n'
         f'"{sys.executable}" "{worker}" --job-id 9 &\n'
         "pid=$!\ntrap 'kill -TERM $pid' INT TERM\nwait $pid\nwait $pid\n",
@@ -255,28 +256,39 @@ def test_start_relays_listening_and_sees_a_worker(tmp_path, quiet_log, capsys):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     out = capsys.readouterr().out
-    assert "[runner] args: --jitconfig ENCODED" in out
+    # The JIT config reaches run.sh in the variable the runner reads, never in its argv.
+    assert "[runner] args:\n" in out and "[runner] jit: ENCODED\n" in out
     assert "[runner] Listening for Jobs" in out
 
 
-def test_start_with_a_token_runs_config_sh_first(tmp_path, quiet_log):
-    argv_file = tmp_path / "config-args"
+def test_start_with_a_token_runs_config_sh_first(tmp_path, quiet_log, monkeypatch):
+    argv_file, token_file = tmp_path / "config-args", tmp_path / "config-token"
     _fake_runner_dir(tmp_path, "exec sleep 5\n")
     config_sh = tmp_path / "runner" / "config.sh"
-    config_sh.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >"{argv_file}"\n')
+    config_sh.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" >"{argv_file}"\n'
+        f'printf "%s" "$ACTIONS_RUNNER_INPUT_TOKEN" >"{token_file}"\n'
+    )
     config_sh.chmod(0o755)
+    # One the agent's own environment holds (a launcher's, on the local cloud) is not passed on.
+    monkeypatch.setenv("ACTIONS_RUNNER_INPUT_URL", "https://evil.example/o/r")
     registration = {"kind": "token", "secret": "AREG", "url": "https://github.com/o/r"}
     runner = Runner(
         runner_config(registration=registration, ephemeral=True, group="gpu-pool"), tmp_path, {}
     )
     try:
         runner.start()
+        environ = wait_for(lambda: Path(f"/proc/{runner.process.pid}/environ").read_bytes(),
+                           "run.sh's environment")  # fmt: skip
     finally:
         runner.stop(grace=2.0)
     args = argv_file.read_text().splitlines()
     pairs = dict(itertools.pairwise(args))
     assert pairs["--url"] == "https://github.com/o/r"
-    assert pairs["--token"] == "AREG"
+    # The token reaches config.sh in the variable the runner reads, and nothing else holds it.
+    assert token_file.read_text() == "AREG"
+    assert "AREG" not in args and "--token" not in args
+    assert b"AREG" not in environ and b"ACTIONS_RUNNER_INPUT_" not in environ
     assert pairs["--name"] == "box-1"
     assert pairs["--labels"] == "gpu,cml-infra-box-1"
     assert pairs["--runnergroup"] == "gpu-pool"

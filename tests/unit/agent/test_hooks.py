@@ -5,8 +5,13 @@ built-in self-destroys (also as Agent._destroy_once runs them: failures logged, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from cml_infra import clouds
 from cml_infra.agent import hooks
 from cml_infra.agent.loop import Agent
 from cml_infra.clouds.vm import VmCloud
+from tests.unit.agent.test_loop import _write_package
 
 
 def config(**changes):
@@ -80,6 +86,103 @@ def test_aws_metadata_error_other_than_404_is_raised(route_server):
     server = route_server(_aws_routes((500, "oops")))
     with pytest.raises(OSError):
         hooks.aws_spot_notice({"aws_metadata": server.base})
+
+
+# --- _metadata: the probes' own plain-HTTP client -------------------------------------------
+
+
+@contextlib.contextmanager
+def answering(reply: bytes):
+    """A loopback socket that answers one request with `reply` as given, byte for byte, then
+    closes; yields (its base URL, the request it read)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            seen.append(data)
+            conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_metadata_sends_one_plain_request_and_reads_the_body():
+    with answering(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nTRUEjunk") as (base, seen):
+        body = hooks._metadata("GET", f"{base}/instance/preempted?x=1", {"Metadata-Flavor": "G"})
+    assert body == b"TRUE"
+    head = seen[0].decode().split("\r\n")
+    assert head[0] == "GET /instance/preempted?x=1 HTTP/1.1"
+    assert {"Connection: close", "Metadata-Flavor: G", f"Host: {base[7:]}"} <= set(head)
+
+
+def test_metadata_joins_a_chunked_body():
+    reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"3\r\nFAL\r\n2;ext=1\r\nSE\r\n0\r\n\r\n")  # fmt: skip
+    with answering(reply) as (base, _):
+        assert hooks._metadata("GET", base, {}) == b"FALSE"
+
+
+def test_metadata_puts_with_an_empty_body():
+    with answering(b"HTTP/1.1 200 OK\r\n\r\ntoken") as (base, seen):
+        assert hooks._metadata("PUT", f"{base}/latest/api/token", {}) == b"token"
+    assert "Content-Length: 0" in seen[0].decode()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 2x OK\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nFA"],
+)  # fmt: skip
+def test_metadata_refuses_what_is_not_an_http_answer(reply):
+    with answering(reply) as (base, _), pytest.raises(ValueError):
+        hooks._metadata("GET", base, {})
+
+
+def test_metadata_error_status_is_an_oserror_with_its_code_and_no_body():
+    reply = b"HTTP/1.1 503 Busy\r\nContent-Length: 12\r\n\r\nSECRET-TOKEN"
+    with answering(reply) as (base, _), pytest.raises(hooks.HTTPStatusError) as raised:
+        hooks._metadata("GET", f"{base}/x", {})
+    assert isinstance(raised.value, OSError) and raised.value.code == 503
+    assert "SECRET" not in str(raised.value)
+
+
+def test_metadata_is_asked_over_plain_http_only():
+    with pytest.raises(ValueError, match="plain http"):
+        hooks._metadata("GET", "https://169.254.169.254/latest", {})
+
+
+def test_metadata_never_goes_through_a_proxy(route_server, monkeypatch):
+    server = route_server({("GET", GCP_PREEMPTED): (200, "TRUE")})
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy")
+    assert hooks.gcp_preempted({"gcp_metadata": server.base + "/computeMetadata/v1"})
+
+
+def test_the_probes_leave_urllib_unloaded(tmp_path):
+    """Every few seconds for the instance's life: the probes use _metadata, never urllib."""
+    _write_package(tmp_path)
+    probe = (
+        "import sys; from cml_infra_agent import hooks\n"
+        "for name, probe in hooks.PREEMPTION_PROBES.items():\n"
+        "    try:\n        probe({k: 'http://127.0.0.1:9' for k in hooks.DEFAULT_ENDPOINTS})\n"
+        "    except OSError:\n        pass\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-E", "-S", "-c", probe], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    loaded = set(done.stdout.split())
+    assert "socket" in loaded, "no probe reached its metadata server"
+    assert sorted(loaded & {"urllib.request", "http.client", "ssl"}) == []
 
 
 GCP_PREEMPTED = "/computeMetadata/v1/instance/preempted"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -358,13 +359,6 @@ def test_agent_script_needs_a_config(tmp_path):
 
 
 @pytest.fixture
-def restore_sigterm():
-    previous = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, previous)
-
-
-@pytest.fixture
 def agents(monkeypatch):
     """Every Agent made during the test, to reach the one main() builds."""
     made = []
@@ -431,3 +425,63 @@ def test_end_now_retries_a_failing_destroy_with_backoff(
     assert sleeps[: loop.SELF_DESTROY_ATTEMPTS] == [5.0, 10.0, 20.0, 40.0, 80.0]
     assert set(sleeps[loop.SELF_DESTROY_ATTEMPTS :]) == {1.0}
     assert any("cml-infra cleanup" in line for line in quiet_log)
+
+
+# --- what the agent keeps in memory ---------------------------------------------------------
+
+
+def test_a_planted_link_at_the_first_status_name_is_stepped_over(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / f".{STATUS_FILE}.{os.getpid()}.0").symlink_to(victim)
+    Agent(config(), home)._write_status()
+    assert victim.read_text() == "precious\n"
+    assert json.loads((home / STATUS_FILE).read_text())["name"] == "box-1"
+
+
+def test_isolated_work_leaves_its_imports_in_the_child(tmp_path):
+    # A standard module nothing else here imports: the work imports it, the parent never does.
+    assert "colorsys" not in sys.modules
+    done = tmp_path / "done"
+
+    def work():
+        import colorsys
+
+        done.write_text(str(colorsys.rgb_to_hsv(1.0, 0.0, 0.0)))
+
+    loop._isolated(work)
+    assert done.read_text() == "(0.0, 1.0, 1.0)"
+    assert "colorsys" not in sys.modules
+
+
+def test_isolated_work_that_fails_raises_its_message_here():
+    def work():
+        raise RuntimeError("the runner archive's sha256 is 00, not ff")
+
+    with pytest.raises(RuntimeError, match=r"^the runner archive's sha256 is 00, not ff$"):
+        loop._isolated(work)
+
+
+def test_isolated_work_that_dies_says_how():
+    with pytest.raises(RuntimeError, match="its process exited with -9"):
+        loop._isolated(lambda: os.kill(os.getpid(), signal.SIGKILL))
+
+
+# Modules that take megabytes and that the watch loop does not need: the runner's install (in
+# a child, loop._isolated) and the self-destroys over HTTPS (once, at the end) load them.
+HEAVY = {"ssl", "hashlib", "http.client", "urllib.request", "email", "tarfile", "tempfile",
+         "shutil", "socket"}  # fmt: skip
+
+
+def test_the_agent_loads_no_heavy_module_to_watch(tmp_path):
+    """What the agent's entry point imports (the package as shipped, no site-packages): none
+    of HEAVY, which would keep the idle agent over its 16 MiB target."""
+    _write_package(tmp_path)
+    probe = "import sys, cml_infra_agent.__main__; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-E", "-S", "-c", probe], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    loaded = set(done.stdout.split())
+    assert "cml_infra_agent.loop" in loaded and "cml_infra_agent.host" in loaded
+    assert sorted(HEAVY & loaded) == []
