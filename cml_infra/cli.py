@@ -119,6 +119,30 @@ Tags = Annotated[
                  "variable: pairs separated by spaces).", envvar="CML_INFRA_TAGS",
                  rich_help_panel=PLACEMENT),
 ]  # fmt: skip
+InstanceProfile = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="AWS: the instance profile (name) the VM runs with, for the job's data "
+                 "(DVC, artifacts); job code then reaches its credentials. Default: none.",
+                 envvar="CML_INFRA_INSTANCE_PROFILE", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+ServiceAccount = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="GCP: the service account (email) the VM runs as, for the job's data; it "
+                 "is also given the VM's self-delete grant. Default: one of its own.",
+                 envvar="CML_INFRA_SERVICE_ACCOUNT", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+Identity = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Azure: a user-assigned managed identity (resource id) added to the VM "
+                 "for the job's data, beside the system-assigned one that ends the VM.",
+                 envvar="CML_INFRA_IDENTITY", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+Docker = Annotated[
+    Optional[bool],  # noqa: UP045
+    typer.Option("--docker/--no-docker", help="Let jobs use Docker: the runner user joins the "
+                 "docker group, which is root on the VM. Default: on with --gpu, else off.",
+                 envvar="CML_INFRA_DOCKER", show_default=False, rich_help_panel=RUNNER),
+]  # fmt: skip
 Repo = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="Run a GitHub Actions runner for this repository (OWNER/NAME).",
@@ -165,8 +189,15 @@ ReuseIdle = Annotated[
 ]  # fmt: skip
 RunnerArchive = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="actions/runner archive URL (a mirror of the pinned release) or, on the "
-                 "local cloud, a file.", envvar="CML_INFRA_RUNNER_ARCHIVE", rich_help_panel=RUNNER),
+    typer.Option(help="actions/runner archive URL (a mirror of the packaged release, or of "
+                 "--runner-version's) or, on the local cloud, a file.",
+                 envvar="CML_INFRA_RUNNER_ARCHIVE", rich_help_panel=RUNNER),
+]  # fmt: skip
+RunnerVersion = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="actions/runner release to install (2.330.0; at least 2.329.0, the oldest "
+                 "GitHub lets register); default: the latest, looked up at up.",
+                 envvar="CML_INFRA_RUNNER_VERSION", rich_help_panel=RUNNER),
 ]  # fmt: skip
 StateDirOpt = Annotated[
     Optional[str],  # noqa: UP045
@@ -204,6 +235,10 @@ SPEC_OPTIONS: dict[str, tuple[Any, Any]] = {
     "budget": (Budget, None),
     "image": (Image, None),
     "tags": (Tags, None),
+    "instance_profile": (InstanceProfile, None),
+    "service_account": (ServiceAccount, None),
+    "identity": (Identity, None),
+    "docker": (Docker, None),
     "name": (Name, None),
     "labels": (Labels, None),
     "repo": (Repo, None),
@@ -211,6 +246,7 @@ SPEC_OPTIONS: dict[str, tuple[Any, Any]] = {
     "github_url": (GithubUrl, None),
     "runner_group": (RunnerGroup, None),
     "runner_archive": (RunnerArchive, None),
+    "runner_version": (RunnerVersion, None),
     "idle_timeout": (IdleTimeout, "5m"),
     "ttl": (Ttl, "24h"),
     "startup_timeout": (StartupTimeout, "15m"),

@@ -24,8 +24,9 @@ A config file is data, not code: in CI it comes from the commit under test, mayb
 request's. So the search stops at the repository root (a folder holding `.git`) or at $HOME,
 whichever comes first; it passes over (`doctor` says so) a file that is not the user's, or
 whose folder others may write (or is not the user's or root's); and the keys that run a program
-or decide where code or the token comes from or goes (UNTRUSTED: `terraform`, `runner-archive`,
-`image`, `github-url`, `runner-group`, `state-dir`, `backend`) are refused from any file,
+or decide where code or the token comes from or goes, or what cloud role jobs get (UNTRUSTED:
+`terraform`, `runner-archive`, `image`, `github-url`, `runner-group`, `state-dir`, `backend`,
+`instance-profile`, `service-account`, `identity`) are refused from any file,
 `CML_INFRA_CONFIG`'s included, unless `CML_INFRA_TRUST_CONFIG=1` says that the user trusts it.
 """
 
@@ -59,10 +60,13 @@ SHARED = frozenset({"state_dir", "terraform", "backend"})
 # (`runner_archive`: a local file's checksum is taken as given; `image`: the system that gets
 # the runner registration), decide where the token or the runner goes (`github_url`;
 # `runner_group`: which repositories may send it jobs), or where records, workspaces and the
-# engine's plugin cache live (`state_dir`, `backend`: the state holds the instance's user data):
-# from a file only with TRUST_ENV=1, since in CI the file may come from a pull request.
+# engine's plugin cache live (`state_dir`, `backend`: the state holds the instance's user data),
+# or which cloud credentials the jobs get (`instance_profile`, `service_account`, `identity`: a
+# pull request's file must not hand its own code a role of its choosing): from a file only with
+# TRUST_ENV=1, since in CI the file may come from a pull request.
 UNTRUSTED = frozenset(
     {"terraform", "runner_archive", "github_url", "state_dir", "backend", "image", "runner_group"}
+    | {"instance_profile", "service_account", "identity"}
 )
 
 

@@ -202,6 +202,20 @@ def parse_usd(text: str, flag: str, unit: str = "USD", example: str = "25") -> f
     return amount
 
 
+_RUNNER_VERSION = re.compile(r"v?([0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4})")
+
+
+def parse_runner_version(text: str, flag: str = "--runner-version") -> str:
+    """`2.330.0` (a leading `v` is dropped); whether the forge has it, or would take it, is
+    the forge's to say."""
+    match = _RUNNER_VERSION.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(
+            flag, f"{text!r} is not a release version; give MAJOR.MINOR.PATCH, e.g. 2.330.0"
+        )
+    return match[1]
+
+
 def parse_max_price(text: str | None, spot: bool, flag: str = "--max-price") -> float | None:
     if text is None:
         return None
@@ -209,6 +223,38 @@ def parse_max_price(text: str | None, spot: bool, flag: str = "--max-price") -> 
     if not spot:
         raise UsageError(flag, "a maximum price applies to spot instances only; add --spot")
     return price
+
+
+# The flags that give a VM an identity for the job's data (DVC pulls, artifact uploads: CML's
+# --cloud-permission-set), each taken by one cloud (`RunnerSpec.data_identity_for`), and what
+# each one names, for the message that refuses it elsewhere.
+DATA_IDENTITY_FLAGS = {
+    "--instance-profile": "an AWS instance profile",
+    "--service-account": "a GCP service account",
+    "--identity": "an Azure user-assigned managed identity",
+}
+
+
+def parse_data_identity(
+    instance_profile: str | None, service_account: str | None, identity: str | None
+) -> dict[str, str]:
+    """The data identity flags given (flag → value): none empty, at most one (each belongs to
+    one cloud; whether its value is valid there is that cloud's to say)."""
+    given = _given_identities(instance_profile, service_account, identity)
+    for flag, value in given.items():
+        if not value.strip() or value != value.strip():
+            raise UsageError(flag, f"{value!r}: give the name or id without spaces around it")
+    if len(given) > 1:
+        raise UsageError(
+            next(iter(given)), f"give one of {', '.join(given)}: each is for another cloud"
+        )
+    return given
+
+
+def _given_identities(*values: str | None) -> dict[str, str]:
+    """DATA_IDENTITY_FLAGS' values, in its order: flag → value of those given."""
+    pairs = zip(DATA_IDENTITY_FLAGS, values, strict=True)
+    return {flag: value for flag, value in pairs if value is not None}
 
 
 @dataclass(frozen=True)
@@ -264,11 +310,20 @@ class RunnerSpec:
     budget: float | None = None
     image: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # The identity jobs use for data (at most one of these; the cloud that takes it checks it).
+    instance_profile: str | None = None
+    service_account: str | None = None
+    identity: str | None = None
+    # Jobs may use Docker: the runner user joins the docker group, which is root on the VM.
+    # None: on where the placement has GPUs (GPU jobs mostly run in CUDA containers), else off.
+    docker: bool | None = None
     # Runner mode (a forge given): the instance runs the forge's runner instead of a task.
     forge: ForgeTarget | None = None
     startup_timeout: int = 900
     wait: bool = True
     runner_archive: str | None = None
+    # The runner release to install (None: the forge's latest).
+    runner_version: str | None = None
     # Hand the job to an idle runner that already has the labels instead of making one.
     reuse_idle: bool = False
 
@@ -280,6 +335,23 @@ class RunnerSpec:
     def regions(self) -> tuple[str | None, ...]:
         """The regions `up` may try, in order (None: the cloud's default)."""
         return (self.region, *self.fallback_regions)
+
+    @property
+    def data_identities(self) -> dict[str, str]:
+        """The data identity flags given, flag → value (at most one, see build_spec)."""
+        return _given_identities(self.instance_profile, self.service_account, self.identity)
+
+    def data_identity_for(self, cloud: str, flag: str | None) -> str | None:
+        """The value of `flag`, the data identity flag `cloud` takes (None: it takes none), if
+        given; a UsageError naming any other data identity flag given, which is another
+        cloud's."""
+        for given in self.data_identities:
+            if given != flag:
+                instead = f"; on {cloud}, give {flag}" if flag else ""
+                raise UsageError(
+                    given, f"{DATA_IDENTITY_FLAGS[given]} does not apply to {cloud}{instead}"
+                )
+        return self.data_identities.get(flag) if flag else None
 
     @property
     def all_labels(self) -> tuple[str, ...]:
@@ -316,6 +388,10 @@ def build_spec(
     budget: str | None = None,
     image: str | None = None,
     tags: Sequence[str] = (),
+    instance_profile: str | None = None,
+    service_account: str | None = None,
+    identity: str | None = None,
+    docker: bool | None = None,
     repo: str | None = None,
     org: str | None = None,
     runner_group: str | None = None,
@@ -324,6 +400,7 @@ def build_spec(
     wait: bool = True,
     runner_archive: str | None = None,
     reuse_idle: bool = False,
+    runner_version: str | None = None,
 ) -> RunnerSpec:
     """Parse raw flag values into a RunnerSpec; cloud, region and catalog names are checked by
     the cloud that resolves it, repository and organization names by the forge."""
@@ -355,12 +432,13 @@ def build_spec(
             group=runner_group,
             api_url=github_url.rstrip("/") if github_url else None,
         )
-    elif runner_group or runner_archive or reuse_idle or github_url:
+    elif runner_group or runner_archive or reuse_idle or github_url or runner_version:
         flag = next(
             flag
             for flag, value in (
                 ("--runner-group", runner_group),
                 ("--runner-archive", runner_archive),
+                ("--runner-version", runner_version),
                 ("--github-url", github_url),
                 ("--reuse-idle", reuse_idle),
             )
@@ -380,6 +458,7 @@ def build_spec(
     if on_demand_fallback and not spot:
         raise UsageError("--on-demand-fallback", "falls back from spot capacity: add --spot")
     regions = parse_regions(region)
+    parse_data_identity(instance_profile, service_account, identity)
     return RunnerSpec(
         name=validate_name(name) if name is not None else generate_name(),
         cloud=cloud,
@@ -400,9 +479,14 @@ def build_spec(
         budget=parse_usd(budget, "--budget") if budget is not None else None,
         image=image,
         tags=parse_tags(tags),
+        instance_profile=instance_profile,
+        service_account=service_account,
+        identity=identity,
+        docker=docker,
         forge=forge,
         startup_timeout=parse_duration(startup_timeout, "--startup-timeout"),
         wait=wait,
         runner_archive=runner_archive,
+        runner_version=parse_runner_version(runner_version) if runner_version else None,
         reuse_idle=reuse_idle,
     )

@@ -30,6 +30,8 @@ MANAGED_FILTER = {"Name": f"tag:{tags.MANAGED}", "Values": ["true"]}
 # network interface goes only at `terminated`), so its launch's group is no leftover yet.
 _LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 SECURITY_GROUP = "aws_security_group"
+# IAM's rule for instance profile names (the module takes the name, not the ARN).
+_INSTANCE_PROFILE = re.compile(r"[A-Za-z0-9+=,.@_-]{1,128}")
 
 
 @register("aws", aliases=("ec2",))
@@ -75,6 +77,13 @@ class AwsCloud(VmCloud):
             raise UsageError("--type", f"{spec.instance_type!r} is not an EC2 type (g5.2xlarge)")
         if spec.image is not None and not re.fullmatch(r"ami-[0-9a-f]{8,17}", spec.image):
             raise UsageError("--image", f"{spec.image!r} is not an AMI id (ami-0123456789abcdef0)")
+        profile = spec.data_identity_for(self.name, "--instance-profile")
+        if profile is not None and not _INSTANCE_PROFILE.fullmatch(profile):
+            raise UsageError(
+                "--instance-profile",
+                f"{profile!r} is not an instance profile name (up to 128 of letters, digits and "
+                "+=,.@_-; the name, not the ARN)",
+            )
 
     def self_destroy(self) -> tuple[str, ...]:
         return ("shutdown", "-h", "now")
@@ -93,6 +102,8 @@ class AwsCloud(VmCloud):
             "availability_zone": placement.zone,
             "gpu": placement.gpu is not None,
             "image_id": spec.image,
+            # None: the VM holds no AWS credentials at all; it ends itself with a shutdown.
+            "iam_instance_profile": spec.instance_profile,
             "user_data_base64": user_data,
             "launch_id": context.launch_id,
             "expires_at": int(context.expires_at.timestamp()),

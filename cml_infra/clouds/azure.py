@@ -38,6 +38,11 @@ _WITH_THE_GROUP = "with the resource group, which terminate and cleanup delete w
 _IMAGE_ID = re.compile(
     r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Compute/.+", re.I
 )
+_IDENTITY_ID = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    r"Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+",
+    re.I,
+)
 
 
 @register("azure", aliases=("az",))
@@ -93,6 +98,13 @@ class AzureCloud(VmCloud):
         for key in spec.tags:
             if any(char in key for char in "<>%&\\?/"):
                 raise UsageError("--tag", f"{key!r}: Azure tag names cannot contain <>%&\\?/")
+        identity = spec.data_identity_for(self.name, "--identity")
+        if identity is not None and not _IDENTITY_ID.fullmatch(identity):
+            raise UsageError(
+                "--identity",
+                f"{identity!r} is not a user-assigned identity's resource id (/subscriptions/…/"
+                "resourceGroups/…/providers/Microsoft.ManagedIdentity/userAssignedIdentities/…)",
+            )
         if spec.image is not None and not _IMAGE_ID.fullmatch(spec.image):
             raise UsageError(
                 "--image",
@@ -117,6 +129,8 @@ class AzureCloud(VmCloud):
             "max_bid_price": placement.max_price if placement.max_price is not None else -1,
             "gpu": placement.gpu is not None,
             "source_image_id": spec.image,
+            # Beside the system-assigned identity, which alone holds the self-delete role.
+            "user_assigned_identity_id": spec.identity,
             "custom_data_base64": custom_data,
             "launch_id": context.launch_id,
             "expires_at": int(context.expires_at.timestamp()),

@@ -89,6 +89,18 @@ class Leftover:
         return f"{self.kind} {self.id}"
 
 
+# platform.machine()'s names for the CPUs that runners are built for.
+_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def machine_arch() -> str:
+    """This machine's CPU as Boot.arch names it (an unknown one by its own name)."""
+    import platform
+
+    machine = platform.machine()
+    return _ARCHES.get(machine.lower(), machine)
+
+
 @dataclass(frozen=True)
 class Boot:
     """What the startup script and the agent need from a cloud."""
@@ -108,6 +120,9 @@ class Boot:
     runner_user: str | None = "cml-runner"
     # The instance reads the launcher's files (a local runner archive): the local cloud only.
     reads_launcher_files: bool = False
+    # The instance's CPU, `x86_64` or `arm64` (a VM's from its catalog; by default this
+    # machine's, where the local cloud runs): which build of the runner it installs.
+    arch: str = field(default_factory=machine_arch)
 
 
 def new_launch_id() -> str:

@@ -42,6 +42,9 @@ OPERATION_TIMEOUT = 600
 ATTACHABLE = {"t4": "nvidia-tesla-t4", "v100": "nvidia-tesla-v100"}
 _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+# A service account's email: a user-managed one (NAME@PROJECT.iam.gserviceaccount.com) or one
+# Google made (the Compute Engine default, PROJECT_NUMBER-compute@developer.gserviceaccount.com).
+_SERVICE_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9-]{0,62}@[a-z0-9][a-z0-9.-]*\.gserviceaccount\.com")
 # Where firewall rules and service accounts are: the whole project.
 GLOBAL = "global"
 FIREWALL = "google_compute_firewall"
@@ -91,7 +94,7 @@ class GcpCloud(VmCloud):
         "launch id in its description; terminate deletes it with its launch's last instance",
         SERVICE_ACCOUNT: "leftover: a project-wide account named after the runner and its "
         "launch hash, the launch id and creation time in its description; terminate deletes "
-        "it with its launch's last instance",
+        "it with its launch's last instance (none is made with --service-account)",
     }
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (
         ("ZONE_RESOURCE_POOL_EXHAUSTED", ErrorClass.CAPACITY),
@@ -139,6 +142,13 @@ class GcpCloud(VmCloud):
                 "--max-price",
                 "GCP Spot VMs have no bid price (GCP charges its current Spot price); drop it",
             )
+        account = spec.data_identity_for(self.name, "--service-account")
+        if account is not None and not _SERVICE_ACCOUNT.fullmatch(account):
+            raise UsageError(
+                "--service-account",
+                f"{account!r} is not a service account's email "
+                "(NAME@PROJECT.iam.gserviceaccount.com)",
+            )
         for key, value in spec.tags.items():
             if not _LABEL.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
                 raise UsageError(
@@ -162,6 +172,8 @@ class GcpCloud(VmCloud):
             "accelerator_count": placement.gpu_count if placement.accelerator else 0,
             "spot": placement.spot,
             "image": spec.image,
+            # None: the VM runs as a service account of its own, which may only delete it.
+            "service_account_email": spec.service_account,
             "startup_script": metadata_script(context.startup_script),
             "max_run_duration_seconds": spec.ttl,
             "launch_id": context.launch_id,

@@ -77,6 +77,13 @@ class LocalCloud(Cloud):
                     "the local cloud runs each instance as a process on this machine; "
                     "sizes, types and images apply to aws, gcp and azure",
                 )
+        # Its jobs run as you, with whatever credentials and groups you have: no role to give
+        # them, and no Docker to install on this machine.
+        spec.data_identity_for(self.name, None)
+        if spec.docker:
+            raise UsageError(
+                "--docker", "the local cloud runs jobs as you: they use Docker if you may"
+            )
         return Placement(cloud=self.name, region=REGION, instance_type="process", hourly_price=0.0)
 
     def boot(self, spec: RunnerSpec) -> Boot:

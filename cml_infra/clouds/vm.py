@@ -28,6 +28,8 @@ class VmCloud(Cloud):
     ZONE_REQUIRED = True
     # The agent's hook for this cloud's spot interruption notice (agent/hooks.py).
     PREEMPTION_PROBE: str | None = None
+    # The CPUs the module has default images for; a type of another needs --image.
+    DEFAULT_IMAGE_ARCHES: tuple[str, ...] = ("x86_64",)
 
     @property
     def catalog(self) -> Catalog:
@@ -42,6 +44,13 @@ class VmCloud(Cloud):
         region = catalog.region(region)
         offer = self._offer(spec, catalog)
         self.validate(spec, offer, spot=spot, max_price=max_price)
+        arch = catalog.arch(offer.instance_type)
+        if spec.image is None and arch not in self.DEFAULT_IMAGE_ARCHES:
+            raise UsageError(
+                "--image",
+                f"{offer.instance_type} has an {arch} CPU and the {self.name} module's default "
+                f"images are {', '.join(self.DEFAULT_IMAGE_ARCHES)}: give an {arch} image",
+            )
         gpu = offer.gpu is not None or catalog.has_builtin_gpu(offer.instance_type)
         return Placement(
             cloud=self.name,
@@ -95,6 +104,7 @@ class VmCloud(Cloud):
             self_destroy=self.self_destroy(),
             preemption_probe=self.PREEMPTION_PROBE if spec.spot else None,
             ttl_timer=True,
+            arch=self.catalog.arch(self._offer(spec, self.catalog).instance_type),
         )
 
     @abstractmethod

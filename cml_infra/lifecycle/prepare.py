@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cml_infra import clouds, cost, forge, placement, render
 from cml_infra.clouds.base import Boot, Cloud, RenderContext, new_launch_id
-from cml_infra.forge.base import Registration, registration_labels
+from cml_infra.forge.base import Registration, RunnerRelease, registration_labels
 from cml_infra.placement import Attempt
 from cml_infra.spec import RunnerSpec
 from cml_infra.state import StateDir, utcnow
@@ -36,6 +36,9 @@ class Launch:
     # This launch's identity, minted once: the record keeps it, every attempt's resources carry
     # it (`cml-infra-id`), and teardown matches it rather than the name.
     launch_id: str = field(default_factory=new_launch_id)
+    # The runner release `up` looked up through the forge (None: the one the forge names
+    # without a lookup).
+    runner_release: RunnerRelease | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -49,8 +52,20 @@ class Launch:
         if self.spec.forge is not None:
             forge_class = forge.forge_class(self.spec.forge)
             registration = registration or forge_class.placeholder()
-            runner = forge_class.agent_runner(self.spec, registration, self.labels, self.boot)
-        return render.startup_script(self.boot, self.spec, self.expires_at.timestamp(), runner)
+            runner = forge_class.agent_runner(
+                self.spec, registration, self.labels, self.boot, self.runner_release
+            )
+        return render.startup_script(
+            self.boot, self.spec, self.expires_at.timestamp(), runner, gpus=self.gpus
+        )
+
+    @property
+    def gpus(self) -> int:
+        """The GPUs the placement promises, which the agent waits for before any work: at
+        least one on a type whose count the catalog does not know. Attempts differ in region,
+        market and zone only, so the first one's count is every one's."""
+        placement = self.attempts[0].placement
+        return max(placement.gpu_count, 1) if placement.gpu else 0
 
     def context(self, script: str) -> RenderContext:
         return RenderContext(script, self.created_at, self.expires_at, self.launch_id)

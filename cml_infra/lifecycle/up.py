@@ -9,6 +9,7 @@ leaves a `failed` record for `down` or `cleanup` to finish.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ def up(
     key = state.key_of(spec.name, launch.launch_id)
     _free_name(state, spec.name, key)
     _refuse_a_name_in_use(launch)
+    if forge is not None:
+        # Before anything is made: a --runner-version GitHub does not have is bad input.
+        launch = replace(launch, runner_release=forge.resolve_runner(spec, launch.boot))
     with SignalGuard() as guard, state.lock(key, wait=CLAIM_WAIT_SECONDS, claim=True):
         return _Up(launch, state, engine, forge, guard).run()
 
@@ -192,8 +196,40 @@ class _Up:
         if self.forge is None or not self.launch.spec.wait:
             return
         ui.info(f"{self.name}: waiting for the runner to come online")
-        self.forge.wait_online(self.name, self.launch.spec.startup_timeout, sleep=self.guard.sleep)
+        try:
+            self.forge.wait_online(
+                self.name, self.launch.spec.startup_timeout, sleep=self.guard.sleep
+            )
+        except CmlInfraError as exc:
+            ended = self.ended_itself()
+            if ended is None:
+                raise
+            raise CmlInfraError(f"{exc}: {ended}") from None
         self.guard.check()
+
+    def ended_itself(self) -> str | None:
+        """When the runner never came online and its instance is gone, why: the agent ends the
+        instance itself when the GPUs never appear or the runner cannot start. The forge cannot
+        tell an instance that died from one still booting; the cloud's listing can. None while
+        it runs, or when the cloud cannot be asked."""
+        launch = self.launch
+        regions = sorted({attempt.placement.region for attempt in launch.attempts})
+        try:
+            found = launch.cloud.list_managed(regions)
+        except CmlInfraError:
+            return None
+        # `destroying`: the agent reports that it is ending the instance (the local cloud).
+        mine = [i for i in found if i.launch_id == launch.launch_id]
+        if any(not i.dead and i.state != "destroying" for i in mine):
+            return None
+        said = _end_reason(launch.cloud.instance_log(self.name))
+        if said:
+            return f"the instance ended itself before the runner came online: {said}"
+        return (
+            "the instance ended before the runner came online (its agent ends it when the GPUs "
+            "never appear or the runner cannot start, and a spot instance may be reclaimed; its "
+            "log went with it)"
+        )
 
     def roll_back(
         self, record: RunnerRecord, exc: BaseException, previous: RunnerRecord | None
@@ -309,3 +345,20 @@ def _first_missing(path: Path) -> Path | None:
     while not path.exists():
         missing, path = path, path.parent
     return missing
+
+
+# What the agent logs as it ends its instance (agent/loop.py, Agent._end_instance).
+_ENDING = "ending the instance: "
+
+
+def _end_reason(log: Path | None) -> str | None:
+    """The reason of the last `ending the instance: …` line of an instance log, where the cloud
+    keeps the log for the launcher (the local cloud)."""
+    if log is None:
+        return None
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    found = [line.partition(_ENDING)[2] for line in lines if _ENDING in line]
+    return found[-1].strip() if found else None

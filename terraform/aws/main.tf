@@ -101,7 +101,7 @@ resource "aws_vpc_security_group_egress_rule" "ipv6" {
 }
 
 resource "aws_instance" "this" {
-  #checkov:skip=CKV2_AWS_41:By design the VM gets no instance profile: it holds no cloud credentials and ends itself by shutting down (instance_initiated_shutdown_behavior = terminate).
+  #checkov:skip=CKV2_AWS_41:By design the VM gets no instance profile unless the caller names one for the job's data (iam_instance_profile): it needs no cloud credentials to end itself, it shuts down (instance_initiated_shutdown_behavior = terminate).
   #checkov:skip=CKV_AWS_135:ebs_optimized is computed from the instance type (true for every current family, false only for previous-generation ones that reject it or charge for it), which checkov cannot evaluate.
   #checkov:skip=CKV_AWS_126:Detailed (1-minute) monitoring is billed per instance and nothing reads it for short-lived runners; idleness is decided on the VM.
   ami           = local.ami_id
@@ -113,8 +113,12 @@ resource "aws_instance" "this" {
   vpc_security_group_ids = [aws_security_group.this.id]
   ebs_optimized          = local.ebs_optimized
 
-  # The VM holds no credentials, so a plain `shutdown` (its idle/TTL timer) is how it ends itself.
+  # The VM needs no credentials to end itself: a plain `shutdown` (its idle/TTL timer) does.
   instance_initiated_shutdown_behavior = "terminate"
+
+  # None by default. One given is for the job's data only (`cml-infra up --instance-profile`);
+  # whatever its role allows, job code can do, since it reaches IMDS for its credentials.
+  iam_instance_profile = var.iam_instance_profile
 
   user_data_base64            = var.user_data_base64
   user_data_replace_on_change = true

@@ -77,3 +77,8 @@ output "tags" {
   description = "Tags applied to every resource (cleanup finds runners by cml-infra-managed = \"true\")."
   value       = local.tags
 }
+
+output "iam_instance_profile" {
+  description = "The instance profile the VM runs with, for the job's data; null when it holds no AWS credentials."
+  value       = aws_instance.this.iam_instance_profile
+}

@@ -67,6 +67,17 @@ variable "image_id" {
   }
 }
 
+variable "iam_instance_profile" {
+  description = "Name of an IAM instance profile for the job's data (DVC pulls, artifact uploads); its role's credentials are open to job code through IMDS. null: the VM holds no AWS credentials at all (it ends itself by shutting down)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.iam_instance_profile == null ? true : can(regex("^[\\w+=,.@-]{1,128}$", var.iam_instance_profile))
+    error_message = "The iam_instance_profile must be null or an instance profile name: 1 to 128 letters, digits and +=,.@_- (the name, not the ARN)."
+  }
+}
+
 variable "user_data_base64" {
   description = "The startup script as base64 (optionally gzip inside; cloud-init unpacks it). At most 16 KiB before encoding, the EC2 limit."
   type        = string

@@ -14,6 +14,24 @@ locals {
   # launches of one runner name from colliding (and a failed one from deleting the other's).
   resource_group_name = "cml-infra-${var.name}-${substr(sha1(var.launch_id), 0, 8)}"
 
+  # What the VM's system-assigned identity may do, on its own resource group: delete the group,
+  # which ARM allows only to a caller that may delete everything in it, so the delete action of
+  # each type this module puts there (and of the role assignment, at the group's scope). No
+  # write, no read: it cannot create anything, nor change a tag cleanup reads. The custom role
+  # that holds these is made once per subscription (see README), and checked at plan.
+  self_delete_actions = [
+    "Microsoft.Resources/subscriptions/resourceGroups/delete",
+    "Microsoft.Compute/virtualMachines/delete",
+    "Microsoft.Compute/disks/delete",
+    "Microsoft.Network/networkInterfaces/delete",
+    "Microsoft.Network/publicIPAddresses/delete",
+    "Microsoft.Network/networkSecurityGroups/delete",
+    "Microsoft.Network/networkSecurityGroups/securityRules/delete",
+    "Microsoft.Network/virtualNetworks/delete",
+    "Microsoft.Network/virtualNetworks/subnets/delete",
+    "Microsoft.Authorization/roleAssignments/delete",
+  ]
+
   # Marked here so a failed precondition on it never prints the script (see variables.tf).
   custom_data_base64 = sensitive(var.custom_data_base64)
 
@@ -168,10 +186,13 @@ resource "azurerm_linux_virtual_machine" "this" {
   provision_vm_agent         = true
   allow_extension_operations = false
 
-  # The agent deletes the runner's resource group with this identity's token from the instance
-  # metadata service (see azurerm_role_assignment.self_delete): no secret is stored on the VM.
+  # The agent deletes the runner's resource group with the system-assigned identity's token
+  # from the instance metadata service (see azurerm_role_assignment.self_delete): no secret is
+  # stored on the VM. A user-assigned identity given for the job's data sits beside it; IMDS
+  # hands out the system-assigned one's token unless asked for another by its id.
   identity {
-    type = "SystemAssigned"
+    type         = var.user_assigned_identity_id == null ? "SystemAssigned" : "SystemAssigned, UserAssigned"
+    identity_ids = var.user_assigned_identity_id == null ? null : [var.user_assigned_identity_id]
   }
 
   # Managed disks are always encrypted at rest with platform-managed keys (Azure Storage
@@ -218,14 +239,38 @@ resource "azurerm_linux_virtual_machine" "this" {
   }
 }
 
-# Contributor on the runner's own resource group and nothing else: enough to delete the group
-# (and so the VM, its disk, NIC, IP and network), which is how the VM terminates itself. A plain
-# OS shutdown would only stop the VM, and a stopped Azure VM keeps billing until deallocated.
+# The subscription's custom role that may delete a runner's group and what it holds, and do
+# nothing else (local.self_delete_actions), made once, not per runner: a role definition is
+# subscription-wide, and one per launch would outlive its group. Read at plan, so a
+# subscription without it, or with a broader one under its name, fails before anything is made.
+data "azurerm_role_definition" "self_delete" {
+  name  = var.self_delete_role_name
+  scope = "/subscriptions/${data.azurerm_client_config.current.subscription_id}"
+
+  lifecycle {
+    postcondition {
+      # ARM matches actions without regard to case.
+      condition = (
+        contains([for action in flatten(self.permissions[*].actions) : lower(action)], "microsoft.resources/subscriptions/resourcegroups/delete") &&
+        alltrue([for action in flatten(self.permissions[*].actions) : contains([for allowed in local.self_delete_actions : lower(allowed)], lower(action))]) &&
+        length(flatten(self.permissions[*].data_actions)) == 0
+      )
+      error_message = "The role \"${var.self_delete_role_name}\" may hold only these actions, resource group delete among them, and no data actions: ${join(", ", local.self_delete_actions)}. Anything more (a write) would let job code that is root on the VM change the runner's tags or create resources. See the module's README for the one-time az role definition create."
+    }
+  }
+}
+
+data "azurerm_client_config" "current" {}
+
+# The self-delete role on the runner's own resource group and nothing else: enough to delete the
+# group (and so the VM, its disk, NIC, IP and network), which is how the VM terminates itself;
+# not enough to write a tag or create a resource. A plain OS shutdown would only stop the VM,
+# and a stopped Azure VM keeps billing until deallocated.
 resource "azurerm_role_assignment" "self_delete" {
-  scope                = azurerm_resource_group.this.id
-  role_definition_name = "Contributor"
-  principal_id         = azurerm_linux_virtual_machine.this.identity[0].principal_id
-  description          = "cml-infra runner ${var.name} (launch ${var.launch_id}): lets the VM delete its own resource group when idle or at its TTL."
+  scope              = azurerm_resource_group.this.id
+  role_definition_id = data.azurerm_role_definition.self_delete.role_definition_resource_id
+  principal_id       = azurerm_linux_virtual_machine.this.identity[0].principal_id
+  description        = "cml-infra runner ${var.name} (launch ${var.launch_id}): lets the VM delete its own resource group when idle or at its TTL."
 
   # The identity was created seconds ago; the principal type lets Azure assign the role
   # before the new service principal has replicated through Entra ID.

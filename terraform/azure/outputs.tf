@@ -34,7 +34,7 @@ output "priority" {
 }
 
 output "principal_id" {
-  description = "Object id of the VM's system-assigned managed identity (holds Contributor on the runner's resource group only)."
+  description = "Object id of the VM's system-assigned managed identity (holds the self-delete role on the runner's resource group only)."
   value       = azurerm_linux_virtual_machine.this.identity[0].principal_id
 }
 
@@ -51,4 +51,9 @@ output "private_ip" {
 output "image" {
   description = "What the VM boots: the source_image_id, or publisher:offer:sku:version of the marketplace image."
   value       = var.source_image_id != null ? var.source_image_id : join(":", [local.marketplace_image.publisher, local.marketplace_image.offer, local.marketplace_image.sku, local.marketplace_image.version])
+}
+
+output "self_delete_role_id" {
+  description = "Resource id of the custom role assigned to the VM's system-assigned identity on its resource group: delete the group and what it holds, nothing else."
+  value       = data.azurerm_role_definition.self_delete.role_definition_resource_id
 }

@@ -79,6 +79,29 @@ variable "source_image_id" {
   }
 }
 
+variable "user_assigned_identity_id" {
+  description = "Resource id of a user-assigned managed identity for the job's data (DVC pulls, artifact uploads), added beside the system-assigned identity, which alone holds the self-delete role. Its tokens are open to job code through the instance metadata service. null: none."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.user_assigned_identity_id == null || can(regex("(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\\.ManagedIdentity/userAssignedIdentities/[^/]+$", var.user_assigned_identity_id))
+    error_message = "The user_assigned_identity_id must be null or /subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>."
+  }
+}
+
+variable "self_delete_role_name" {
+  description = "Name of the subscription's custom role that may delete a runner's resource group and what it holds, and nothing else, assigned to the VM's system-assigned identity on its own group. It is made once per subscription (see README); the plan fails if it is missing or holds more."
+  type        = string
+  default     = "cml-infra runner self-delete"
+  nullable    = false
+
+  validation {
+    condition     = length(trimspace(var.self_delete_role_name)) > 0
+    error_message = "The self_delete_role_name must name a role definition."
+  }
+}
+
 variable "custom_data_base64" {
   description = "The startup script, base64-encoded (it may be gzip-compressed before encoding); cloud-init runs it on first boot."
   type        = string

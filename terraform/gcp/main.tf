@@ -33,6 +33,10 @@ locals {
   # dashes of the cut are dropped so the separator stays readable.
   service_account_id = "cml-${replace(substr(var.name, 0, 19), "/-+$/", "")}-${substr(local.launch_hash, 0, 6)}"
 
+  # The VM runs as one service account: its own, which may do nothing but delete it, or the
+  # one given for the job's data, which is then granted that too (a VM has one account).
+  service_account_email = var.service_account_email != null ? var.service_account_email : google_service_account.runner[0].email
+
   image = coalesce(
     var.image,
     try(data.google_compute_image.gpu[0].self_link, null),
@@ -58,8 +62,11 @@ data "google_compute_image" "cpu" {
 }
 
 # The VM's own identity, one per runner, so that what it may do can be granted on its own
-# instance only (see google_compute_instance_iam_member.self_delete).
+# instance only (see google_compute_instance_iam_member.self_delete). None is made when the VM
+# runs as a service account given for the job's data.
 resource "google_service_account" "runner" {
+  count = var.service_account_email == null ? 1 : 0
+
   project      = var.project
   account_id   = local.service_account_id
   display_name = "cml-infra runner ${var.name}"
@@ -161,9 +168,10 @@ resource "google_compute_instance" "runner" {
   }
 
   service_account {
-    email = google_service_account.runner.email
+    email = local.service_account_email
     # The scope only caps what the token may reach; the service account's IAM (this instance
-    # only) is what limits it. cloud-platform is the scope Google recommends with IAM.
+    # only, unless one was given for the job's data) is what limits it. cloud-platform is the
+    # scope Google recommends with IAM.
     scopes = ["cloud-platform"]
   }
 
@@ -202,13 +210,29 @@ resource "google_compute_instance" "runner" {
   }
 }
 
+# The project's role that holds compute.instances.delete and nothing else, made once per
+# project, not per runner (see README: "What the VM gets"). Read at plan, so a project without
+# it, or with a broader one under its id, fails before anything is created.
+data "google_project_iam_custom_role" "self_delete" {
+  project = var.project
+  role_id = var.self_delete_role_id
+
+  lifecycle {
+    postcondition {
+      condition     = !self.deleted && self.permissions == toset(["compute.instances.delete"])
+      error_message = "The custom role ${var.self_delete_role_id} must exist (not deleted) and hold exactly one permission, compute.instances.delete: anything more would let job code that is root on the VM change it (its scheduling, max_run_duration, labels). Create it once per project: gcloud iam roles create ${var.self_delete_role_id} --project=PROJECT --title='cml-infra runner self-delete' --permissions=compute.instances.delete --stage=GA"
+    }
+  }
+}
+
 # The on-VM agent deletes its own instance when idle, with the token the metadata server gives
-# it for this service account. The grant is on this instance only (resource-level IAM), so the
-# VM cannot touch any other instance of the project.
+# it for the VM's service account. The grant is on this instance only (resource-level IAM), and
+# its role can delete and nothing else: the VM can neither touch another instance nor change
+# its own (scheduling, labels, metadata).
 resource "google_compute_instance_iam_member" "self_delete" {
   project       = google_compute_instance.runner.project
   zone          = google_compute_instance.runner.zone
   instance_name = google_compute_instance.runner.name
-  role          = "roles/compute.instanceAdmin.v1"
-  member        = google_service_account.runner.member
+  role          = data.google_project_iam_custom_role.self_delete.name
+  member        = "serviceAccount:${local.service_account_email}"
 }

@@ -34,8 +34,13 @@ output "provisioning_model" {
 }
 
 output "service_account_email" {
-  description = "Email of the runner's own service account (the VM's identity; may delete only this instance)."
-  value       = google_service_account.runner.email
+  description = "Email of the VM's service account: its own (which may only delete this instance), or the one given for the job's data."
+  value       = local.service_account_email
+}
+
+output "self_delete_role" {
+  description = "The custom role (projects/PROJECT/roles/ID) granted to the VM's service account on this instance: compute.instances.delete only."
+  value       = data.google_project_iam_custom_role.self_delete.name
 }
 
 output "internal_ip" {

@@ -113,6 +113,29 @@ variable "gpu_image_family" {
   }
 }
 
+variable "service_account_email" {
+  description = "Service account (email) the VM runs as for the job's data (DVC pulls, artifact uploads); its token is open to job code through the metadata server. It is also granted the self-delete role on this instance (a VM has one service account). null: the VM runs as an account of its own that may only delete it."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.service_account_email == null || can(regex("^[a-z0-9][a-z0-9-]{0,62}@[a-z0-9][a-z0-9.-]*\\.gserviceaccount\\.com$", var.service_account_email))
+    error_message = "The service_account_email must be null or a service account's email, such as \"data-reader@my-project.iam.gserviceaccount.com\"."
+  }
+}
+
+variable "self_delete_role_id" {
+  description = "Id of the project's custom role that holds compute.instances.delete and nothing else, granted to the VM's service account on its own instance. It is made once per project (see README); the plan fails if it is missing or holds more."
+  type        = string
+  default     = "cmlInfraSelfDelete"
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9_.]{3,64}$", var.self_delete_role_id))
+    error_message = "The self_delete_role_id must be a custom role id: 3 to 64 letters, digits, '_' and '.'."
+  }
+}
+
 variable "startup_script" {
   description = "Script the VM runs at boot (metadata \"startup-script\"); it starts the runner agent."
   type        = string

@@ -16,6 +16,7 @@ import hcl2
 import pytest
 
 from cml_infra.terraform import Engine, EngineHome
+from tests.unit.clouds import least_privilege
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +24,17 @@ TFSCHEMA = Path(os.environ.get("CML_INFRA_TFSCHEMA", REPO.parent / "shared" / "t
 CHECKOV = os.environ.get("CML_INFRA_CHECKOV") or str(REPO / ".venv-checkov" / "bin" / "checkov")
 CLOUDS = ("aws", "gcp", "azure")
 MATRIX = list(itertools.product(CLOUDS, ("cpu", "gpu"), ("spot", "on-demand")))
+# Each cloud's flag for the job's data identity (CML's --cloud-permission-set), and a value.
+DATA_IDENTITY = {
+    "aws": ("--instance-profile", "iam_instance_profile", "cml-data-reader"),
+    "gcp": ("--service-account", "service_account_email", "data@proj-123.iam.gserviceaccount.com"),
+    "azure": (
+        "--identity",
+        "user_assigned_identity_id",
+        "/subscriptions/0000/resourceGroups/ids/providers/"
+        "Microsoft.ManagedIdentity/userAssignedIdentities/data-reader",
+    ),
+}
 
 
 def clean_env() -> dict[str, str]:
@@ -46,6 +58,16 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, s
                               capture_output=True, text=True, check=False)  # fmt: skip
         assert done.returncode == 0, f"{args}: {done.stderr}"
         out[(cloud, kind, market)] = dest
+    # A runner with a role for its job's data: held to fmt, the schemas, checkov and shellcheck
+    # like the others.
+    for cloud, (flag, _, value) in DATA_IDENTITY.items():
+        dest = root / f"{cloud}-data"
+        args = ["render", "--cloud", cloud, "--name", f"d-{cloud}", "-o", str(dest), flag, value,
+                "--size", "s", "--repo", "octo/repo", "--single"]  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "cml_infra", *args], env=env,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, f"{args}: {done.stderr}"
+        out[(cloud, "data", "on-demand")] = dest
     assert not (root / "state").exists(), "render wrote to the state dir"
     return out
 
@@ -194,6 +216,34 @@ def test_azure_module_settings(rendered) -> None:
     assert '"access": "Deny"' in nsg_text and '"Allow"' not in nsg_text
 
 
+def test_the_vm_identity_may_only_end_the_vm(rendered) -> None:
+    """Least privilege, read from each workspace's copy of its module and its tfvars: the VM's
+    own identity can end the VM and nothing else; a role for the job's data only where asked."""
+    for (cloud, kind, _), dest in rendered.items():
+        assert least_privilege.problems(cloud, dest / "module") == [], dest
+        _, variable, value = DATA_IDENTITY[cloud]
+        assert tfvars(dest)[variable] == (value if kind == "data" else None), dest
+        script = (dest / "startup.sh").read_text()
+        if kind == "data":
+            # Job code fetches that role's credentials from the metadata service.
+            assert "-d 169.254.169.254" not in script
+
+
+@pytest.mark.parametrize("cloud", [*CLOUDS, "local"])
+def test_another_clouds_data_identity_is_refused_naming_its_flag(cloud, tmp_path: Path) -> None:
+    env = {**clean_env(), "CML_INFRA_HOME": str(tmp_path / "state")}
+    for other, (flag, _, value) in DATA_IDENTITY.items():
+        if other == cloud:
+            continue
+        args = ["render", "--cloud", cloud, "-o", str(tmp_path / other), flag, value]
+        done = subprocess.run([sys.executable, "-m", "cml_infra", *args, "--", "true"], env=env,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"error: {flag}: "), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not (tmp_path / other).exists()
+
+
 @pytest.mark.parametrize("cloud", CLOUDS)
 def test_runner_mode_renders_within_user_data_limits(cloud: str, tmp_path: Path) -> None:
     """A runner instance carries more (the runner config, the user, Docker for GPUs) and must
@@ -207,10 +257,16 @@ def test_runner_mode_renders_within_user_data_limits(cloud: str, tmp_path: Path)
     assert done.returncode == 0, done.stderr
     script = (dest / "startup.sh").read_text()
     assert "useradd --create-home --shell /bin/bash cml-runner" in script
-    assert "nvidia-ctk" in script
+    # Its jobs cannot read the user data or the VM's tokens (tests/unit/clouds/
+    # test_runner_isolation.py runs this part).
+    assert "--uid-owner cml-runner" in script and "-d 169.254.169.254" in script
     config = json.loads(
         script.split("<<'CML_INFRA_CONFIG_EOF'\n")[1].split("\nCML_INFRA_CONFIG_EOF")[0]
     )
+    # The agent waits for the one T4 and sets up Docker and the toolkit (agent/host.py) within
+    # the startup timeout, so that a GPU that never comes ends the instance before `up` gives up.
+    assert config["gpus"] == 1
+    assert 0 < config["gpu_timeout"] < config["runner"]["startup_timeout"]
     assert config["runner"]["user"] == "cml-runner"
     probes = {"aws": "aws-spot-notice", "gcp": "gcp-preempted", "azure": "azure-preempt-event"}
     assert config["runner"]["preemption"] == probes[cloud]

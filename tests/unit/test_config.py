@@ -110,7 +110,7 @@ def test_an_unknown_key_is_refused_with_the_valid_ones(project):
     (project / ".cml-infra.toml").write_text('cloud = "aws"\ngpus = "t4"\n')
     result = render()
     assert_file_error(result, project / ".cml-infra.toml", "unknown key 'gpus'; valid: ")
-    assert "gpu, idle-timeout" in result.output and "type" in result.output
+    assert "gpu, identity, idle-timeout" in result.output and "type" in result.output
     assert not (project / "out").exists()
 
 
@@ -238,7 +238,8 @@ def test_the_state_dir_of_the_file_holds_for_every_command(project, monkeypatch,
 
 EVIL = "#!/bin/sh\n: > '{marker}'\nexit 1\n"
 # The keys that would run a program, fetch code or send the token elsewhere.
-UNTRUSTED = ("terraform", "runner-archive", "image", "github-url", "runner-group", "state-dir")
+UNTRUSTED = ("terraform", "runner-archive", "image", "github-url", "runner-group", "state-dir",
+             "instance-profile", "service-account", "identity")  # fmt: skip
 
 
 @pytest.fixture

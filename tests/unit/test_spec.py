@@ -558,3 +558,26 @@ def test_a_ttl_no_longer_than_the_idle_timeout_gets_a_warning():
         "--idle-timeout 1h is not shorter than --ttl 10s: the ttl ends the instance first"
     ]
     assert _build(ttl="2h", idle_timeout="1h").warnings() == []
+
+
+def test_the_data_identity_and_docker_flags_reach_the_spec_as_given():
+    built = _build(instance_profile="data-reader", docker=False)
+    assert built.instance_profile == "data-reader"
+    assert built.service_account is None and built.identity is None
+    assert built.docker is False
+    assert built.data_identities == {"--instance-profile": "data-reader"}
+    assert _build().docker is None, "unset: the placement's GPUs decide"
+
+
+@pytest.mark.parametrize(
+    ("changes", "flag"),
+    [
+        ({"instance_profile": ""}, "--instance-profile"),
+        ({"service_account": " data@p.iam.gserviceaccount.com"}, "--service-account"),
+        ({"instance_profile": "a", "identity": "/subscriptions/x"}, "--instance-profile"),
+    ],
+)
+def test_an_empty_padded_or_second_data_identity_is_refused(changes, flag):
+    with pytest.raises(UsageError) as caught:
+        _build(**changes)
+    assert caught.value.source == flag

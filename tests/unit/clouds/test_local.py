@@ -280,3 +280,15 @@ def test_local_cloud_calls_a_pgid_that_is_not_a_group_id_stopped(state, pgid):
     make_sandbox(state, "box-1", pgid=pgid)
     [instance] = clouds.get("local", state).list_managed(["local"])
     assert instance.state == "stopped"
+
+
+def test_docker_is_refused_on_the_local_cloud_which_installs_nothing_here(tmp_path):
+    """Its jobs run as you: installing Docker on this machine is not the instance's to do."""
+    from cml_infra.errors import UsageError
+    from tests.unit.clouds.specs import resolve, spec_on
+
+    local = clouds.get("local", StateDir(tmp_path))
+    with pytest.raises(UsageError) as raised:
+        resolve(local, spec_on("local", docker=True))
+    assert raised.value.source == "--docker"
+    assert resolve(local, spec_on("local", docker=False)).instance_type == "process"

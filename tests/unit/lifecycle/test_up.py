@@ -160,3 +160,17 @@ def test_a_failed_up_gives_the_handlers_back(state, engine):
     with pytest.raises(TerraformError):
         up.up(local_spec(), state, None)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_end_reason_is_the_agents_last_ending_line(tmp_path):
+    log = tmp_path / "instance.log"
+    assert up._end_reason(None) is None
+    assert up._end_reason(log) is None, "no log kept"
+    log.write_text("[cml-infra agent T] box-1: idle timeout 60s\n[runner] Listening\n")
+    assert up._end_reason(log) is None
+    log.write_text(
+        "[cml-infra agent T] ending the instance: GPU not ready: nvidia-smi saw 0 of 1 GPU(s)\n"
+        "[cml-infra agent T] self-destroy attempt 1 exited with 1; retrying in 5s\n"
+        "[cml-infra agent T] ending the instance: ttl reached\n"
+    )
+    assert up._end_reason(log) == "ttl reached"
