@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python tests/bench/bench_cli.py
 	$(BIN)/python tests/bench/bench_cleanup.py
 	$(BIN)/python tests/bench/bench_backend.py
+	$(BIN)/python tests/bench/bench_agent.py
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .venv-bench build dist .pytest_cache .mypy_cache .ruff_cache
