@@ -29,11 +29,15 @@ class Loopback:
     """A fake's server on a free loopback port; a context manager that stops it on exit."""
 
     url: str
+    # Where it listens: a free port on 127.0.0.1, unless a fake must answer at a fixed address
+    # (a cloud's metadata service at 169.254.169.254:80, inside a network namespace of its own).
+    address: tuple[str, int] = ("127.0.0.1", 0)
 
     def _start_server(self, name: str) -> None:
-        self._server: Any = Server(("127.0.0.1", 0), Handler)
+        self._server: Any = Server(self.address, Handler)
         self._server.fake = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        host, port = self._server.server_address[:2]
+        self.url = f"http://{host}:{port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name=name, daemon=True
         )
