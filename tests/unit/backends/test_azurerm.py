@@ -15,11 +15,9 @@ from cml_infra import backends
 from cml_infra.backends import azurerm
 from cml_infra.backends.azurerm import AzureBlobBackend
 from cml_infra.backends.base import BackendError
-from cml_infra.backends.ledger import RemoteLedger
 from cml_infra.errors import UsageError
-from cml_infra.state import StateDir
 from tests.fakes.emulators import AZURITE_ACCOUNT, AZURITE_KEY, azurite, azurite_missing, free_port
-from tests.unit.conftest import record_of
+from tests.unit.backends import contract
 
 
 @pytest.fixture(scope="module")
@@ -160,50 +158,22 @@ def test_objects_round_trip_under_the_prefix(store: AzureBlobBackend) -> None:
 
 
 def test_conditional_writes(store: AzureBlobBackend) -> None:
-    first = store.put("hold.json", b"mine", if_absent=True)
-    assert first is not None
-    assert store.put("hold.json", b"theirs", if_absent=True) is None
-    assert store.get("hold.json").data == b"mine"  # type: ignore[union-attr]
-    second = store.replace("hold.json", b"renewed", first)
-    assert second is not None and second != first
-    assert store.replace("hold.json", b"stale", first) is None
-    assert store.get("hold.json").data == b"renewed"  # type: ignore[union-attr]
-    assert store.delete("hold.json", first) is False
-    assert store.get("hold.json").data == b"renewed"  # type: ignore[union-attr]
-    assert store.delete("hold.json", second) is True
-    assert store.get("hold.json") is None
-    assert store.replace("hold.json", b"gone", second) is None
+    contract.conditional_writes(store)
     assert store.delete("hold.json") is False  # gone already
-    assert _names(store) == []
 
 
 def test_a_hold_is_seen_from_another_machine(
     store: AzureBlobBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "machine"))
-    here = RemoteLedger(StateDir(tmp_path / "here"), store)
-    there = RemoteLedger(StateDir(tmp_path / "there"), store)
-    with here.lock("aaaaaaaaaaaaaaaa", wait=0):
-        assert there.held("aaaaaaaaaaaaaaaa")
-        with (
-            pytest.raises(UsageError, match=r"^--name: 'aaaaaaaaaaaaaaaa' is in use: held by "),
-            there.lock("aaaaaaaaaaaaaaaa", wait=0),
-        ):
-            pass
-    assert not there.held("aaaaaaaaaaaaaaaa")
-    assert _names(store) == []
+    contract.hold_seen_from_another_machine(store, tmp_path)
 
 
 def test_removing_a_workspace_deletes_the_state(
     store: AzureBlobBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "machine"))
-    ledger = RemoteLedger(StateDir(tmp_path / "state"), store)
-    ledger.save(record_of("gpu", launch_id="aaaaaaaaaaaaaaaa"))
-    for entry in ("workspace.tar.gz", "terraform.tfstate"):
-        store.put(f"runners/aaaaaaaaaaaaaaaa/{entry}", b"x")
-    ledger.remove_workspace("aaaaaaaaaaaaaaaa")
-    assert _names(store) == ["team/ci/runners/aaaaaaaaaaaaaaaa/runner.json"]
+    contract.removing_a_workspace_deletes_the_state(store, tmp_path)
 
 
 # Errors: bad input at check() is one line on --backend; anything later is a failure.
