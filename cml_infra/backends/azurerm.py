@@ -22,7 +22,15 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from cml_infra.backends import register
-from cml_infra.backends.base import SOURCE, Backend, BackendError, Blob, split, unknown_query
+from cml_infra.backends.base import (
+    SOURCE,
+    Backend,
+    BackendError,
+    Blob,
+    endpoint_of,
+    split,
+    unknown_query,
+)
 from cml_infra.errors import UsageError
 
 FORM = "azurerm://ACCOUNT/CONTAINER/PREFIX[?endpoint=URL]"
@@ -67,13 +75,7 @@ class AzureBlobBackend(Backend):
                 f"container {container!r}: use 3 to 63 lowercase letters, digits and single "
                 "'-', starting and ending with a letter or digit",
             )
-        endpoint = query.get("endpoint") or None
-        if endpoint is not None:
-            parts = urlsplit(endpoint)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-                raise UsageError(SOURCE, f"endpoint {endpoint!r} is not an http(s) URL")
-            endpoint = endpoint.rstrip("/")
-        return cls(url, account, container, prefix, endpoint)
+        return cls(url, account, container, prefix, endpoint_of(query))
 
     @property
     def terraform_type(self) -> str:

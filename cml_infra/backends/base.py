@@ -148,6 +148,18 @@ def split(url: str, form: str) -> tuple[str, str, dict[str, str]]:
     return parts.netloc, prefix, query
 
 
+def endpoint_of(query: dict[str, str]) -> str | None:
+    """The `endpoint=` of a URL (an emulator, an S3-compatible store, a private endpoint),
+    without a trailing slash; anything but an http(s) URL is refused."""
+    endpoint = query.get("endpoint") or None
+    if endpoint is None:
+        return None
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise UsageError(SOURCE, f"endpoint {endpoint!r} is not an http(s) URL")
+    return endpoint.rstrip("/")
+
+
 def unknown_query(query: dict[str, str], known: tuple[str, ...], form: str) -> None:
     extra = sorted(set(query) - set(known))
     if extra:

@@ -17,10 +17,17 @@ import contextlib
 import re
 from collections.abc import Iterator
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from cml_infra.backends import register
-from cml_infra.backends.base import SOURCE, Backend, BackendError, Blob, split, unknown_query
+from cml_infra.backends.base import (
+    SOURCE,
+    Backend,
+    BackendError,
+    Blob,
+    endpoint_of,
+    split,
+    unknown_query,
+)
 from cml_infra.errors import UsageError
 
 FORM = "gs://BUCKET/PREFIX[?endpoint=URL]"
@@ -56,13 +63,10 @@ class GcsBackend(Backend):
                 f"bucket {bucket!r}: use 3 to 222 lowercase letters, digits, '-', '_' and '.', "
                 "starting and ending with a letter or digit",
             )
-        endpoint = query.get("endpoint") or None
+        endpoint = endpoint_of(query)
         if endpoint is not None:
-            parts = urlsplit(endpoint)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-                raise UsageError(SOURCE, f"endpoint {endpoint!r} is not an http(s) URL")
             # Either form names the same service: `http://host:port` or `…/storage/v1/`.
-            endpoint = endpoint.rstrip("/").removesuffix(_API_PATH).rstrip("/")
+            endpoint = endpoint.removesuffix(_API_PATH).rstrip("/")
         return cls(url, bucket, prefix, endpoint)
 
     @property

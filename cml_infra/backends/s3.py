@@ -13,10 +13,17 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from cml_infra.backends import register
-from cml_infra.backends.base import SOURCE, Backend, BackendError, Blob, split, unknown_query
+from cml_infra.backends.base import (
+    SOURCE,
+    Backend,
+    BackendError,
+    Blob,
+    endpoint_of,
+    split,
+    unknown_query,
+)
 from cml_infra.errors import UsageError
 
 FORM = "s3://BUCKET/PREFIX[?region=R&endpoint=URL]"
@@ -44,12 +51,7 @@ class S3Backend(Backend):
     def parse(cls, url: str) -> S3Backend:
         bucket, prefix, query = split(url, FORM)
         unknown_query(query, ("region", "endpoint"), FORM)
-        endpoint = query.get("endpoint") or None
-        if endpoint is not None:
-            parts = urlsplit(endpoint)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise UsageError(SOURCE, f"endpoint {endpoint!r} is not an http(s) URL")
-        return cls(url, bucket, prefix, query.get("region") or None, endpoint)
+        return cls(url, bucket, prefix, query.get("region") or None, endpoint_of(query))
 
     @property
     def region(self) -> str:

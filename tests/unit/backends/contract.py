@@ -16,6 +16,16 @@ from tests.unit.conftest import record_of
 LAUNCH = "aaaaaaaaaaaaaaaa"
 
 
+def refused_in_one_line(url: str, message: str) -> None:
+    """A bad --backend URL: one line, starting with the flag, saying what is wrong."""
+    from cml_infra import backends
+
+    with pytest.raises(UsageError) as caught:
+        backends.parse(url)
+    assert str(caught.value).startswith(message), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
 def conditional_writes(store: Backend) -> None:
     """Create only if absent, replace and delete only at the version read: a hold's rules."""
     first = store.put("hold.json", b"mine", if_absent=True)
