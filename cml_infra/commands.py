@@ -38,12 +38,9 @@ _LAUNCH_ONLY = ("state_dir", "backend", "token", "terraform", "json_output")
 
 def _state(state_dir: str | None, backend: str | None = None) -> StateDir:
     """The ledger: the state dir, or a backend with a work area in it."""
-    state = StateDir(resolve_state_dir(state_dir))
-    if backend is None:
-        return state
     from cml_infra.backends import open_ledger
 
-    return open_ledger(state, backend)
+    return open_ledger(StateDir(resolve_state_dir(state_dir)), backend)
 
 
 def _spec(command: Sequence[str], flags: dict[str, Any]) -> RunnerSpec:

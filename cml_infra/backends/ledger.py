@@ -127,8 +127,12 @@ class RemoteLedger(StateDir):
     def _record_key(self, key: str) -> str:
         return f"runners/{key}/{RECORD_FILE}"
 
+    def location(self, relative: str) -> str:
+        """Where an object is, as people read it: the URL without its query, and the key."""
+        return f"{self.backend.url.split('?')[0].rstrip('/')}/{relative}"
+
     def record_location(self, key: str) -> str:
-        return f"{self.backend.url.split('?')[0].rstrip('/')}/runners/{key}/{RECORD_FILE}"
+        return self.location(self._record_key(key))
 
     def load(self, name: str) -> RunnerRecord | None:
         from cml_infra.record import RunnerRecord
@@ -194,7 +198,7 @@ class RemoteLedger(StateDir):
         kept = f"runners/{name}/{RECORD_FILE}.unreadable-{int(utcnow().timestamp())}"
         self.backend.put(kept, blob.data)
         self.backend.delete(self._record_key(name))
-        return f"{self.backend.url.split('?')[0].rstrip('/')}/{kept}"
+        return self.location(kept)
 
     def forget(self, name: str) -> None:
         for entry in self.backend.list(f"runners/{name}/"):
@@ -245,7 +249,7 @@ class RemoteLedger(StateDir):
         except (tarfile.TarError, OSError) as exc:
             shutil.rmtree(workspace, ignore_errors=True)
             raise CmlInfraError(
-                f"{self.record_location(key).rsplit('/', 1)[0]}/{WORKSPACE_ARCHIVE}: "
+                f"{self.location(f'runners/{key}/{WORKSPACE_ARCHIVE}')}: "
                 f"not a workspace this machine can use ({exc})"
             ) from None
         self.configure_workspace(key, workspace)
@@ -274,7 +278,7 @@ class RemoteLedger(StateDir):
     def lock(self, name: str, *, wait: float, claim: bool | None = None) -> Iterator[None]:
         deadline = time.monotonic() + wait
         with super().lock(name, wait=wait, claim=claim):
-            hold = _Hold(self.backend, f"runners/{name}/{HOLD_FILE}")
+            hold = _Hold(self.backend, _hold_key(name))
             holder = hold.acquire(deadline)
             if holder is not None:
                 if claim or (claim is None and wait == 0):
@@ -288,7 +292,7 @@ class RemoteLedger(StateDir):
     def held(self, name: str) -> bool:
         if super().held(name):
             return True
-        key = f"runners/{name}/{HOLD_FILE}"
+        key = _hold_key(name)
         if self._listed is not None and key not in self._listed:
             return False
         return _Hold(self.backend, key).holder() is not None
@@ -369,6 +373,10 @@ class _Hold:
         if self.version is not None:
             with contextlib.suppress(CmlInfraError):
                 self.backend.delete(self.key, self.version)
+
+
+def _hold_key(key: str) -> str:
+    return f"runners/{key}/{HOLD_FILE}"
 
 
 def _live_holder(data: bytes) -> str | None:

@@ -28,7 +28,12 @@ def bucket(aws_credentials) -> Iterator[S3Backend]:
         yield backend
 
 
-@pytest.fixture
-def ledger(bucket: S3Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RemoteLedger:
+@pytest.fixture(autouse=True)
+def machine_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ledger keeps this machine's local instances in the user state dir: the test's own."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "machine"))
+
+
+@pytest.fixture
+def ledger(bucket: S3Backend, tmp_path: Path) -> RemoteLedger:
     return RemoteLedger(StateDir(tmp_path / "state"), bucket)

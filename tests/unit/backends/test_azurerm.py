@@ -159,17 +159,11 @@ def test_conditional_writes(store: AzureBlobBackend) -> None:
     assert store.delete("hold.json") is False  # gone already
 
 
-def test_a_hold_is_seen_from_another_machine(
-    store: AzureBlobBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "machine"))
+def test_a_hold_is_seen_from_another_machine(store: AzureBlobBackend, tmp_path: Path) -> None:
     contract.hold_seen_from_another_machine(store, tmp_path)
 
 
-def test_removing_a_workspace_deletes_the_state(
-    store: AzureBlobBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "machine"))
+def test_removing_a_workspace_deletes_the_state(store: AzureBlobBackend, tmp_path: Path) -> None:
     contract.removing_a_workspace_deletes_the_state(store, tmp_path)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from botocore.stub import Stubber
 
@@ -32,10 +34,7 @@ def test_conditional_writes(bucket: S3Backend) -> None:
     assert bucket.delete("hold.json") is True
 
 
-def test_removing_a_workspace_deletes_the_state(
-    bucket: S3Backend, tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "machine"))
+def test_removing_a_workspace_deletes_the_state(bucket: S3Backend, tmp_path: Path) -> None:
     contract.removing_a_workspace_deletes_the_state(bucket, tmp_path)
 
 
