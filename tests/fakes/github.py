@@ -4,8 +4,26 @@
 cml-infra uses (repository and organization scope), the workflow-run and job endpoints, and
 `GET /repos/{owner}/{repo}`, `GET /user` and `GET /rate_limit`. Every request to the REST API and
 every response the fake gives is validated with openapi-core against tests/data/github-subset.json
-(a cut of GitHub's official description); whatever does not match is appended to
-`gh.violations`, which tests assert is empty.
+(a cut of GitHub's official description, made by scripts/github_subset.py); whatever does not
+match is appended to `gh.violations`, which tests assert is empty. Where the description cannot
+take real data the fake validates what it can: `GET /user` against private-user, a directory
+listing of the contents API against content-directory, and only the status of a raw file
+(`_check_response` says why).
+
+Repository content (tests/fakes/github_repo.py): comments on issues and pull requests (seeded
+with `gh.open_issue`/`gh.open_pull`; list with GitHub's pagination, create, get, update),
+commit comments, pull requests (get, list, those of a commit), the Git Data API over a real
+object store (tests/fakes/github_git.py: git's own blob, tree and commit ids; refs that refuse a
+non-fast-forward update), the contents API (JSON or raw bytes, at a branch or commit), and on
+the web host (`gh.web_url`: the fake's root, on GitHub Enterprise Server's layout too) the file
+links `/{owner}/{repo}/blob/{ref}/{path}?raw=true` and `/{owner}/{repo}/raw/{ref}/{path}`, not
+validated and without auth. Every repository starts with a README on `main`.
+
+Callers (tests/fakes/github_auth.py): `token` has every right; `gh.add_token(...)` adds tokens
+with limited permissions and scopes, refused with GitHub's 403 ("Resource not accessible by
+integration"); `gh.add_app(...)` registers a GitHub App whose RS256 JWTs open `GET /app`, the
+installation lookups and `POST /app/installations/{id}/access_tokens`, which mints `ghs_` tokens
+(`gh.minted_tokens()`) that act as `{slug}[bot]` with the installation's permissions and scopes.
 
 It also serves the releases of actions/runner (`GET /repos/actions/runner/releases/latest` and
 `.../releases/tags/{tag}`, each release with its assets and the SHA-256 of each in its notes, as
@@ -14,6 +32,9 @@ GitHub writes them) and, as GitHub Enterprise Server does, the runner applicatio
 its archives download from `/_fake/github.com/actions/runner/releases/download/v{V}/{asset}`.
 With `api_prefix="/api/v3"` the REST API answers under that path only, as on GitHub Enterprise
 Server (`gh.api_url`); `requests` and `request_log` then name paths from the API's root.
+
+Faults: `gh.fail_with`/`gh.fail_count` answer the next REST requests, whatever they are, with a
+given reply; `gh.fail_next(count, status, method=..., path_prefix=...)` only those that match.
 
 Under `/_fake/` there is a control API, not validated and without auth, that the runner double
 (tests/fakes/runner/) uses the way the real runner uses GitHub's private runner protocol:
@@ -34,14 +55,27 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 import secrets
 import threading
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
+from tests.fakes.github_auth import (
+    BAD_JWT,
+    TOKEN_LIFETIME,
+    App,
+    Credential,
+    accepted_header,
+    bot_login,
+    installation_token,
+    looks_like_jwt,
+    verify_jwt,
+)
+from tests.fakes.github_repo import RAW_TYPES, RepoRoutes
 from tests.fakes.loopback import Handler, Loopback
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "data" / "github-subset.json"
@@ -72,6 +106,11 @@ JSON_TYPE = "application/json; charset=utf-8"
 ARCHIVE_TYPE = "application/octet-stream"
 # Where release assets download from: github.com's web host, played by the fake's own.
 DOWNLOADS = FAKE_PREFIX + "github.com/"
+# Path parameters that hold slashes (`heads/main`, `a/b/c.png`), which openapi-core's path
+# templates do not match: the validator sees them with their slashes escaped.
+_SLASHED_PARAMETER = re.compile(r"(/repos/[^/]+/[^/]+/(?:git/refs?|contents))/(.+)\Z")
+# First segments of REST paths at the host's root, which the web host's /OWNER/REPO/... is not.
+_API_ROOTS = ("repos", "orgs", "app", "user", "rate_limit", "users", "installation")
 
 _spec_lock = threading.Lock()
 # openapi-core and jsonschema-path keep caches; validation is serialized to stay on the safe side.
@@ -190,8 +229,14 @@ def _merge(base: Any, changes: Mapping[str, Any]) -> Any:
 
 
 def example(schema_name: str, /, **changes: Any) -> dict[str, Any]:
-    """minimal(name) with `changes` merged in (nested dicts merge key by key)."""
-    return _merge(minimal(schema_name), changes)
+    """minimal(name) with `changes` merged in (nested dicts merge key by key). A nullable
+    schema (GitHub's `integration` is one) gives its non-null shape."""
+    base = minimal(schema_name)
+    if base is None:
+        shape = dict(_deref({"$ref": f"#/components/schemas/{schema_name}"}))
+        shape.pop("nullable", None)
+        base = minimal(shape)
+    return _merge(base, changes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +290,7 @@ class ApiRequest:
         from openapi_core.datatypes import RequestParameters
 
         self.method = method.lower()
-        self.path = path
+        self.path = template_path(path)
         self.body = body or None
         header_lists = {k: [v] for k, v in (headers or {}).items()}
         self.content_type = (_MultiDict(header_lists, True).get("content-type") or "").lower()
@@ -267,6 +312,12 @@ class ApiResponse:
         self.data = data
         self.headers = _MultiDict({k: [v] for k, v in headers.items()}, fold_case=True)
         self.content_type = (self.headers.get("content-type") or "").lower() if data else ""
+
+
+def template_path(path: str) -> str:
+    """`path` as openapi-core can match it (see _SLASHED_PARAMETER)."""
+    found = _SLASHED_PARAMETER.match(path)
+    return f"{found[1]}/{found[2].replace('/', '%2F')}" if found else path
 
 
 def _describe(error: BaseException) -> str:
@@ -300,7 +351,7 @@ def _documented_statuses(method: str, path: str) -> set[str] | None:
     with _validate_lock:
         finder = openapi().request_validator.path_finder
         try:
-            found = finder.find(method.lower(), f"{API_HOST}{path}")
+            found = finder.find(method.lower(), f"{API_HOST}{template_path(path)}")
         except PathError:
             return None
     return set(spec()["paths"][found.path_result.pattern][method.lower()]["responses"])
@@ -332,13 +383,13 @@ def _error(status: int, message: str, **extra: Any) -> _Reply:
     return _Reply(status, {"message": message, "documentation_url": DOCS_URL, **extra})
 
 
-class FakeGitHub(Loopback):
+class FakeGitHub(RepoRoutes, Loopback):
     """A fake GitHub API server; see the module docstring.
 
-    Public attributes: url (the server), api_url (its REST API), token, repos, orgs, requests
-    [(method, path, status)], request_log [dicts with the query and JSON body too], violations
-    [str], fail_with, fail_count, tokens, minimum_runner_version, downloads [paths of archives
-    fetched].
+    Public attributes: url (the server), api_url (its REST API), web_url (its web host), token,
+    repos, orgs, requests [(method, path, status)], request_log [dicts with the query and JSON
+    body too], violations [str], fail_with, fail_count, tokens (minted runner registration and
+    remove tokens), minimum_runner_version, downloads [paths of archives fetched], user_login.
     """
 
     def __init__(
@@ -369,11 +420,19 @@ class FakeGitHub(Loopback):
         # with (status, body, headers); it disarms itself (back to None and 1) once used up.
         self.fail_with: tuple[int, Any, Mapping[str, str] | None] | None = None
         self.fail_count = 1
+        # Rules of fail_next(): {"method", "prefix", "count", "reply": (status, body, headers)}.
+        self._faults: list[dict[str, Any]] = []
         # Minted tokens: token -> {"kind": "registration"|"remove", "scope", "expires_at"}.
         self.tokens: dict[str, dict[str, Any]] = {}
+        # API tokens other than `token` (add_token, installation tokens) and the Apps.
+        self._credentials: dict[str, Credential] = {}
+        self._apps: dict[int, App] = {}
+        self._minted: list[str] = []
+        self._caller = Credential("token", self.user_login, "User")
         self._lock = threading.RLock()
         self._scopes = {f"repos/{r}".lower(): f"repos/{r}" for r in self.repos}
         self._scopes.update({f"orgs/{o}".lower(): f"orgs/{o}" for o in self.orgs})
+        self._init_repo_state(self.repos)
         self._runners: dict[int, dict[str, Any]] = {}  # id -> internal record (with "scope")
         self._jobs: dict[int, dict[str, Any]] = {}
         self._runs: dict[int, dict[str, Any]] = {}
@@ -390,7 +449,105 @@ class FakeGitHub(Loopback):
         """What `--github-url` takes: the REST API's root."""
         return self.url + self.api_prefix
 
+    @property
+    def web_url(self) -> str:
+        """The web host's root, as cml_infra.forge.github.html_url derives it from api_url
+        (the host of a GitHub Enterprise Server API under /api/v3): the fake's own root."""
+        return self.url
+
     # -- helpers for tests ----------------------------------------------------------------
+
+    def add_repo(self, full_name: str) -> None:
+        """Serve one more repository (a README on main, like the others)."""
+        with self._lock:
+            if f"repos/{full_name}".lower() in self._scopes:
+                return
+            self.repos = (*self.repos, full_name)
+            self._scopes[f"repos/{full_name}".lower()] = f"repos/{full_name}"
+            self._repo_ids[full_name.lower()] = 1000 + len(self.repos)
+            self._seed_repo(full_name)
+
+    def add_token(
+        self,
+        token: str,
+        permissions: Mapping[str, str] | None = None,
+        *,
+        login: str = "github-actions[bot]",
+        scopes: tuple[str, ...] | list[str] | None = None,
+    ) -> None:
+        """Accept `token` with only `permissions` (GitHub's names: {"issues": "write",
+        "pull_requests": "write", "contents": "read", "administration": "write",
+        "organization_self_hosted_runners": "write", "actions": "read", ...}; None: all) on
+        `scopes` (None: all). It acts as `login`: by default the Actions bot, as a workflow's
+        GITHUB_TOKEN does; a login ending in [bot] is a Bot and is refused "by integration"."""
+        with self._lock:
+            self._credentials[token] = Credential(
+                "installation" if login.endswith("[bot]") else "token",
+                login,
+                "Bot" if login.endswith("[bot]") else "User",
+                permissions=None if permissions is None else dict(permissions),
+                scopes=None if scopes is None else frozenset(self.scope_of(s) for s in scopes),
+                user_id=41898282 if login == "github-actions[bot]" else 1,
+            )
+
+    def add_app(
+        self,
+        app_id: int,
+        public_key_pem: bytes | str,
+        slug: str,
+        installations: Mapping[int, tuple[str, ...] | list[str]],
+        permissions: Mapping[str, str],
+    ) -> None:
+        """Register a GitHub App: JWTs signed by the private key of `public_key_pem` (PEM)
+        authenticate it; `installations` maps an installation id to the scopes it reaches
+        ("repos/OWNER/NAME", "orgs/ORG": an organization's own endpoints, not its repositories,
+        which are listed one by one); its installation tokens act as `{slug}[bot]` with
+        `permissions`."""
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
+        with self._lock:
+            self._apps[int(app_id)] = App(
+                int(app_id),
+                slug,
+                load_pem_public_key(pem),
+                dict(permissions),
+                {
+                    int(i): tuple(self.scope_of(s) for s in scopes)
+                    for i, scopes in installations.items()
+                },
+            )
+
+    def minted_tokens(self) -> list[str]:
+        """Every installation token minted so far, oldest first (to search outputs for)."""
+        with self._lock:
+            return list(self._minted)
+
+    def fail_next(
+        self,
+        count: int,
+        status: int,
+        body: Any = None,
+        *,
+        method: str | None = None,
+        path_prefix: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer the next `count` REST requests with `method` (any if None) whose path from
+        the API's root starts with `path_prefix` (any if None) with `status` and `body` (default
+        GitHub's basic error); the others are served. Not validated, like fail_with."""
+        if body is None:
+            body = {"message": "Server Error" if status >= 500 else "Forbidden"}
+            body["documentation_url"] = DOCS_URL
+        with self._lock:
+            self._faults.append(
+                {
+                    "method": method.upper() if method else None,
+                    "prefix": path_prefix,
+                    "count": count,
+                    "reply": (status, body, dict(headers or {})),
+                }
+            )
 
     def publish_runner(
         self,
@@ -463,16 +620,18 @@ class FakeGitHub(Loopback):
         *,
         name: str | None = None,
         repo: str | None = None,
+        run_id: int | None = None,
     ) -> int:
-        """Queues a job (in a workflow run of its own, in `repo`, default the first repo); the
-        first online, non-busy runner whose labels include all of `labels` (any case) gets it
-        when it next polls /_fake/runners/{id}/next-job."""
+        """Queues a job (in a workflow run of its own, or in run `run_id`, in `repo`, default
+        the first repo); the first online, non-busy runner whose labels include all of `labels`
+        (any case) gets it when it next polls /_fake/runners/{id}/next-job."""
         with self._lock:
             full_name = self.scope_of(repo or self.repos[0]).removeprefix("repos/")
             job_id = next(self._job_ids)
-            run_id = next(self._run_ids)
             now = _now()
-            self._runs[run_id] = {"id": run_id, "repo": full_name, "created_at": now}
+            if run_id is None:
+                run_id = next(self._run_ids)
+            self._runs.setdefault(run_id, {"id": run_id, "repo": full_name, "created_at": now})
             self._jobs[job_id] = {
                 "id": job_id,
                 "run_id": run_id,
@@ -564,7 +723,8 @@ class FakeGitHub(Loopback):
     def _serve(self, handler: Handler) -> None:
         split = urlsplit(handler.path)
         path, query = split.path, parse_qs(split.query, keep_blank_values=True)
-        if self.api_prefix and not path.startswith(FAKE_PREFIX):
+        web = self._web_parts(path)
+        if self.api_prefix and not path.startswith(FAKE_PREFIX) and web is None:
             # GitHub Enterprise Server's API lives under /api/v3; nothing answers outside it.
             inside = path.startswith(self.api_prefix + "/")
             path = path[len(self.api_prefix) :] if inside else "/__outside_the_api__" + path
@@ -576,6 +736,10 @@ class FakeGitHub(Loopback):
             if path.startswith(FAKE_PREFIX):
                 status, body, extra = self._control(method, path, raw)
                 validate = False
+            elif web is not None:
+                with self._lock:
+                    status, body, extra = self._web(method, web, query)
+                validate = False
             else:
                 status, body, extra, validate = self._rest(method, path, query, headers, raw)
         except Exception as exc:  # a bug in the fake: answer 500 and make the test fail
@@ -585,7 +749,7 @@ class FakeGitHub(Loopback):
         reply_headers = {}
         if data:
             reply_headers["Content-Type"] = ARCHIVE_TYPE if isinstance(body, bytes) else JSON_TYPE
-        if not path.startswith(FAKE_PREFIX):
+        if not path.startswith(FAKE_PREFIX) and web is None:
             reply_headers.update(self._rate_headers())
         for key, value in extra.items():  # header names are case-insensitive
             for same in [k for k in reply_headers if k.lower() == key.lower()]:
@@ -611,6 +775,17 @@ class FakeGitHub(Loopback):
         handler.end_headers()
         if method != "HEAD":
             handler.wfile.write(data)
+
+    def _web_parts(self, path: str) -> list[str] | None:
+        """The segments of a web file link (/OWNER/REPO/blob|raw/REF/PATH), None for any other
+        path. The web host is the API's host: at its root beside the API on github.com's
+        layout, outside /api/v3 on GitHub Enterprise Server's."""
+        parts = [unquote(p) for p in path.split("/") if p]
+        if len(parts) < 5 or parts[2] not in ("blob", "raw") or path.startswith(FAKE_PREFIX):
+            return None
+        if self.api_prefix:
+            return None if path.startswith(self.api_prefix + "/") else parts
+        return None if parts[0] in _API_ROOTS else parts
 
     def _rate_headers(self) -> dict[str, str]:
         reset = int(_now().timestamp()) + 3600
@@ -643,6 +818,9 @@ class FakeGitHub(Loopback):
         for error in errors:
             self._violation(method, path, "request", error)
         with self._lock:
+            fault = self._fault(method, path)
+            if fault is not None:
+                return (*fault, False)
             if self.fail_with is not None and self.fail_count > 0:
                 status, body, extra = self.fail_with
                 self.fail_count -= 1
@@ -654,20 +832,67 @@ class FakeGitHub(Loopback):
         try:
             if unmatched:
                 raise _error(404, "Not Found")
-            if not self._authorized(headers):
-                raise _error(401, "Bad credentials")
+            caller = self._authenticate(headers)
             if errors:
-                raise _error(422, "Invalid request.", errors=[_describe(e) for e in errors])
+                # GitHub's words for a body off its schema: "Invalid request." and the reasons.
+                reasons = "\n".join(_describe(e) for e in errors)
+                raise _error(422, f"Invalid request.\n\n{reasons}")
             with self._lock:
-                status, body, extra = self._route(method, path, query, _load(raw))
+                self._caller = caller
+                status, body, extra = self._route(method, path, query, _load(raw), headers)
         except _Reply as reply:
             status, body, extra = reply.status, reply.body, reply.headers
         return status, body, extra, not unmatched
 
-    def _authorized(self, headers: Mapping[str, str]) -> bool:
+    def _fault(self, method: str, path: str) -> tuple[int, Any, dict[str, str]] | None:
+        """The reply of the first fail_next() rule matching the request, used up once."""
+        for rule in self._faults:
+            if rule["method"] not in (None, method) or not path.startswith(rule["prefix"] or ""):
+                continue
+            rule["count"] -= 1
+            if rule["count"] <= 0:
+                self._faults.remove(rule)
+            status, body, extra = rule["reply"]
+            return status, body.encode() if isinstance(body, str) else body, dict(extra)
+        return None
+
+    def _authenticate(self, headers: Mapping[str, str]) -> Credential:
+        """The caller: the main token (every right), a token of add_token(), an installation
+        token, or an App's JWT (tests/fakes/github_auth.py); else GitHub's 401."""
         value = _MultiDict({k: [v] for k, v in headers.items()}, True).get("authorization", "")
         scheme, _, credential = value.strip().partition(" ")
-        return scheme.lower() in ("token", "bearer") and credential.strip() == self.token
+        credential = credential.strip()
+        if scheme.lower() not in ("token", "bearer") or not credential:
+            raise _error(401, "Bad credentials")
+        with self._lock:
+            if credential == self.token:
+                return Credential("token", self.user_login, "User")
+            known = self._credentials.get(credential)
+            if known is not None:
+                if known.expires_at is not None and known.expires_at <= _now():
+                    raise _error(401, "Bad credentials")
+                return known
+            if scheme.lower() == "bearer" and looks_like_jwt(credential):
+                app = verify_jwt(credential, self._apps, _now())
+                if isinstance(app, str):
+                    raise _error(401, app)
+                return Credential("app", app.slug, "Bot", permissions={}, app=app)
+        raise _error(401, "Bad credentials")
+
+    def _fail(self, status: int, message: str, **extra: Any) -> _Reply:
+        return _error(status, message, **extra)
+
+    def _example(self, schema: str, /, **changes: Any) -> dict[str, Any]:
+        return example(schema, **changes)
+
+    def _need(self, *alternatives: tuple[str, str]) -> None:
+        """Refuse (403) a caller granted none of the (permission, level) alternatives."""
+        caller = self._caller
+        if caller.kind == "app":  # a JWT opens the App's own endpoints only
+            raise _error(403, caller.refusal())
+        if not caller.allows(*alternatives):
+            header = {"X-Accepted-GitHub-Permissions": accepted_header(alternatives)}
+            raise _Reply(403, {"message": caller.refusal(), "documentation_url": DOCS_URL}, header)
 
     def _check_response(
         self,
@@ -690,6 +915,17 @@ class FakeGitHub(Loopback):
                 self._violation(method, path, what, "status not documented for the operation")
                 return
             for error in schema_validator("basic-error").iter_errors(_load(data)):
+                self._violation(method, path, what, error.message)
+            return
+        kind = next((v for k, v in reply_headers.items() if k.lower() == "content-type"), "")
+        if status == 200 and kind.split(";")[0] in RAW_TYPES:
+            # The description leaves out the raw media types of the contents API
+            # (github/rest-api-description#6089): the status is checked, the bytes cannot be.
+            return
+        if status == 200 and "/contents/" in path and data.startswith(b"["):
+            # A directory is a JSON array, which the operation's oneOf cannot take: its
+            # discriminator (`type`) needs an object. Validate it as content-directory.
+            for error in schema_validator("content-directory").iter_errors(_load(data)):
                 self._violation(method, path, what, error.message)
             return
         if method == "GET" and path == "/user" and status == 200:
@@ -717,23 +953,191 @@ class FakeGitHub(Loopback):
             raise _error(404, "Not Found") from None
 
     def _route(
-        self, method: str, path: str, query: dict[str, list[str]], body: Any
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        body: Any,
+        headers: Mapping[str, str],
     ) -> tuple[int, Any, dict[str, str]]:
+        caller = self._caller
+        parts = [unquote(p) for p in path.split("/") if p]
+        if parts[:1] == ["app"]:
+            return self._app_route(method, parts[1:], body)
         if path == "/user":
+            if caller.user_type == "Bot":
+                raise _error(403, caller.refusal())
             return 200, self._user(), {}
         if path == "/rate_limit":
             return 200, self._rate_limit(), {}
-        parts = [p for p in path.split("/") if p]
         if method == "GET" and "/".join(parts[:3]) == f"repos/{RUNNER_REPO}":
-            return self._release_route(parts[3:])
+            return self._release_route(parts[3:])  # a public repository: any caller
         scope, rest = self._scope_from_path(parts)
+        if rest == ["installation"] and method == "GET":
+            return 200, self._installation_of(scope), {}
+        if caller.scopes is not None and scope not in caller.scopes:
+            # GitHub does not tell a repository out of reach from one that does not exist.
+            if scope.startswith("repos/"):
+                raise _error(404, "Not Found")
+            raise _error(403, caller.refusal())
         if not rest and scope.startswith("repos/"):
+            self._need(("metadata", "read"))
             return 200, self._repository(scope.removeprefix("repos/"), "full-repository"), {}
         if rest[:2] == ["actions", "runners"]:
+            # A repository's runners need its administration permission; an organization's
+            # the organization_self_hosted_runners one.
+            name = (
+                "administration"
+                if scope.startswith("repos/")
+                else "organization_self_hosted_runners"
+            )
+            self._need((name, "read" if method == "GET" else "write"))
             return self._runner_route(method, path, scope, rest[2:], query, body)
         if rest[:1] == ["actions"] and scope.startswith("repos/"):
+            self._need(("actions", "read"))
             return self._runs_route(path, scope.removeprefix("repos/"), rest[1:], query)
+        if scope.startswith("repos/"):
+            repo = scope.removeprefix("repos/")
+            found = self._repo_route(method, path, repo, rest, query, body, headers)
+            if found is not None:
+                return found
         raise _error(404, "Not Found")
+
+    # -- GitHub Apps (a JWT's endpoints) ----------------------------------------------------
+
+    def _app_caller(self) -> App:
+        app = self._caller.app
+        if self._caller.kind != "app" or app is None:
+            raise _error(401, BAD_JWT)
+        return app
+
+    def _app_route(
+        self, method: str, rest: list[str], body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        app = self._app_caller()
+        if method == "GET" and not rest:
+            return 200, self._integration(app), {}
+        minting = len(rest) == 3 and rest[0] == "installations" and rest[2] == "access_tokens"
+        if method == "POST" and minting and rest[1].isdigit():
+            installation_id = int(rest[1])
+            if installation_id not in app.installations:
+                raise _error(404, "Not Found")
+            return 201, self._mint_installation_token(app, installation_id, body or {}), {}
+        raise _error(404, "Not Found")
+
+    def _installation_of(self, scope: str) -> dict[str, Any]:
+        """GET /repos/{o}/{r}/installation, /orgs/{org}/installation: the calling App's
+        installation that reaches the scope."""
+        app = self._app_caller()
+        for installation_id, scopes in app.installations.items():
+            if scope in scopes:
+                return self._installation(app, installation_id)
+        raise _error(404, "Not Found")
+
+    def _integration(self, app: App) -> dict[str, Any]:
+        # The App's owner: the account of its first installation, as the fake knows no other.
+        scopes = [s for installed in app.installations.values() for s in installed]
+        login = scopes[0].split("/")[1] if scopes else self.user_login
+        return example(
+            "integration",
+            id=app.app_id,
+            slug=app.slug,
+            node_id=f"A_fake{app.app_id}",
+            client_id=f"Iv1.fake{app.app_id}",
+            owner=self._owner(login),
+            name=app.slug,
+            description=None,
+            external_url=f"{self.web_url}/apps/{app.slug}",
+            html_url=f"{self.web_url}/apps/{app.slug}",
+            created_at=_iso(app.created_at),
+            updated_at=_iso(app.created_at),
+            permissions=dict(app.permissions),
+            events=[],
+            installations_count=len(app.installations),
+        )
+
+    def _installation(self, app: App, installation_id: int) -> dict[str, Any]:
+        scopes = app.installations[installation_id]
+        login = scopes[0].split("/")[1] if scopes else self.user_login
+        account = self._owner(login)
+        api = f"{self.api_url}/app/installations/{installation_id}"
+        return example(
+            "installation",
+            id=installation_id,
+            app_id=app.app_id,
+            app_slug=app.slug,
+            client_id=f"Iv1.fake{app.app_id}",
+            target_id=account["id"],
+            target_type=account["type"],
+            account=account,
+            single_file_name=None,
+            # The scopes are listed one by one: the selection is always explicit.
+            repository_selection="selected",
+            access_tokens_url=f"{api}/access_tokens",
+            repositories_url=f"{self.api_url}/installation/repositories",
+            html_url=f"{self.web_url}/settings/installations/{installation_id}",
+            events=[],
+            permissions=dict(app.permissions),
+            created_at=_iso(app.created_at),
+            updated_at=_iso(app.created_at),
+            suspended_by=None,
+            suspended_at=None,
+        )
+
+    def _mint_installation_token(
+        self, app: App, installation_id: int, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """An installation token, narrowed as asked: `permissions` no wider than the App's,
+        `repositories` (names) or `repository_ids` among the installation's."""
+        scopes = app.installations[installation_id]
+        permissions = dict(app.permissions)
+        asked = body.get("permissions") or {}
+        for name, level in asked.items():
+            have = permissions.get(name)
+            if have is None or (have, level) == ("read", "write"):
+                message = "The permissions requested are not granted to this installation."
+                raise _error(422, message)
+        if asked:
+            permissions = dict(asked)
+        repos = [s for s in scopes if s.startswith("repos/")]
+        names = body.get("repositories")
+        ids = body.get("repository_ids")
+        if names is not None or ids is not None:
+            by_name = {s.split("/")[2].lower(): s for s in repos}
+            by_id = {self._repo_ids[s.removeprefix("repos/").lower()]: s for s in repos}
+            chosen = [by_name.get(str(n).lower()) for n in names or ()]
+            chosen += [by_id.get(i) for i in ids or ()]
+            if None in chosen:
+                message = (
+                    "There is at least one repository that does not exist or is not "
+                    "accessible to the parent installation."
+                )
+                raise _error(422, message)
+            repos = [s for s in repos if s in chosen]
+        token = installation_token()
+        expires = _now() + TOKEN_LIFETIME
+        reach = frozenset([*repos, *(s for s in scopes if s.startswith("orgs/"))])
+        self._credentials[token] = Credential(
+            "installation",
+            bot_login(app.slug),
+            "Bot",
+            permissions=permissions,
+            scopes=reach,
+            expires_at=expires,
+            app=app,
+            installation_id=installation_id,
+            user_id=100_000_000 + app.app_id,
+        )
+        self._minted.append(token)
+        return {
+            "token": token,
+            "expires_at": _iso(expires),
+            "permissions": permissions,
+            "repository_selection": "selected",
+            "repositories": [
+                self._repository(s.removeprefix("repos/"), "repository") for s in repos
+            ],
+        }
 
     def _runner_route(
         self,
@@ -834,7 +1238,7 @@ class FakeGitHub(Loopback):
                 [*others.items(), ("per_page", [str(per_page)]), ("page", [str(number)])],
                 doseq=True,
             )
-            return f'<{self.url}{path}?{params}>; rel="{rel}"'
+            return f'<{self.api_url}{path}?{params}>; rel="{rel}"'
 
         rels = []
         if page > 1:
