@@ -12,20 +12,22 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from cml_infra import forge
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.forge.base import Forge, Registration, RunnerInfo, RunnerRelease
+from cml_infra.forge.github_api import PUBLIC_API as PUBLIC_API  # re-exported (github_app)
+from cml_infra.forge.github_api import GitHubApi, check_api_url
+from cml_infra.forge.github_api import NotFound as _NotFound
 from cml_infra.spec import ForgeTarget
 
 if TYPE_CHECKING:
     from cml_infra.clouds.base import Boot
     from cml_infra.spec import RunnerSpec
 
-PUBLIC_API = "https://api.github.com"
 # Where GitHub publishes the runner's releases (on github.com and GHE.com).
 RUNNER_REPO = "/repos/actions/runner"
 # GitHub's rules. A user or organization name: letters, digits and single hyphens, neither
@@ -38,8 +40,13 @@ _REPO_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9._-]{1,100}\Z")
 # UI takes spaces), so only what cannot be a name, or could be read as an option, is refused:
 # empty, over 100 characters, a leading '-', leading or trailing spaces, control characters.
 GROUP_MAX = 100
-# Waiting for a rate-limit reset is worth it only when the reset is this close.
-RATE_LIMIT_WAIT_MAX = 60.0
+# What a 403 on the runner calls asks the token to have.
+RUNNER_PERMISSION = (
+    "admin rights on the repository (fine-grained: Administration read/write) or, for "
+    "--org, the organization's self-hosted runners permission"
+)
+# What listing a workflow run's jobs (run_runner_jobs) needs of the token.
+ACTIONS_PERMISSION = "read access to Actions (fine-grained or App: Actions read)"
 
 
 def enterprise_server(api_url: str | None) -> bool:
@@ -70,10 +77,18 @@ class GitHubForge(Forge):
             )
         # check_target ran before anything was created; this holds for every forge made, one
         # from a record included, so that the token never goes out in clear text.
-        _check_api_url(self.URL_FLAG, target.api_url or PUBLIC_API)
+        check_api_url(self.URL_FLAG, target.api_url or PUBLIC_API)
         self.api_url = (target.api_url or PUBLIC_API).rstrip("/")
         self._token = token
-        self._github: Any = None
+        # `time` is looked up at each wait, so that tests can stand in for this module's clock.
+        self._api = GitHubApi(
+            self.api_url,
+            token,
+            RUNNER_PERMISSION,
+            subject=target.slug,
+            flag=self.URL_FLAG,
+            sleep=lambda seconds: time.sleep(seconds),
+        )
 
     @classmethod
     def check_target(cls, target: ForgeTarget) -> None:
@@ -98,7 +113,7 @@ class GitHubForge(Forge):
         if target.group is not None:
             _check_group(target.group)
         if target.api_url is not None:
-            _check_api_url(cls.URL_FLAG, target.api_url)
+            check_api_url(cls.URL_FLAG, target.api_url)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "api_url": self.api_url}
@@ -221,6 +236,41 @@ class GitHubForge(Forge):
                         latest[runner] = done
         return latest
 
+    def run_runner_jobs(
+        self, run_id: str, repository: str | None = None
+    ) -> dict[str, list[tuple[datetime | None, datetime | None]]]:
+        """runner name → (started_at, completed_at) of each job of workflow run `run_id` (of
+        every attempt) that it ran; completed_at None while the job runs. Any runner, ours or
+        GitHub's. `repository` (OWNER/NAME) defaults to the target's: an organization's forge
+        has none, and then nothing is asked."""
+        repository = repository or self.target.repo
+        if repository is None or not (run_id.isascii() and run_id.isdigit()):
+            return {}
+        owner, _, name = repository.partition("/")
+        if not (_OWNER.match(owner) and _REPO_NAME.match(name)):
+            return {}  # no such repository: a name that is not one goes into no URL
+        found: dict[str, list[tuple[datetime | None, datetime | None]]] = {}
+        path = f"/repos/{repository}/actions/runs/{run_id}/jobs"
+        page = 1
+        while True:
+            params = {"filter": "all", "per_page": 100, "page": page}
+            data = self._api.request("GET", path, params=params, needs=ACTIONS_PERMISSION)
+            jobs = dict(data or {}).get("jobs", [])
+            for job in jobs:
+                if job.get("runner_name"):
+                    times = (
+                        _parse_time(job.get("started_at")),
+                        _parse_time(job.get("completed_at")),
+                    )
+                    found.setdefault(str(job["runner_name"]), []).append(times)
+            if len(jobs) < 100:
+                return found
+            page += 1
+
+    def run_runner_names(self, run_id: str, repository: str | None = None) -> set[str]:
+        """The runners GitHub says ran a job of workflow run `run_id` (see run_runner_jobs)."""
+        return set(self.run_runner_jobs(run_id, repository))
+
     def wait_online(
         self, name: str, timeout: float, sleep: Callable[[float], None] | None = None
     ) -> RunnerInfo:
@@ -250,22 +300,6 @@ class GitHubForge(Forge):
             )
         return int(group)
 
-    def _client(self) -> Any:
-        if self._github is None:
-            from github import Auth, Github
-
-            # No PyGithub retries or pacing: it would sleep up to an hour on a rate limit; the
-            # few calls made here handle limits themselves and report the reset time.
-            self._github = Github(
-                auth=Auth.Token(self._token),
-                base_url=self.api_url,
-                timeout=20,
-                retry=None,
-                seconds_between_requests=None,
-                seconds_between_writes=None,
-            )
-        return self._github
-
     def _call(
         self,
         verb: str,
@@ -283,90 +317,8 @@ class GitHubForge(Forge):
         body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
     ) -> Any:
-        """One API call (`url` from the API root): its decoded JSON; a rate limit that resets
-        soon is waited out once, anything else becomes one clean error without the token."""
-        from github import GithubException
-
-        for attempt in range(2):
-            try:
-                _, data = self._client().requester.requestJsonAndCheck(
-                    verb, url, parameters=params, input=body
-                )
-                return data
-            except GithubException as exc:
-                wait = _rate_limit_wait(exc)
-                if wait is not None and wait <= RATE_LIMIT_WAIT_MAX and attempt == 0:
-                    time.sleep(max(wait, 0.0) + 1.0)
-                    continue
-                raise self._error(exc, verb, url) from None
-            except Exception as exc:  # requests' connection errors, timeouts, TLS failures
-                if type(exc).__module__.startswith(("requests", "urllib3")):
-                    raise CmlInfraError(
-                        f"github: {self.api_url} is unreachable ({type(exc).__name__})"
-                    ) from None
-                raise
-        raise AssertionError("unreachable")
-
-    def _error(self, exc: Any, verb: str, url: str) -> CmlInfraError:
-        status = exc.status
-        message = _scrub(
-            str((exc.data or {}).get("message", "")) if isinstance(exc.data, dict) else "",
-            self._token,
-        )
-        where = f"{verb} {url}"
-        if status == 401:
-            return CmlInfraError(f"github: the token was rejected (401 {message}); check --token")
-        if status == 404:
-            return _NotFound(
-                f"github: {self.target.slug} not found, or the token cannot see it (404 on {where})"
-            )
-        wait = _rate_limit_wait(exc)
-        if wait is not None:
-            reset = datetime.fromtimestamp(time.time() + wait, timezone.utc)
-            return CmlInfraError(
-                f"github: rate limited until {reset:%Y-%m-%d %H:%M:%S} UTC ({where})"
-            )
-        if status == 403:
-            return CmlInfraError(
-                f"github: permission denied (403 {message}) on {where}; the token needs admin "
-                "rights on the repository (fine-grained: Administration read/write) or, for "
-                "--org, the organization's self-hosted runners permission"
-            )
-        return CmlInfraError(f"github: {where} failed ({status} {message})")
-
-
-class _NotFound(CmlInfraError):
-    pass
-
-
-def _check_api_url(flag: str, url: str) -> None:
-    """The token goes only over https, or plain http to this machine (loopback test doubles)."""
-    parts = urlsplit(url)
-    try:
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        host = None
-    if not host or not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", url, re.IGNORECASE):
-        raise UsageError(flag, f"{url!r} is not an http(s) URL; give https://HOST/api/v3")
-    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(host)):
-        return
-    raise UsageError(
-        flag,
-        f"{url!r}: the token is sent over https only (plain http only to 127.0.0.0/8, ::1 or "
-        "localhost); give https://HOST/api/v3",
-    )
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        """One API call (`url` from the API root) through the shared client (github_api.py)."""
+        return self._api.request(verb, url, body, params)
 
 
 def _check_group(group: str) -> None:
@@ -378,26 +330,6 @@ def _check_group(group: str) -> None:
         raise UsageError("--runner-group", f"{group!r} must not start or end with a space")
     if any(unicodedata.category(char) == "Cc" or char in "\u2028\u2029" for char in group):
         raise UsageError("--runner-group", f"{group!r} must not hold control characters")
-
-
-def _rate_limit_wait(exc: Any) -> float | None:
-    """Seconds until the limit resets, when the error is GitHub's rate limit."""
-    headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
-    if exc.status not in (403, 429):
-        return None
-    if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
-        return float(headers["x-ratelimit-reset"]) - time.time()
-    if "retry-after" in headers:
-        value = headers["retry-after"]
-        if value.strip().isdigit():
-            return float(value)
-        from email.utils import parsedate_to_datetime
-
-        try:  # Retry-After may also be an HTTP date
-            return parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return None
 
 
 def _runner_info(raw: dict[str, Any]) -> RunnerInfo:
@@ -428,7 +360,3 @@ def _parse_time(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _scrub(text: str, token: str) -> str:
-    return text.replace(token, "***") if token else text
