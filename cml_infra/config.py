@@ -26,7 +26,7 @@ whichever comes first; it passes over (`doctor` says so) a file that is not the 
 whose folder others may write (or is not the user's or root's); and the keys that run a program
 or decide where code or the token comes from or goes, or what cloud role jobs get (UNTRUSTED:
 `terraform`, `runner-archive`, `image`, `github-url`, `runner-group`, `state-dir`, `backend`,
-`instance-profile`, `service-account`, `identity`) are refused from any file,
+`instance-profile`, `service-account`, `identity`, `github-app-key`) are refused from any file,
 `CML_INFRA_CONFIG`'s included, unless `CML_INFRA_TRUST_CONFIG=1` says that the user trusts it.
 """
 
@@ -62,11 +62,12 @@ SHARED = frozenset({"state_dir", "terraform", "backend"})
 # `runner_group`: which repositories may send it jobs), or where records, workspaces and the
 # engine's plugin cache live (`state_dir`, `backend`: the state holds the instance's user data),
 # or which cloud credentials the jobs get (`instance_profile`, `service_account`, `identity`: a
-# pull request's file must not hand its own code a role of its choosing): from a file only with
-# TRUST_ENV=1, since in CI the file may come from a pull request.
+# pull request's file must not hand its own code a role of its choosing), or which file is read
+# as the GitHub App's key (`github_app_key`): from a file only with TRUST_ENV=1, since in CI the
+# file may come from a pull request.
 UNTRUSTED = frozenset(
     {"terraform", "runner_archive", "github_url", "state_dir", "backend", "image", "runner_group"}
-    | {"instance_profile", "service_account", "identity"}
+    | {"instance_profile", "service_account", "identity", "github_app_key"}
 )
 
 

@@ -7,6 +7,9 @@ every `status` and `down` would pay.
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -48,6 +51,9 @@ class RunnerRecord(msgspec.Struct, kw_only=True):
     error: str | None = None
     # When it was recorded as destroyed: where `cost.accrued` stops counting.
     ended_at: datetime | None = None
+    # The CI workflow run whose `up` launched it (`ci_run`): how `report --cost` finds the
+    # runners of a run. None outside CI, and in a record written before it was kept.
+    ci: dict[str, str] | None = None
 
     def replace(self, **changes: Any) -> RunnerRecord:
         return msgspec.structs.replace(self, **changes)
@@ -59,3 +65,33 @@ class RunnerRecord(msgspec.Struct, kw_only=True):
     def from_json(cls, text: str | bytes) -> RunnerRecord:
         """The record in `text`; msgspec.DecodeError (a ValueError) names what is wrong."""
         return msgspec.json.decode(text, type=cls)
+
+
+# What a record keeps of the workflow run that launched it: field → (the GitHub Actions
+# variable, the shape a value must have). A value of another shape is dropped, never kept half:
+# these end up in reports and tables.
+CI_FIELDS: Mapping[str, tuple[str, re.Pattern[str]]] = {
+    "repository": ("GITHUB_REPOSITORY", re.compile(r"[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}")),
+    "run_id": ("GITHUB_RUN_ID", re.compile(r"[0-9]{1,20}")),
+    "run_attempt": ("GITHUB_RUN_ATTEMPT", re.compile(r"[0-9]{1,6}")),
+    "workflow": ("GITHUB_WORKFLOW", re.compile(r"[^\x00-\x1f\x7f]{1,200}")),
+    "job": ("GITHUB_JOB", re.compile(r"[A-Za-z0-9_-]{1,100}")),
+    "server": (
+        "GITHUB_SERVER_URL",
+        re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/\S{0,150})?"),
+    ),
+}
+
+
+def ci_run(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The GitHub Actions workflow run this process is a step of (its repository and run id at
+    least, as a record's `ci`), or None: not in Actions, or no usable run id or repository."""
+    env = os.environ if environ is None else environ
+    if env.get("GITHUB_ACTIONS") != "true":
+        return None
+    found = {
+        field: value
+        for field, (variable, shape) in CI_FIELDS.items()
+        if shape.fullmatch(value := env.get(variable, ""))
+    }
+    return found if {"repository", "run_id"} <= found.keys() else None

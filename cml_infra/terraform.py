@@ -27,7 +27,9 @@ from cml_infra.errors import CmlInfraError, UsageError
 BUNDLED = "bundled"
 # Inits share the plugin cache one at a time; a wait past this is a hung init elsewhere.
 INIT_LOCK_WAIT_SECONDS = 600.0
-SECRET_VARIABLES = frozenset({"CML_INFRA_TOKEN", "GITHUB_TOKEN", "GH_TOKEN"})
+SECRET_VARIABLES = frozenset(
+    {"CML_INFRA_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "CML_INFRA_GITHUB_APP_PRIVATE_KEY"}
+)
 
 
 def environment_without_secrets() -> dict[str, str]:

@@ -103,7 +103,7 @@ def settings(
 
 
 def forge_of(
-    repo: str | None, org: str | None, token: str | None, github_url: str | None
+    repo: str | None, org: str | None, token: forge.Secret, github_url: str | None
 ) -> Forge | None:
     if not repo and not org:
         return None

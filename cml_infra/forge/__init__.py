@@ -4,7 +4,7 @@ registers it with `@register`, and is imported on first use."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, Union
 
 from cml_infra.registry import Registry
 
@@ -17,6 +17,17 @@ FORGES: Registry[type[Forge]] = Registry(
     "forge", __name__, skip=lambda module: module == "base" or module.endswith("_runner")
 )
 register = FORGES.register
+
+
+class Credential(Protocol):
+    """What mints a forge token per target (a GitHub App): the target is known only once a
+    command has read its flags or a record."""
+
+    def token_for(self, target: ForgeTarget) -> str: ...
+
+
+# What commands hand down: a token, a Credential that mints one per target, or nothing.
+Secret = Union[str, Credential, None]  # noqa: UP007 - a runtime alias, read on 3.10
 # Functions that write a CI job's step outputs where that CI runs us (GitHub Actions: the
 # $GITHUB_OUTPUT file); each returns quietly elsewhere.
 _CI: list[Callable[[Mapping[str, str], str | None], None]] = []
@@ -47,7 +58,9 @@ def check(target: ForgeTarget) -> None:
     forge_class(target).check_target(target)
 
 
-def for_target(target: ForgeTarget, token: str | None) -> Forge:
+def for_target(target: ForgeTarget, token: Secret) -> Forge:
     cls = forge_class(target)
     cls.check_target(target)
+    if token is not None and not isinstance(token, str):
+        token = token.token_for(target)
     return cls(target, token or "")

@@ -29,7 +29,7 @@ def down(
     state: StateDir,
     terraform: str | None,
     reason: str | None,
-    token: str | None = None,
+    token: forge.Secret = None,
 ) -> list[RunnerRecord]:
     keys = resolve(list(names), state, "nothing to destroy")
     # An engine that does not exist is bad input: found before any record changes.
@@ -46,7 +46,7 @@ def down(
 
 
 def _down_one(
-    name: str, state: StateDir, explicit: Engine | None, reason: str | None, token: str | None
+    name: str, state: StateDir, explicit: Engine | None, reason: str | None, token: forge.Secret
 ) -> RunnerRecord:
     with state.lock(name, wait=LOCK_WAIT_SECONDS):
         try:
@@ -164,7 +164,7 @@ def _cloud_of_workspace(state: StateDir, name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _down_registration(record: RunnerRecord, token: str | None) -> None:
+def _down_registration(record: RunnerRecord, token: forge.Secret) -> None:
     if not token:
         # The agent's own `down` has no token, by design; an ephemeral runner is gone already,
         # and a multi-job one is removed by `cleanup`.

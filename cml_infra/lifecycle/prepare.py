@@ -73,7 +73,7 @@ class Launch:
     def variables(self, attempt: Attempt, context: RenderContext) -> dict[str, Any]:
         return self.cloud.module_vars(self.spec, attempt.placement, context)
 
-    def forge(self, token: str | None) -> Forge | None:
+    def forge(self, token: forge.Secret) -> Forge | None:
         """A client of the runner's forge, holding the token (runner mode only)."""
         return None if self.spec.forge is None else forge.for_target(self.spec.forge, token)
 

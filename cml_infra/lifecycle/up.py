@@ -15,12 +15,13 @@ from typing import Any
 
 from cml_infra import render, ui
 from cml_infra.errors import CmlInfraError, Interrupted, UsageError
+from cml_infra.forge import Secret
 from cml_infra.forge.base import Forge, Registration, RunnerInfo
 from cml_infra.lifecycle import failover, prepare, teardown
 from cml_infra.lifecycle.guard import SignalGuard
 from cml_infra.lifecycle.prepare import Launch
 from cml_infra.placement import Attempt
-from cml_infra.record import RunnerRecord
+from cml_infra.record import RunnerRecord, ci_run
 from cml_infra.spec import RunnerSpec
 from cml_infra.state import BrokenRecord, StateDir
 from cml_infra.terraform import Engine, TerraformError
@@ -36,7 +37,7 @@ CLAIM_WAIT_SECONDS = 2.0
 
 
 def up(
-    spec: RunnerSpec, state: StateDir, terraform: str | None, token: str | None = None
+    spec: RunnerSpec, state: StateDir, terraform: str | None, token: Secret = None
 ) -> RunnerRecord:
     launch = prepare.plan(spec, state)
     forge = launch.forge(token)
@@ -111,6 +112,8 @@ class _Up:
                 engine=self.engine.argv,
                 forge=self.forge.describe() if self.forge else None,
                 launch_id=launch.launch_id,
+                # The workflow run it serves, for `report --cost`; failover keeps it.
+                ci=ci_run(),
                 **launch.attempts[0].placement.record_fields(),
             )
         )
@@ -313,7 +316,7 @@ def _write(workspace: Path, launch: Launch, attempt: Attempt, context: Any) -> N
     )
 
 
-def reusable(spec: RunnerSpec, state: StateDir, token: str | None) -> RunnerInfo | None:
+def reusable(spec: RunnerSpec, state: StateDir, token: Secret) -> RunnerInfo | None:
     """An online idle runner of the scope that has every asked-for label (`up --reuse-idle`
     then creates nothing). Input is checked first, as `up` would, so that bad input is an
     error whether or not a runner is free."""

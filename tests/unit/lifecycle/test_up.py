@@ -30,6 +30,27 @@ def test_up_records_the_instance_running(state, engine):
     assert sandboxes(state) == ["box-1"]
 
 
+def test_in_github_actions_the_record_remembers_the_workflow_run(state, engine, monkeypatch):
+    """What `report --cost` finds a run's runners by."""
+    actions = {"GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": "octo/repo", "GITHUB_RUN_ID": "77",
+               "GITHUB_RUN_ATTEMPT": "3", "GITHUB_JOB": "launch"}  # fmt: skip
+    for name, value in actions.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("GITHUB_WORKFLOW", raising=False)
+    monkeypatch.delenv("GITHUB_SERVER_URL", raising=False)
+    up.up(local_spec(), state, None)
+    assert state.load("box-1").ci == {
+        "repository": "octo/repo", "run_id": "77", "run_attempt": "3", "job": "launch"
+    }  # fmt: skip
+
+
+def test_outside_ci_the_record_names_no_run(state, engine, monkeypatch):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.setenv("GITHUB_RUN_ID", "77")
+    up.up(local_spec(), state, None)
+    assert state.load("box-1").ci is None
+
+
 def test_a_failed_apply_is_destroyed_and_recorded_with_its_reason(state, engine):
     engine.on("apply", fail("the cloud said no"))
     with pytest.raises(TerraformError, match="the cloud said no"):
