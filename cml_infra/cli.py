@@ -160,6 +160,19 @@ Token = Annotated[
                  envvar=["CML_INFRA_TOKEN", "GITHUB_TOKEN"], show_default=False,
                  rich_help_panel=RUNNER),
 ]  # fmt: skip
+GithubAppId = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--github-app-id", help="Sign in as this GitHub App (its numeric id) instead of "
+                 "a token: a one-hour installation token is minted for the repository or "
+                 "organization; wins over --token.", envvar="CML_INFRA_GITHUB_APP_ID",
+                 rich_help_panel=RUNNER),
+]  # fmt: skip
+GithubAppKey = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--github-app-key", help="The App's private key file (.pem); or give the key's "
+                 "text in CML_INFRA_GITHUB_APP_PRIVATE_KEY. It never leaves this machine.",
+                 show_default=False, rich_help_panel=RUNNER),
+]  # fmt: skip
 GithubUrl = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="GitHub API URL, https only: the token is sent there (GitHub Enterprise: "
@@ -257,6 +270,8 @@ SPEC_OPTIONS: dict[str, tuple[Any, Any]] = {
 # What only `up` takes: how it launches, not what it makes.
 LAUNCH_OPTIONS: dict[str, tuple[Any, Any]] = {
     "token": (Token, None),
+    "github_app_id": (GithubAppId, None),
+    "github_app_key": (GithubAppKey, None),
     "wait": (Wait, True),
     "reuse_idle": (ReuseIdle, False),
     "terraform": (TerraformOpt, None),
@@ -334,13 +349,16 @@ def down(
     backend: BackendOpt = None,
     terraform: TerraformOpt = None,
     token: Token = None,
+    github_app_id: GithubAppId = None,
+    github_app_key: GithubAppKey = None,
     reason: Annotated[str | None, typer.Option(hidden=True, envvar="CML_INFRA_END_REASON")] = None,
 ) -> None:
     """Destroy runners; a runner that is already gone is not an error."""
     from cml_infra import commands
 
     commands.down(names=names or [], all_runners=all_runners, state_dir=state_dir,
-                  backend=backend, terraform=terraform, reason=reason, token=token)  # fmt: skip
+                  backend=backend, terraform=terraform, reason=reason, token=token,
+                  app=(github_app_id, github_app_key))  # fmt: skip
 
 
 @app.command()
@@ -500,6 +518,8 @@ def cleanup(
         ),
     ] = None,
     token: Token = None,
+    github_app_id: GithubAppId = None,
+    github_app_key: GithubAppKey = None,
     github_url: GithubUrl = None,
     state_dir: StateDirOpt = None,
     backend: BackendOpt = None,
@@ -512,8 +532,119 @@ def cleanup(
     commands.cleanup(cloud=cloud, regions=region or [], max_age=max_age, idle=idle,
                      orphan_grace=orphan_grace, rules=rule or [], max_destroy=max_destroy,
                      dry_run=dry_run, yes=yes, repo=repo, org=org, token=token,
-                     github_url=github_url, state_dir=state_dir, backend=backend,
-                     json_output=json_output)  # fmt: skip
+                     app=(github_app_id, github_app_key), github_url=github_url,
+                     state_dir=state_dir, backend=backend, json_output=json_output)  # fmt: skip
+
+
+comment_app = typer.Typer(
+    help="Post a markdown report to the pull request (or issue, or commit) a workflow runs for.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(comment_app, name="comment")
+
+Report = Annotated[
+    str, typer.Argument(help="The markdown file, or - to read it from stdin.", show_default=False)
+]
+# The options of `comment create` and `comment update`: name → (declaration, default).
+COMMENT_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "target": (Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="pr/N, issue/N or commit/SHA; default: from the workflow's event (a pull request's "
+             "conversation, else the commit).", envvar="CML_INFRA_COMMENT_TARGET")], None),
+    "pr": (Annotated[bool, typer.Option("--pr", help="On a push: the open pull request whose "
+           "head is the commit (an error when there is none), not the commit.")], False),
+    "repo": (Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="OWNER/NAME; default: $GITHUB_REPOSITORY.", envvar="CML_INFRA_REPO")], None),
+    "token": (Token, None),
+    "github_app_id": (GithubAppId, None),
+    "github_app_key": (GithubAppKey, None),
+    "github_url": (GithubUrl, None),
+    "watermark_title": (Annotated[str, typer.Option(help="Keeps several reports on one target "
+                        "apart: `update` edits the last comment with this title's mark.")],
+                        "report"),
+    "rm_watermark": (Annotated[bool, typer.Option("--rm-watermark", help="Post without the "
+                     "hidden mark (a plain comment; `update` cannot find it later).")], False),
+    "publish": (Annotated[bool, typer.Option("--publish/--no-publish", help="Commit the local "
+                "files the markdown links (plots, HTML) to --assets-branch of the repository "
+                "and link them there; --no-publish leaves links alone.")], True),
+    "assets_branch": (Annotated[str, typer.Option(help="The orphan branch that keeps the "
+                      "report's files, private with the repository.",
+                      envvar="CML_INFRA_ASSETS_BRANCH")], "cml-infra-assets"),
+    "dry_run": (Annotated[bool, typer.Option("--dry-run", help="Print the final markdown and "
+                "the files it would upload; needs no token, sends nothing.")], False),
+}  # fmt: skip
+
+
+@comment_app.command("create")
+@with_options(COMMENT_OPTIONS)
+def comment_create(report: Report, **flags: Any) -> None:
+    """Post the report as a new comment; prints its URL."""
+    from cml_infra import commands
+
+    commands.comment(report, update=False, flags=flags)
+
+
+@comment_app.command("update")
+@with_options(COMMENT_OPTIONS)
+def comment_update(report: Report, **flags: Any) -> None:
+    """Edit our last comment on the target (found by its hidden mark), or post one; prints its
+    URL."""
+    from cml_infra import commands
+
+    commands.comment(report, update=True, flags=flags)
+
+
+@app.command()
+def report(
+    *,
+    metrics: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--metrics", help="Metrics file (JSON, YAML or CSV, as DVC writes them); "
+                     "repeatable: a table of every value."),
+    ] = None,
+    baseline: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Metrics file to compare with (e.g. from the target branch): adds a "
+                     "change column."),
+    ] = None,
+    image: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--image", help="Image file to show, captioned with its name; repeatable."),
+    ] = None,
+    title: Annotated[Optional[str], typer.Option(help="A heading on top.")] = None,  # noqa: UP045
+    cost: Annotated[
+        Optional[bool],  # noqa: UP045
+        typer.Option("--cost/--no-cost", help="What this workflow run's runners cost, from the "
+                     "ledger (also to the job summary); default: on inside a workflow run.",
+                     show_default=False),
+    ] = None,
+    run_id: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="The workflow run whose runners to count; default: $GITHUB_RUN_ID."),
+    ] = None,
+    output: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--output", "-o", help="Write the markdown here; default: stdout."),
+    ] = None,
+    repo: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="OWNER/NAME, to ask GitHub which runners ran the run's jobs (needs a "
+                     "token); default: $GITHUB_REPOSITORY.", envvar="CML_INFRA_REPO"),
+    ] = None,
+    token: Token = None,
+    github_app_id: GithubAppId = None,
+    github_app_key: GithubAppKey = None,
+    github_url: GithubUrl = None,
+    state_dir: StateDirOpt = None,
+    backend: BackendOpt = None,
+) -> None:  # fmt: skip
+    """Write a markdown report: a metrics table, plots, and what the run's GPUs cost."""
+    from cml_infra import commands
+
+    commands.report(metrics=metrics or [], baseline=baseline, images=image or [], title=title,
+                    cost=cost, run_id=run_id, output=output, repo=repo, token=token,
+                    app=(github_app_id, github_app_key), github_url=github_url,
+                    state_dir=state_dir, backend=backend)  # fmt: skip
 
 
 def main() -> None:

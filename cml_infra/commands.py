@@ -18,6 +18,7 @@ from cml_infra.ui import reported
 
 if TYPE_CHECKING:
     from cml_infra.cleanup.run import Plan
+    from cml_infra.forge import Secret
     from cml_infra.forge.base import RunnerInfo
     from cml_infra.record import RunnerRecord
     from cml_infra.spec import RunnerSpec
@@ -33,7 +34,9 @@ CLEANUP_COLUMNS = (
     "kind", "cloud", "region", "name", "launch", "rule", "reason", "result", "hourly_price",
 )  # fmt: skip
 # Flags of `up` that are not part of what it makes.
-_LAUNCH_ONLY = ("state_dir", "backend", "token", "terraform", "json_output")
+_LAUNCH_ONLY = (
+    "state_dir", "backend", "token", "github_app_id", "github_app_key", "terraform", "json_output",
+)  # fmt: skip
 
 
 def _state(state_dir: str | None, backend: str | None = None) -> StateDir:
@@ -41,6 +44,14 @@ def _state(state_dir: str | None, backend: str | None = None) -> StateDir:
     from cml_infra.backends import open_ledger
 
     return open_ledger(StateDir(resolve_state_dir(state_dir)), backend)
+
+
+def _secret(token: str | None, app: tuple[str | None, str | None]) -> Secret:
+    """The forge credential: a GitHub App when its id is given (inside Actions GITHUB_TOKEN is
+    always set, so the App must win), else the token."""
+    from cml_infra.forge import github_app
+
+    return github_app.from_options(*app) or token
 
 
 def _spec(command: Sequence[str], flags: dict[str, Any]) -> RunnerSpec:
@@ -62,7 +73,7 @@ def up(command: Sequence[str], flags: dict[str, Any]) -> None:
 
     spec = _spec(command, flags)
     state = _state(flags["state_dir"], flags["backend"])
-    token = flags["token"]
+    token = _secret(flags["token"], (flags["github_app_id"], flags["github_app_key"]))
     reused = lifecycle.reusable(spec, state, token) if spec.reuse_idle else None
     if reused is not None:
         _report_reuse(reused, flags["json_output"])
@@ -143,6 +154,7 @@ def _report_reuse(runner: RunnerInfo, json_output: bool) -> None:
 def down(
     *, names: Sequence[str], all_runners: bool, state_dir: str | None, backend: str | None,
     terraform: str | None, reason: str | None, token: str | None,
+    app: tuple[str | None, str | None] = (None, None),
 ) -> None:  # fmt: skip
     from cml_infra.lifecycle import down as lifecycle
 
@@ -153,7 +165,7 @@ def down(
     if not targets:
         ui.info("no live runners; nothing to destroy")
         return
-    lifecycle.down(targets, state, terraform, reason, token)
+    lifecycle.down(targets, state, terraform, reason, _secret(token, app))
 
 
 @reported
@@ -231,6 +243,7 @@ def cleanup(
     orphan_grace: str, rules: Sequence[str], max_destroy: int, dry_run: bool, yes: bool,
     repo: str | None, org: str | None, token: str | None, github_url: str | None,
     state_dir: str | None, backend: str | None, json_output: bool,
+    app: tuple[str | None, str | None] = (None, None),
 ) -> None:  # fmt: skip
     from cml_infra.cleanup import run as reaper
 
@@ -238,7 +251,7 @@ def cleanup(
     settings = reaper.settings(
         cloud, regions, max_age, idle, orphan_grace, dry_run, rules, state, max_destroy
     )
-    forge = reaper.forge_of(repo, org, token, github_url)
+    forge = reaper.forge_of(repo, org, _secret(token, app), github_url)
 
     def confirm(found: Plan) -> bool:
         if yes or not reaper.interactive():
@@ -263,3 +276,101 @@ def cleanup(
         if len(results) == 1 and len(failed) > 1:
             raise CmlInfraError(f"{', '.join(row.name for row in failed)}: {results.pop()}")
         raise CmlInfraError("; ".join(f"{row.name}: {row.result}" for row in failed))
+
+
+@reported
+def comment(report: str, *, update: bool, flags: dict[str, Any]) -> None:
+    from cml_infra.comment import CommentOptions
+    from cml_infra.comment import comment as post
+    from cml_infra.forge.base import step_outputs
+
+    dry_run = flags["dry_run"]
+    # A dry run sends nothing, so it needs (and mints) no credential.
+    secret = None if dry_run else _secret(flags["token"], _app(flags))
+    options = CommentOptions(
+        source=report,
+        update=update,
+        target=flags["target"],
+        pr=flags["pr"],
+        repo=flags["repo"],
+        token=secret,
+        github_url=flags["github_url"],
+        watermark_title=flags["watermark_title"],
+        rm_watermark=flags["rm_watermark"],
+        publish=flags["publish"],
+        assets_branch=flags["assets_branch"],
+        dry_run=dry_run,
+    )
+    result = post(options)
+    if dry_run:
+        for upload in result.uploads:
+            ui.info(f"would upload {upload.local} to {upload.branch_path}")
+        print(result.markdown, end="" if result.markdown.endswith("\n") else "\n")
+        return
+    uploaded = [upload for upload in result.uploads if upload.uploaded]
+    if result.uploads:
+        ui.info(
+            f"{len(uploaded)} file(s) uploaded to {flags['assets_branch']}, "
+            f"{len(result.uploads) - len(uploaded)} already there"
+        )
+    step_outputs({"comment-url": result.url or ""})
+    ui.result(result.url or "")
+
+
+def _app(flags: dict[str, Any]) -> tuple[str | None, str | None]:
+    return flags["github_app_id"], flags["github_app_key"]
+
+
+@reported
+def report(
+    *, metrics: Sequence[str], baseline: str | None, images: Sequence[str], title: str | None,
+    cost: bool | None, run_id: str | None, output: str | None, repo: str | None,
+    token: str | None, app: tuple[str | None, str | None], github_url: str | None,
+    state_dir: str | None, backend: str | None,
+) -> None:  # fmt: skip
+    import os
+
+    from cml_infra import report as reports
+    from cml_infra.forge.base import step_outputs
+
+    out = user_path(output, "--output") if output else None
+    run = run_id or os.environ.get("GITHUB_RUN_ID") or None
+    # Inside a workflow run the bill is what the report is for; elsewhere it needs --run-id.
+    with_cost = cost if cost is not None else run is not None
+    state = _state(state_dir, backend) if with_cost else None
+    if state is not None:
+        from cml_infra import queries
+
+        # What `status` does first: a runner whose instance ended itself gets its end time, so
+        # that its cost stops there rather than running on to now.
+        queries.status(state, include_destroyed=False, warn=ui.warn)
+    found = None
+    secret = _secret(token, app) if with_cost else None
+    repository = repo or os.environ.get("GITHUB_REPOSITORY") or None
+    if secret and repository:
+        from cml_infra import forge
+        from cml_infra.spec import ForgeTarget
+
+        target = ForgeTarget(repo=repository, api_url=github_url or None)
+        found = forge.for_target(target, secret)
+    options = reports.ReportOptions(
+        metrics=list(metrics),
+        baseline=baseline,
+        images=list(images),
+        cost=with_cost,
+        run_id=run,
+        title=title,
+        # Image links are written relative to where the markdown goes, as `comment` reads them.
+        relative_to=str(out.parent) if out else None,
+    )
+    built = reports.build(options, state, found)
+    if out is None:
+        print(built.markdown, end="" if built.markdown.endswith("\n") else "\n")
+    else:
+        try:
+            out.write_text(built.markdown, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError("--output", f"{out}: cannot write ({exc.strerror})") from None
+        ui.info(f"report written to {out}")
+    if built.summary:
+        step_outputs({}, built.summary)
