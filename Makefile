@@ -8,7 +8,7 @@ SHELL_SCRIPTS := $(wildcard terraform/*/scripts/*.sh tests/fakes/runner/*.sh) sc
 # checkov pins many libraries of its own, so it lives in a venv of its own.
 CHECKOV_VENV ?= .venv-checkov
 
-.PHONY: install install-checkov demo lint test bench clean
+.PHONY: install install-checkov demo lint lint-actions test bench clean
 
 # Azurite, the Azure Storage emulator the azurerm backend is tested against, from npm into the
 # venv; 3.35 is the last release that runs on Node.js 20. Without npm its tests skip, saying so.
@@ -44,6 +44,20 @@ lint: install
 	$(BIN)/mypy
 	env -u TF_CLI_CONFIG_FILE $(TERRAFORM) fmt -check -recursive terraform
 	$(BIN)/shellcheck --external-sources $(SHELL_SCRIPTS)
+	@$(MAKE) --no-print-directory lint-actions
+
+# actionlint checks the `with:` of a `uses: ./` against action.yml only in a repository whose
+# workflows are in .github/workflows, which this one must not have (GitHub would run the
+# examples): it lints a copy laid out so, and its findings name examples/ again.
+# zizmor: the auditor persona, its strictest; --offline, as its online audits need a token.
+lint-actions: install
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+		&& mkdir -p "$$tmp/.git" "$$tmp/.github/workflows" \
+		&& cp examples/*.yml "$$tmp/.github/workflows/" && cp action.yml "$$tmp/" \
+		&& out=$$(cd "$$tmp" && "$(CURDIR)/$(BIN)/actionlint" -shellcheck "$(CURDIR)/$(BIN)/shellcheck" -pyflakes= 2>&1); \
+		status=$$?; [ -z "$$out" ] || printf '%s\n' "$$out" | sed 's#\.github/workflows/#examples/#g'; \
+		echo "actionlint: exit $$status"; exit $$status
+	$(BIN)/zizmor --offline --persona=auditor --quiet action.yml examples/*.yml
 
 test: lint install-checkov
 	$(BIN)/pytest
