@@ -5,7 +5,6 @@ up, with nothing shared but the bucket."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import shutil
@@ -18,36 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cli, assert_no_processes_in, processes_in
+from tests.e2e.conftest import REGION, Cli, assert_no_processes_in, aws_env, processes_in
 
 pytestmark = pytest.mark.e2e
-REGION = "us-east-1"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    import boto3
-
-    for key, value in _aws_env().items():
-        monkeypatch.setenv(key, value)
-    return boto3.client("s3", endpoint_url=s3_endpoint, region_name=REGION)
-
-
-def _aws_env() -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
 
 
 class Job(Cli):
@@ -69,7 +41,7 @@ def jobs(s3: Any, s3_endpoint: str, cli: Cli, tmp_path: Path) -> Iterator[tuple[
     bucket = f"ledger-{secrets.token_hex(4)}"
     s3.create_bucket(Bucket=bucket)
     backend = f"s3://{bucket}/ci/runners-of-test?region={REGION}&endpoint={s3_endpoint}"
-    env = {**cli.env, **_aws_env(), "XDG_STATE_HOME": str(tmp_path / "machine")}
+    env = {**cli.env, **aws_env(), "XDG_STATE_HOME": str(tmp_path / "machine")}
     first, second = Job(tmp_path / "job-a", env, backend), Job(tmp_path / "job-b", env, backend)
     yield first, second
     second.run("down", "--all")
@@ -178,7 +150,7 @@ def test_same_name_from_two_jobs_never_shares_a_record(jobs: tuple[Job, Job]) ->
 def test_bad_backend_is_one_line_and_creates_nothing(
     cli: Cli, s3: Any, s3_endpoint: str, tmp_path: Path, backend: str, expected: str
 ) -> None:
-    env = {**cli.env, **_aws_env(), "XDG_STATE_HOME": str(tmp_path / "machine")}
+    env = {**cli.env, **aws_env(), "XDG_STATE_HOME": str(tmp_path / "machine")}
     for command in (["up", "--name", "nothing"], ["status"], ["down", "nothing"], ["cleanup"]):
         done = subprocess.run(
             [*_cli(), *command, "--backend", backend.format(endpoint=s3_endpoint)],
