@@ -8,6 +8,7 @@ input (a missing file, a malformed metrics file, no run id) is one UsageError na
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,10 +45,17 @@ class Report:
     summary: str | None = None
 
 
-def build(options: ReportOptions, state: StateDir | None, forge: Forge | None) -> Report:
+def build(
+    options: ReportOptions,
+    state: StateDir | None,
+    forge: Forge | None,
+    settle: Callable[[], None] | None = None,
+) -> Report:
     """The report: the title, the metrics table, the images, the cost section, in that order
     and each only when asked for. `state` (the ledger) is needed for the cost; `forge`, when
     given, adds the runners GitHub says ran the run's jobs although another run launched them.
+    `settle` runs once every input is read and found good, just before the ledger is (the
+    command brings the records up to date there, which bad input must not do).
     """
     from cml_infra.errors import UsageError
     from cml_infra.report import cost, images, metrics
@@ -56,6 +64,9 @@ def build(options: ReportOptions, state: StateDir | None, forge: Forge | None) -
         raise UsageError("--metrics", "nothing to report: give --metrics, --image or --cost")
     if options.baseline is not None and not options.metrics:
         raise UsageError("--baseline", "is compared with a metrics file; give --metrics too")
+    run = None
+    if options.cost:
+        run = cost.this_run(options.run_id, forge.target.repo if forge is not None else None)
     sections = []
     if options.title:
         sections.append(f"## {' '.join(options.title.split())}\n")
@@ -70,10 +81,11 @@ def build(options: ReportOptions, state: StateDir | None, forge: Forge | None) -
             f"{IMAGES_HEADING}\n\n{images.section(options.images, options.relative_to)}"
         )
     summary = None
-    if options.cost:
+    if run is not None:
         if state is None:
             raise ValueError("report: the cost section needs the ledger")
-        run = cost.this_run(options.run_id, forge.target.repo if forge is not None else None)
+        if settle is not None:
+            settle()
         summary = cost.section(state, run, forge)
         sections.append(summary)
     return Report("\n".join(sections), summary)
