@@ -21,8 +21,9 @@ app = typer.Typer(
     help="Cloud GPUs for CI runners: created for a workflow, destroyed when idle or expired.",
     epilog="Defaults may come from .cml-infra.toml or [tool.cml-infra] in pyproject.toml, "
     "looked for up to the repository root or $HOME. Keys that run code or decide where the "
-    "token goes (terraform, runner-archive, github-url, state-dir, backend) are taken from such "
-    "a file only with CML_INFRA_TRUST_CONFIG=1.",
+    "token goes (terraform, runner-archive, github-url, state-dir, backend, modules-dir, [vars], "
+    "github-app-key, among others; see README) are taken from such a file only with "
+    "CML_INFRA_TRUST_CONFIG=1.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 
 PLACEMENT, LIFETIME, RUNNER, OUTPUT = "Placement", "Lifetime", "Runner", "Output"
+NETWORK, MODULES = "Network and disk", "Modules"
 
 Command = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer reads this annotation at run time on 3.10
@@ -142,6 +144,61 @@ Docker = Annotated[
     typer.Option("--docker/--no-docker", help="Let jobs use Docker: the runner user joins the "
                  "docker group, which is root on the VM. Default: on with --gpu, else off.",
                  envvar="CML_INFRA_DOCKER", show_default=False, rich_help_panel=RUNNER),
+]  # fmt: skip
+SubnetId = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="AWS: the subnet (subnet-…) to run in, for an account without a default "
+                 "VPC; Azure: an existing subnet's resource id instead of a new network.",
+                 envvar="CML_INFRA_SUBNET_ID", rich_help_panel=NETWORK),
+]  # fmt: skip
+SecurityGroupId = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--security-group-id", help="AWS: an existing security group (sg-…) the "
+                 "instance joins besides its own; repeatable.",
+                 envvar="CML_INFRA_SECURITY_GROUP_IDS", rich_help_panel=NETWORK),
+]  # fmt: skip
+Project = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="GCP: the project; default: the credentials' (GOOGLE_CLOUD_PROJECT).",
+                 envvar="CML_INFRA_PROJECT", rich_help_panel=NETWORK),
+]  # fmt: skip
+NetworkName = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--network", help="GCP: the VPC network (name or self link); default: "
+                 "`default`.", envvar="CML_INFRA_NETWORK", rich_help_panel=NETWORK),
+]  # fmt: skip
+Subnetwork = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="GCP: the subnetwork (name or self link) in the region.",
+                 envvar="CML_INFRA_SUBNETWORK", rich_help_panel=NETWORK),
+]  # fmt: skip
+DiskSize = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--disk-size", help="Boot disk size in GB; default: the module's.",
+                 envvar="CML_INFRA_DISK_SIZE", rich_help_panel=NETWORK, show_default=False),
+]  # fmt: skip
+PublicIp = Annotated[
+    bool,
+    typer.Option("--public-ip/--no-public-ip", help="--no-public-ip: no public address; the "
+                 "network must give egress (a NAT) for the runner to reach GitHub.",
+                 envvar="CML_INFRA_PUBLIC_IP", rich_help_panel=NETWORK),
+]  # fmt: skip
+ModulesDir = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--modules-dir", help="A folder of module forks (<cloud>/, optionally "
+                 "templates/) used instead of the packaged ones; see `cml-infra modules eject`.",
+                 envvar="CML_INFRA_MODULES_DIR", rich_help_panel=MODULES),
+]  # fmt: skip
+ModuleVar = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--var", help="KEY=VALUE: a variable of the module (VALUE as JSON for "
+                 "numbers, booleans, lists and maps); repeatable.", rich_help_panel=MODULES),
+]  # fmt: skip
+StartupScript = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="A script of your own, run as root before the runner or task starts "
+                 "(logged to the instance log); it counts against the cloud's user data limit.",
+                 envvar="CML_INFRA_STARTUP_SCRIPT", rich_help_panel=MODULES),
 ]  # fmt: skip
 Repo = Annotated[
     Optional[str],  # noqa: UP045
@@ -264,6 +321,16 @@ SPEC_OPTIONS: dict[str, tuple[Any, Any]] = {
     "ttl": (Ttl, "24h"),
     "startup_timeout": (StartupTimeout, "15m"),
     "single": (Single, False),
+    "subnet_id": (SubnetId, None),
+    "security_group_id": (SecurityGroupId, None),
+    "project": (Project, None),
+    "network": (NetworkName, None),
+    "subnetwork": (Subnetwork, None),
+    "disk_size": (DiskSize, None),
+    "public_ip": (PublicIp, True),
+    "modules_dir": (ModulesDir, None),
+    "var": (ModuleVar, None),
+    "startup_script": (StartupScript, None),
     "state_dir": (StateDirOpt, None),
     "backend": (BackendOpt, None),
 }
@@ -321,8 +388,9 @@ def main_options(
 
     Defaults may come from .cml-infra.toml or [tool.cml-infra] in pyproject.toml, looked for up
     to the repository root or $HOME (see README). Keys that run code or decide where the token
-    goes (terraform, runner-archive, github-url, state-dir, backend) are taken from such a file
-    only with CML_INFRA_TRUST_CONFIG=1.
+    goes (terraform, runner-archive, github-url, state-dir, backend, modules-dir, [vars],
+    github-app-key, among others; see README) are taken from such a file only with
+    CML_INFRA_TRUST_CONFIG=1.
     """
     from cml_infra import config, ui
 
@@ -592,6 +660,54 @@ def comment_update(report: Report, **flags: Any) -> None:
     from cml_infra import commands
 
     commands.comment(report, update=True, flags=flags)
+
+
+modules_app = typer.Typer(
+    help="Fork the Terraform modules: copy the packaged ones into a folder for `up "
+    "--modules-dir`, and see how a fork differs from them after an upgrade.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(modules_app, name="modules")
+
+ModulesFolder = Annotated[
+    str, typer.Argument(metavar="DIR", help="The folder of forks: one folder per cloud's "
+                        "module, and templates/.", show_default=False)
+]  # fmt: skip
+ModulesCloud = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Only this cloud's module (aws, gcp, azure, local); default: every one."),
+]
+
+
+@modules_app.command("eject")
+def modules_eject(
+    folder: ModulesFolder,
+    *,
+    cloud: ModulesCloud = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the module folders, "
+                     "templates/ and README.md that DIR already holds.")] = False,
+) -> None:  # fmt: skip
+    """Copy the packaged modules and templates into DIR, with a README.md of what cml-infra
+    passes to a module and reads back; use the forks with `up --modules-dir DIR`."""
+    from cml_infra import commands
+
+    commands.modules_eject(folder, cloud=cloud, force=force)
+
+
+@modules_app.command("diff")
+def modules_diff(
+    folder: ModulesFolder,
+    *,
+    cloud: ModulesCloud = None,
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 1 when a fork differs "
+                         "from the packaged module (as `git diff --exit-code`).")] = False,
+) -> None:  # fmt: skip
+    """Show how the forks in DIR differ from the packaged modules and templates, as a unified
+    diff per file; a summary per folder on stderr."""
+    from cml_infra import commands
+
+    commands.modules_diff(folder, cloud=cloud, exit_code=exit_code)
 
 
 @app.command()

@@ -60,7 +60,13 @@ def _spec(command: Sequence[str], flags: dict[str, Any]) -> RunnerSpec:
     spec_flags = {key: value for key, value in flags.items() if key not in _LAUNCH_ONLY}
     spec = build_spec(
         command=command,
-        **{**spec_flags, "tags": spec_flags["tags"] or (), "labels": spec_flags["labels"] or ()},
+        **{
+            **spec_flags,
+            "tags": spec_flags["tags"] or (),
+            "labels": spec_flags["labels"] or (),
+            "var": spec_flags["var"] or (),
+            "security_group_id": spec_flags["security_group_id"] or (),
+        },
     )
     for warning in spec.warnings():
         ui.warn(warning)
@@ -74,7 +80,7 @@ def up(command: Sequence[str], flags: dict[str, Any]) -> None:
     spec = _spec(command, flags)
     state = _state(flags["state_dir"], flags["backend"])
     token = _secret(flags["token"], (flags["github_app_id"], flags["github_app_key"]))
-    reused = lifecycle.reusable(spec, state, token) if spec.reuse_idle else None
+    reused = lifecycle.reusable(spec, state, token, flags["terraform"]) if spec.reuse_idle else None
     if reused is not None:
         _report_reuse(reused, flags["json_output"])
         return
@@ -317,6 +323,31 @@ def comment(report: str, *, update: bool, flags: dict[str, Any]) -> None:
     ui.result(result.url or "")
 
 
+@reported
+def modules_eject(folder: str, *, cloud: str | None, force: bool) -> None:
+    from cml_infra.modules import eject
+
+    target = user_path(folder, "DIR")
+    for line in eject.eject(target, cloud, force):
+        ui.info(line)
+    ui.info(f"to use them: cml-infra up --modules-dir {target}")
+    ui.result(str(target))
+
+
+@reported
+def modules_diff(folder: str, *, cloud: str | None, exit_code: bool) -> None:
+    from cml_infra.modules import diff
+
+    found = diff.diff(user_path(folder, "DIR"), cloud)
+    for compared in found:
+        for item in compared.files:
+            print(item.text, end="", flush=True)
+    for compared in found:
+        ui.info(compared.summary())
+    if exit_code and any(compared.files for compared in found):
+        raise typer.Exit(1)
+
+
 def _app(flags: dict[str, Any]) -> tuple[str | None, str | None]:
     return flags["github_app_id"], flags["github_app_key"]
 
@@ -338,12 +369,15 @@ def report(
     # Inside a workflow run the bill is what the report is for; elsewhere it needs --run-id.
     with_cost = cost if cost is not None else run is not None
     state = _state(state_dir, backend) if with_cost else None
-    if state is not None:
+
+    def settle() -> None:
         from cml_infra import queries
 
         # What `status` does first: a runner whose instance ended itself gets its end time, so
         # that its cost stops there rather than running on to now.
-        queries.status(state, include_destroyed=False, warn=ui.warn)
+        if state is not None:
+            queries.status(state, include_destroyed=False, warn=ui.warn)
+
     found = None
     secret = _secret(token, app) if with_cost else None
     repository = repo or os.environ.get("GITHUB_REPOSITORY") or None
@@ -363,7 +397,7 @@ def report(
         # Image links are written relative to where the markdown goes, as `comment` reads them.
         relative_to=str(out.parent) if out else None,
     )
-    built = reports.build(options, state, found)
+    built = reports.build(options, state, found, settle)
     if out is None:
         print(built.markdown, end="" if built.markdown.endswith("\n") else "\n")
     else:

@@ -15,10 +15,14 @@ wins over the built-in default (the file becomes click's `default_map`).
     [cleanup]                      # options of `cleanup`
     max-age = "6h"
 
+    [vars]                         # module variables, as `--var KEY=VALUE` (which wins per key)
+    boot_disk_kms_key_self_link = "projects/p/locations/l/keyRings/r/cryptoKeys/k"
+
 Keys are the flags without their dashes (`idle-timeout`, `type`; '_' may stand for '-'). A
 key that is no option of its command, and a token (which belongs in a CI secret, never in a
 repository), is refused with the file's name. A relative path (`state-dir`, `terraform`,
-`runner-archive`) is relative to the file, not to the working folder.
+`runner-archive`, `modules-dir`, `startup-script`) is relative to the file, not to the working
+folder.
 
 A config file is data, not code: in CI it comes from the commit under test, maybe a pull
 request's. So the search stops at the repository root (a folder holding `.git`) or at $HOME,
@@ -26,8 +30,9 @@ whichever comes first; it passes over (`doctor` says so) a file that is not the 
 whose folder others may write (or is not the user's or root's); and the keys that run a program
 or decide where code or the token comes from or goes, or what cloud role jobs get (UNTRUSTED:
 `terraform`, `runner-archive`, `image`, `github-url`, `runner-group`, `state-dir`, `backend`,
-`instance-profile`, `service-account`, `identity`, `github-app-key`) are refused from any file,
-`CML_INFRA_CONFIG`'s included, unless `CML_INFRA_TRUST_CONFIG=1` says that the user trusts it.
+`instance-profile`, `service-account`, `identity`, `github-app-key`, `modules-dir`,
+`startup-script`, and the `[vars]` table) are refused from any file, `CML_INFRA_CONFIG`'s
+included, unless `CML_INFRA_TRUST_CONFIG=1` says that the user trusts it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ TRUST_ENV = "CML_INFRA_TRUST_CONFIG"
 # Top-level keys are options of `up` (and of `render` where it has them); a table named after
 # one of these commands holds that command's options.
 SECTIONS = ("cleanup",)
+# The table of module variables (`--var`'s defaults): not options, so not click's default_map,
+# which a `--var` on the command line would replace whole instead of key by key.
+VARS = "vars"
 # Never from a file that may be committed.
 REFUSED = frozenset({"token"})
 # Top-level keys that every command with the option takes, not only `up` and `render`.
@@ -63,11 +71,16 @@ SHARED = frozenset({"state_dir", "terraform", "backend"})
 # engine's plugin cache live (`state_dir`, `backend`: the state holds the instance's user data),
 # or which cloud credentials the jobs get (`instance_profile`, `service_account`, `identity`: a
 # pull request's file must not hand its own code a role of its choosing), or which file is read
-# as the GitHub App's key (`github_app_key`): from a file only with TRUST_ENV=1, since in CI the
-# file may come from a pull request.
+# as the GitHub App's key (`github_app_key`), or the Terraform module itself (`modules_dir`: a
+# module runs code through Terraform, on the launcher with local-exec), or code run as root on
+# the instance before the runner (`startup_script`: it can read the runner's registration, and
+# a pull request's script must not mint itself runners): from a file only with TRUST_ENV=1,
+# since in CI the file may come from a pull request. The [vars] table too: module variables
+# choose images (`gpu_image_family`), roles and network exposure.
 UNTRUSTED = frozenset(
     {"terraform", "runner_archive", "github_url", "state_dir", "backend", "image", "runner_group"}
-    | {"instance_profile", "service_account", "identity", "github_app_key"}
+    | {"instance_profile", "service_account", "identity", "github_app_key", "modules_dir"}
+    | {"startup_script"}
 )
 
 
@@ -77,6 +90,8 @@ class Config:
 
     path: Path | None = None
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The [vars] table: module variable → value, beneath `--var` (of `up` and `render`).
+    vars: dict[str, Any] = field(default_factory=dict)
     # Files the search passed over, each with why (`doctor` says so).
     skipped: tuple[str, ...] = ()
 
@@ -136,6 +151,17 @@ def default(command: str, option: str, fallback: Any) -> Any:
     return _IN_USE.get().config.defaults.get(command, {}).get(option, fallback)
 
 
+def module_vars() -> dict[str, Any]:
+    """The config file's [vars]: module variables beneath `--var`."""
+    return dict(_IN_USE.get().config.vars)
+
+
+def vars_origin() -> Path | None:
+    """The config file, when it has a [vars] table."""
+    in_use = _IN_USE.get()
+    return in_use.config.path if in_use.config.vars else None
+
+
 def describe() -> str:
     """What the config file in use sets, in a sentence."""
     in_use = _IN_USE.get()
@@ -145,6 +171,7 @@ def describe() -> str:
         for flag, name in in_use.flags.get(command, {}).items()
         if name in values
     )
+    flags += [f"[vars] {name}" for name in sorted(in_use.config.vars)]
     if in_use.config.path is None or not flags:
         said = f"no {FILE_NAME} or [tool.cml-infra] sets anything here; built-in defaults"
     else:
@@ -258,7 +285,11 @@ def load(path: Path | None, options: Mapping[str, Mapping[str, str]]) -> Config:
         table = ours
     trust = trusted()
     top = _checked(
-        path, "", {k: v for k, v in table.items() if k not in SECTIONS}, options["up"], trust
+        path,
+        "",
+        {k: v for k, v in table.items() if k not in (*SECTIONS, VARS)},
+        options["up"],
+        trust,
     )
     # `render` takes the placement of `up`, not its launch-only options (--budget, --wait, ...).
     defaults = {
@@ -279,7 +310,46 @@ def load(path: Path | None, options: Mapping[str, Mapping[str, str]]) -> Config:
             raise UsageError(str(path), f"[{section}] must be a table of {section}'s options")
         checked = _checked(path, f"{section}.", value, options[section], trust)
         defaults[section] = {**defaults.get(section, {}), **checked}
-    return Config(path, {command: values for command, values in defaults.items() if values})
+    return Config(
+        path,
+        {command: values for command, values in defaults.items() if values},
+        vars=_vars(path, table.get(VARS, {}), trust),
+    )
+
+
+# A module variable's name, as HCL takes it (spec.parse_vars checks `--var` the same way).
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _vars(path: Path, table: Any, trust: bool) -> dict[str, Any]:
+    """The [vars] table: variable names, each with a value the tfvars file can hold (any TOML
+    value but a date or time, which JSON has no type for)."""
+    if not isinstance(table, dict):
+        raise UsageError(str(path), f"[{VARS}] must be a table of module variables")
+    if table and not trust:
+        raise UsageError(
+            str(path),
+            f"[{VARS}]: not taken from a file unless you trust the file (module variables "
+            f"choose images, roles and network exposure): set {TRUST_ENV}=1, or give --var",
+        )
+    for key, value in table.items():
+        if not _VARIABLE.fullmatch(key):
+            raise UsageError(
+                str(path), f"[{VARS}] {key!r} is not a variable name (letters, digits, '_', '-')"
+            )
+        if not _json_value(value):
+            raise UsageError(
+                str(path), f"[{VARS}] {key}: a date or time is no module value; quote it"
+            )
+    return dict(table)
+
+
+def _json_value(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_json_value(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_json_value(item) for item in value)
+    return isinstance(value, (str, int, float, bool))
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -311,6 +381,9 @@ def _checked(
                 str(path),
                 f"{prefix}{key}: a token never goes in a file; set CML_INFRA_TOKEN from a secret",
             )
+        if name == "var":
+            # Not a list of KEY=VALUE strings, which would bypass the [vars] table's checks.
+            raise UsageError(str(path), f"{prefix}{key}: module variables go in a [{VARS}] table")
         if name not in options:
             valid = ", ".join(sorted(set(options) - REFUSED))
             raise UsageError(str(path), f"unknown key '{prefix}{key}'; valid: {valid}")
@@ -326,14 +399,16 @@ def _checked(
 
 
 # Options whose value may be a path; one given relative in the file is relative to the file.
-_PATHS = frozenset({"state_dir", "terraform", "runner_archive"})
+_PATHS = frozenset({"state_dir", "terraform", "runner_archive", "modules_dir", "startup_script"})
+# Of those, the ones that are always a folder (never a command on PATH).
+_FOLDERS = frozenset({"state_dir", "modules_dir"})
 
 
 def _relative_to(folder: Path, name: str, value: Any) -> Any:
     # A bare word is a command (`tofu`, `bundled`) and a URL is a URL: only paths move.
     if name not in _PATHS or not isinstance(value, str) or "://" in value:
         return value
-    if "/" not in value and name != "state_dir":
+    if "/" not in value and name not in _FOLDERS:
         return value
     try:
         return str(folder / Path(value).expanduser())

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 import secrets
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 from cml_infra.errors import UsageError
 
@@ -177,6 +180,128 @@ def parse_tags(values: Iterable[str], flag: str = "--tag") -> dict[str, str]:
     return tags
 
 
+# A module variable's name, as HCL takes it.
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# A team's startup script is user data: even the roomiest cloud takes no more than this.
+STARTUP_SCRIPT_MAX_BYTES = 256 * 1024
+DISK_SIZE_MAX_GB = 65536
+
+
+def parse_vars(
+    values: Iterable[str], flag: str = "--var", defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """`KEY=VALUE` pairs for module variables, over `defaults` (the config file's [vars]) key by
+    key. A VALUE that is JSON is taken as JSON (numbers, booleans, lists, maps, null, or a
+    quoted string), any other as the string it is; whether the module declares KEY is the
+    module's to say, once it is known."""
+    found: dict[str, Any] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        key = key.strip()
+        if not sep or not _VARIABLE.fullmatch(key):
+            raise UsageError(
+                flag,
+                f"{value!r} is not KEY=VALUE with KEY a variable name (letters, digits, '_' "
+                "and '-', not starting with a digit)",
+            )
+        if key in found:
+            raise UsageError(flag, f"{key} is given twice")
+        try:
+            # NaN and Infinity are no JSON a tfvars file may hold: those stay strings.
+            found[key] = json.loads(text, parse_constant=_not_json)
+        except ValueError:
+            found[key] = text
+    return {**(defaults or {}), **found}
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(constant)
+
+
+def _file_vars() -> dict[str, Any]:
+    """The config file's [vars] (empty outside a command, or with no config file)."""
+    from cml_infra import config
+
+    return config.module_vars()
+
+
+def parse_modules_dir(value: str, flag: str = "--modules-dir") -> Path:
+    """A folder of module forks; whether it holds the cloud's module is checked once the cloud
+    is known."""
+    if not value.strip():
+        raise UsageError(flag, "the path is empty; give the folder holding <cloud>/ forks")
+    folder = Path(value).expanduser()
+    try:
+        folder = folder.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise UsageError(flag, f"{value!r} is not a usable path ({exc})") from None
+    if not folder.is_dir():
+        raise UsageError(flag, f"{value}: no such folder (make one with `cml-infra modules eject`)")
+    return folder
+
+
+def parse_network(
+    *,
+    subnet_id: str | None,
+    security_group_ids: Sequence[str],
+    project: str | None,
+    network: str | None,
+    subnetwork: str | None,
+    disk_size_gb: int | None,
+    public_ip: bool,
+) -> Network:
+    """The network flags' values, each a single word; which cloud takes which, and each cloud's
+    own format, is the cloud's to check."""
+    words = [
+        ("--subnet-id", subnet_id),
+        ("--project", project),
+        ("--network", network),
+        ("--subnetwork", subnetwork),
+        *(("--security-group-id", group) for group in security_group_ids),
+    ]
+    for flag, word in words:
+        if word is not None and (not word.strip() or any(c.isspace() for c in word)):
+            raise UsageError(flag, f"{word!r} must be one word, without spaces")
+    if len(set(security_group_ids)) != len(security_group_ids):
+        raise UsageError("--security-group-id", "a security group is given twice")
+    if disk_size_gb is not None and not 1 <= disk_size_gb <= DISK_SIZE_MAX_GB:
+        raise UsageError("--disk-size", f"{disk_size_gb} is not 1 to {DISK_SIZE_MAX_GB} (GB)")
+    return Network(
+        subnet_id=subnet_id,
+        security_group_ids=tuple(security_group_ids),
+        project=project,
+        network=network,
+        subnetwork=subnetwork,
+        disk_size_gb=disk_size_gb,
+        public_ip=public_ip,
+    )
+
+
+def read_startup_script(path: str, flag: str = "--startup-script") -> str:
+    """The team's boot steps: a text file (its size counts against the cloud's user data
+    limit, which the cloud checks once the whole startup script is rendered)."""
+    file = Path(path).expanduser()
+    try:
+        if file.stat().st_size > STARTUP_SCRIPT_MAX_BYTES:
+            raise UsageError(
+                flag,
+                f"{path}: over {STARTUP_SCRIPT_MAX_BYTES // 1024} KiB, more than any "
+                "cloud's user data takes",
+            )
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(flag, f"{path}: not UTF-8 text") from None
+    except IsADirectoryError:
+        raise UsageError(flag, f"{path}: a folder, not a script") from None
+    except OSError as exc:
+        raise UsageError(flag, f"{path}: cannot read ({exc.strerror})") from None
+    if not text.strip():
+        raise UsageError(flag, f"{path}: the script is empty")
+    if "\x00" in text:
+        raise UsageError(flag, f"{path}: holds a NUL byte")
+    return text
+
+
 def parse_regions(text: str | None, flag: str = "--region") -> tuple[str, ...]:
     """`us-east-1` or a preference list `us-east-1,us-west-2` (whether each exists is the
     cloud's to say)."""
@@ -286,6 +411,41 @@ class ForgeTarget:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Network:
+    """Where the instance goes on the cloud's network, and its disk: each field is one flag,
+    taken only by the clouds whose `Cloud.NETWORK_FLAGS` name it (refused elsewhere)."""
+
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    project: str | None = None
+    network: str | None = None
+    subnetwork: str | None = None
+    disk_size_gb: int | None = None
+    # False: no public address; egress goes through the network's NAT.
+    public_ip: bool = True
+
+    # field → the flag that sets it.
+    FLAGS: ClassVar[Mapping[str, str]] = {
+        "subnet_id": "--subnet-id",
+        "security_group_ids": "--security-group-id",
+        "project": "--project",
+        "network": "--network",
+        "subnetwork": "--subnetwork",
+        "disk_size_gb": "--disk-size",
+        "public_ip": "--no-public-ip",
+    }
+
+    def given(self) -> dict[str, str]:
+        """The flags given (field → flag), in FLAGS order."""
+        default = Network()
+        return {
+            name: flag
+            for name, flag in self.FLAGS.items()
+            if getattr(self, name) != getattr(default, name)
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunnerSpec:
     """One runner as asked for; immutable once built (build_spec checks every field)."""
 
@@ -326,6 +486,17 @@ class RunnerSpec:
     runner_version: str | None = None
     # Hand the job to an idle runner that already has the labels instead of making one.
     reuse_idle: bool = False
+    # A folder of module forks (`<cloud>/`, optionally `templates/`) used instead of the
+    # packaged ones; None: the packaged modules.
+    modules_dir: Path | None = None
+    # Extra module variables (`--var KEY=VALUE`, the config's [vars]): passed through the
+    # tfvars file, once the module is known to declare each.
+    extra_vars: dict[str, Any] = field(default_factory=dict)
+    # The network to run in, where the cloud takes it (Network.FLAGS says which flag is which).
+    network: Network = field(default_factory=lambda: Network())
+    # The team's own boot steps (`--startup-script FILE`'s text), run as root before the
+    # runner or task starts.
+    startup_script: str | None = None
 
     @property
     def runner_mode(self) -> bool:
@@ -401,6 +572,16 @@ def build_spec(
     runner_archive: str | None = None,
     reuse_idle: bool = False,
     runner_version: str | None = None,
+    modules_dir: str | None = None,
+    var: Sequence[str] = (),
+    subnet_id: str | None = None,
+    security_group_id: Sequence[str] = (),
+    project: str | None = None,
+    network: str | None = None,
+    subnetwork: str | None = None,
+    disk_size: int | None = None,
+    public_ip: bool = True,
+    startup_script: str | None = None,
 ) -> RunnerSpec:
     """Parse raw flag values into a RunnerSpec; cloud, region and catalog names are checked by
     the cloud that resolves it, repository and organization names by the forge."""
@@ -489,4 +670,16 @@ def build_spec(
         runner_archive=runner_archive,
         runner_version=parse_runner_version(runner_version) if runner_version else None,
         reuse_idle=reuse_idle,
+        modules_dir=parse_modules_dir(modules_dir) if modules_dir else None,
+        extra_vars=parse_vars(var, defaults=_file_vars()),
+        network=parse_network(
+            subnet_id=subnet_id,
+            security_group_ids=security_group_id,
+            project=project,
+            network=network,
+            subnetwork=subnetwork,
+            disk_size_gb=disk_size,
+            public_ip=public_ip,
+        ),
+        startup_script=read_startup_script(startup_script) if startup_script else None,
     )

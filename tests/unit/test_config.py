@@ -239,7 +239,8 @@ def test_the_state_dir_of_the_file_holds_for_every_command(project, monkeypatch,
 EVIL = "#!/bin/sh\n: > '{marker}'\nexit 1\n"
 # The keys that would run a program, fetch code or send the token elsewhere.
 UNTRUSTED = ("terraform", "runner-archive", "image", "github-url", "runner-group", "state-dir",
-             "instance-profile", "service-account", "identity")  # fmt: skip
+             "instance-profile", "service-account", "identity", "modules-dir",
+             "startup-script")  # fmt: skip
 
 
 @pytest.fixture

@@ -78,6 +78,8 @@ EXAMPLES = {
     "catalog": 25,
     "doctor": 30,
     "cleanup": 150,
+    "report": 120,
+    "comment": 120,
     "top_level": 60,
     "config_file": 250,
 }
@@ -206,6 +208,15 @@ TOKENS = st.sampled_from(["ghp_fuzzfuzzfuzzfuzz", ""])
 URLS = st.sampled_from(
     ["https://api.github.com", "https://ghe.example/api/v3", "http://127.0.0.1:9", "ftp://x",
      "https://", "https://h h", ""]
+)  # fmt: skip
+NETWORK_IDS = st.sampled_from(
+    ["subnet-0123456789abcdef0", "subnet-xyz", "sg-01234567", "sg-", "a b", "",
+     "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/virtualNetworks/v/subnets/d",
+     "projects/p/global/networks/n", "Bad_Project", "p" * 40]
+)  # fmt: skip
+MODULE_VARS = st.sampled_from(
+    ["name=x", "launch_id=x", "=1", "k", "k==", "1x=2", "k=[1,", "k={}", "k=null", "k=NaN",
+     "spot=true", "x-y=1", "k=" + "9" * 5000]
 )  # fmt: skip
 GROUPS = st.sampled_from(["3", "1", "default", "", "-1"])
 RULES = st.sampled_from(
@@ -389,8 +400,20 @@ PLACEMENT_OPTIONS = [
     Opt("--startup-timeout", ["15m", "1h"], DURATIONS),
     Opt("--single", shape="flag"),
     Opt("--state-dir", VALID_STATE_DIRS, STATE_DIRS),
+    # Bring your own network: each taken by some clouds, refused by the others.
+    Opt("--subnet-id", ["subnet-0123456789abcdef0"], NETWORK_IDS),
+    Opt("--security-group-id", ["sg-0123456789abcdef0"], NETWORK_IDS, "multi"),
+    Opt("--project", ["my-project-1"], NETWORK_IDS),
+    Opt("--network", ["default"], NETWORK_IDS),
+    Opt("--subnetwork", ["default"], NETWORK_IDS),
+    Opt("--disk-size", ["100"], ["0", "-1", "7", "99999999", "1e3", "x", ""]),
+    Opt("--public-ip|--no-public-ip", shape="bool"),
 ]
 UP_ONLY_OPTIONS = [
+    # Only up: render runs Terraform to check --var values against the module's validation.
+    Opt("--var", ["team=ml", 'disk_kms="k"'], MODULE_VARS, "multi"),
+    Opt("--modules-dir", [BoxPath("full")], PATHS),
+    Opt("--startup-script", [BoxPath("file")], ARCHIVES),
     Opt("--on-demand-fallback|--no-on-demand-fallback", shape="bool"),
     Opt("--budget", ["1000", "5"], PRICES),
     Opt("--token", ["ghp_fuzzfuzzfuzzfuzz"], TOKENS),
@@ -615,12 +638,13 @@ def _refuse_network(patch: pytest.MonkeyPatch, box: Sandbox) -> None:
 def _refuse_github(patch: pytest.MonkeyPatch, box: Sandbox) -> None:
     """GitHub is unreachable: a legitimate outcome (exit 1)."""
     from cml_infra.errors import CmlInfraError
-    from cml_infra.forge import github
+    from cml_infra.forge import github, github_api
 
     def unreachable(self: Any, verb: str, path: str, *args: Any, **kwargs: Any) -> Any:
         raise CmlInfraError("github: unreachable (the fuzz test has no network)")
 
     patch.setattr(github.GitHubForge, "_call", unreachable)
+    patch.setattr(github_api.GitHubApi, "request", unreachable)
 
 
 def seed_record(box: Sandbox, state: str) -> None:
@@ -923,6 +947,96 @@ def test_fuzz_cleanup(base, head, flags, cloud, record):
         if record:
             seed_record(box, record)
         run(box, tokens)
+
+
+# What a training job leaves in its working folder for `report` and `comment`.
+JOB_FILES = {
+    "metrics.json": '{"train": {"loss": 0.5, "acc": [0.9, 0.95]}, "epochs": 3}',
+    "metrics.yaml": "train:\n  loss: 0.4\nnote: fine\n",
+    "metrics.csv": "epoch,loss\n1,0.9\n2,0.5\n",
+    "base.json": '{"train": {"loss": 0.6}, "gone": 1}',
+    "bad.json": '{"train": ',
+    "list.json": "[1, 2]",
+    "plot.png": "\x89PNG fake",
+    "report.md": "# Run\n\n![plot](plot.png) [metrics](metrics.json) ![r](https://x.example/a.png)\n",
+    "escape.md": "![x](../afile)\n",
+    "missing.md": "![x](nope.png)\n",
+}
+METRIC_FILES = st.sampled_from(
+    ["metrics.json", "metrics.yaml", "metrics.csv", "base.json", "bad.json", "list.json",
+     "plot.png", "nope.json", "", "report.md", "."]
+)  # fmt: skip
+IMAGE_FILES = st.sampled_from(
+    ["plot.png", "plot.png=Loss", "plot.png=", "=x", "metrics.json", "nope.png", "", ".",
+     "plot.png=a|b"]
+)  # fmt: skip
+RUN_IDS = st.sampled_from(["4711", "", "abc", "-1", "9" * 40, "1 2"])
+COMMENT_TARGETS = st.sampled_from(
+    ["pr/1", "issue/2", "commit/" + "a" * 40, "commit/abc", "pr/0", "pr/x", "pull/3", "",
+     "pr/99999999999999999999", "commit/" + "g" * 40]
+)  # fmt: skip
+REPORTS = st.sampled_from(["report.md", "escape.md", "missing.md", "nope.md", "-", "", "."])
+
+
+def write_job_files(box: Sandbox) -> None:
+    for name, text in JOB_FILES.items():
+        (box.cwd / name).write_text(text)
+
+
+@fuzz("report")
+@given(
+    head=prefix(),
+    flags=options(
+        [
+            Opt("--metrics", ["metrics.json", "metrics.yaml", "metrics.csv"], METRIC_FILES,
+                "multi"),
+            Opt("--baseline", ["base.json"], METRIC_FILES),
+            Opt("--image", ["plot.png", "plot.png=Loss"], IMAGE_FILES, "multi"),
+            Opt("--title", ["Run 7"]),
+            Opt("--cost|--no-cost", shape="bool"),
+            Opt("--run-id", ["4711"], RUN_IDS),
+            Opt("--repo", ["octo/repo"], REPOS),
+            Opt("--token", ["ghp_fuzzfuzzfuzzfuzz"], TOKENS),
+            Opt("-o", [BoxPath("rel", "report-out.md")], PATHS),
+            Opt("--state-dir", VALID_STATE_DIRS, STATE_DIRS),
+        ]
+    ),
+    record=SEEDS,
+)  # fmt: skip
+def test_fuzz_report(base, head, flags, record):
+    with sandbox(base) as box:
+        write_job_files(box)
+        if record:
+            seed_record(box, record)
+        run(box, [*head, "report", *flags])
+
+
+@fuzz("comment")
+@given(
+    head=prefix(),
+    verb=st.sampled_from(["create", "update"]),
+    source=REPORTS,
+    flags=options(
+        [
+            Opt("--target", ["pr/1", "issue/2"], COMMENT_TARGETS),
+            Opt("--pr", shape="flag"),
+            Opt("--repo", ["octo/repo"], REPOS),
+            Opt("--token", ["ghp_fuzzfuzzfuzzfuzz"], TOKENS),
+            Opt("--github-url", ["https://ghe.example/api/v3"], URLS),
+            Opt("--watermark-title", ["report", "nightly"]),
+            Opt("--rm-watermark", shape="flag"),
+            Opt("--publish|--no-publish", shape="bool"),
+            Opt("--assets-branch", ["cml-infra-assets", "reports/plots"],
+                ["", "a..b", "-x", "a b", "x.lock", "@", "a/"]),
+        ]
+    ),
+)  # fmt: skip
+def test_fuzz_comment(base, head, verb, source, flags):
+    # Always a dry run, the last flag: it sends nothing, so any case may run here.
+    with sandbox(base) as box:
+        write_job_files(box)
+        run(box, [*head, "comment", verb, *flags, "--", source])
+        run(box, [*head, "comment", verb, *flags, "--dry-run", "--", source])
 
 
 TOP_LEVEL = st.sampled_from(
