@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 AGENT_PACKAGE = "cml_infra_agent"
 AGENT_DELIMITER = "CML_INFRA_AGENT_EOF"
 CONFIG_DELIMITER = "CML_INFRA_CONFIG_EOF"
+# The team's script (--startup-script) is written beside the agent under this name, and ends
+# its heredoc at this delimiter (lengthened until no line of the script is it).
+TEAM_SCRIPT_FILE = "team-startup-script"
+TEAM_SCRIPT_DELIMITER = "CML_INFRA_STARTUP_SCRIPT_EOF"
 # How long the agent waits for `nvidia-smi` to list the GPUs (agent/host.py).
 GPU_TIMEOUT_SECONDS = 900
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -76,11 +80,12 @@ def heredoc(delimiter: str) -> Callable[[str], Verbatim]:
 
 
 @cache
-def _environment(quote: Callable[[object], str]) -> Environment:
+def _environment(quote: Callable[[object], str], folders: tuple[Path, ...]) -> Environment:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(
-        loader=FileSystemLoader(str(packaged.templates_dir())),
+        # A fork's templates/ first (packaged.template_dirs): it may replace any one of them.
+        loader=FileSystemLoader([str(folder) for folder in folders]),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -91,16 +96,17 @@ def _environment(quote: Callable[[object], str]) -> Environment:
         comment=comment,
         agent_source=heredoc(AGENT_DELIMITER),
         config_json=heredoc(CONFIG_DELIMITER),
+        heredoc_body=lambda text, delimiter: heredoc(delimiter)(text),
     )
     return env
 
 
-def shell_templates() -> Environment:
-    return _environment(shell_word)
+def shell_templates(modules_dir: Path | None = None) -> Environment:
+    return _environment(shell_word, packaged.template_dirs(modules_dir))
 
 
-def hcl_templates() -> Environment:
-    return _environment(hcl_string)
+def hcl_templates(modules_dir: Path | None = None) -> Environment:
+    return _environment(hcl_string, packaged.template_dirs(modules_dir))
 
 
 def agent_files() -> dict[str, str]:
@@ -183,8 +189,13 @@ def startup_script(
     }
     if runner is not None:
         config["runner"] = runner
+    team_script = spec.startup_script
+    if team_script is not None:
+        # The agent runs it as its first step (agent/loop.py): before the GPU wait, Docker, the
+        # task or the runner.
+        config["startup_script"] = TEAM_SCRIPT_FILE
     return (
-        shell_templates()
+        shell_templates(spec.modules_dir)
         .get_template("startup.sh.j2")
         .render(
             version=__version__,
@@ -200,8 +211,26 @@ def startup_script(
             agent_package=AGENT_PACKAGE,
             agent_files=agent_files(),
             agent_config=json.dumps(config, indent=2),
+            team_script=team_script_body(team_script) if team_script is not None else None,
+            team_script_file=TEAM_SCRIPT_FILE,
+            team_delimiter=team_script_delimiter(team_script or ""),
         )
     )
+
+
+def team_script_body(text: str) -> str:
+    """The team's script as its heredoc's body: the heredoc ends every body with a newline, so
+    the file the instance gets is the script byte for byte (a final newline added if missing)."""
+    return text.removesuffix("\n")
+
+
+def team_script_delimiter(text: str) -> str:
+    """A heredoc delimiter that no line of the team's script is (a script may hold ours)."""
+    delimiter = TEAM_SCRIPT_DELIMITER
+    lines = set(text.splitlines())
+    while delimiter in lines:
+        delimiter += "_"
+    return delimiter
 
 
 def gpu_timeout(spec: RunnerSpec) -> int:
@@ -216,7 +245,7 @@ def gpu_timeout(spec: RunnerSpec) -> int:
 def root_module(
     cloud: Cloud, spec: RunnerSpec, placement: Placement, variables: dict[str, Any]
 ) -> str:
-    env = hcl_templates()
+    env = hcl_templates(spec.modules_dir)
     provider = env.get_template(f"providers/{cloud.module}.tf.j2").render(placement=placement)
     keys = list(variables)
     return env.get_template("root.tf.j2").render(
@@ -224,7 +253,11 @@ def root_module(
         name=spec.name,
         cloud=cloud.name,
         provider=Verbatim(provider.strip("\n")),
-        module=f"terraform/{cloud.module}",
+        module=(
+            f"terraform/{cloud.module}"
+            if spec.modules_dir is None
+            else str(spec.modules_dir / cloud.module)
+        ),
         variables=keys,
         sensitive=cloud.sensitive_vars(),
         width=max(len(key) for key in keys),
@@ -241,7 +274,7 @@ def write_workspace(
 ) -> None:
     """Write the workspace into `dest` (created 0700, files 0600)."""
     make_private_dir(dest)
-    _copy_module(packaged.module_dir(cloud.module), dest / "module")
+    _copy_module(packaged.module_dir(cloud.module, spec.modules_dir), dest / "module")
     write_private(dest / "main.tf", root_module(cloud, spec, placement, variables))
     write_private(dest / "terraform.tfvars.json", json.dumps(variables, indent=2) + "\n")
     # The script is in the tfvars too; this copy is for people and linters to read.

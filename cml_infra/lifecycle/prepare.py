@@ -1,17 +1,21 @@
 """Spec → Launch: every attempt resolved and every input checked before anything is created.
 
-An unknown GPU or region, a budget the placements could exceed, a name the forge would refuse
-or a startup script too large for the cloud all fail here, with nothing written.
+An unknown GPU or region, a budget the placements could exceed, a name the forge would refuse,
+a startup script too large for the cloud, a module fork that does not fit the contract or a
+`--var` the module refuses all fail here, with nothing written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cml_infra import clouds, cost, forge, placement, render
+from cml_infra import clouds, cost, forge, modules, packaged, placement, render
 from cml_infra.clouds.base import Boot, Cloud, RenderContext, new_launch_id
+from cml_infra.errors import UsageError
 from cml_infra.forge.base import Registration, RunnerRelease, registration_labels
 from cml_infra.placement import Attempt
 from cml_infra.spec import RunnerSpec
@@ -71,15 +75,23 @@ class Launch:
         return RenderContext(script, self.created_at, self.expires_at, self.launch_id)
 
     def variables(self, attempt: Attempt, context: RenderContext) -> dict[str, Any]:
-        return self.cloud.module_vars(self.spec, attempt.placement, context)
+        """The module's variables: what the cloud passes, and the extra ones (`--var`, the
+        config's [vars]), which `plan` checked set none of the cloud's."""
+        passed = self.cloud.module_vars(self.spec, attempt.placement, context)
+        extra = {k: v for k, v in self.spec.extra_vars.items() if k not in passed}
+        return {**passed, **extra}
 
     def forge(self, token: forge.Secret) -> Forge | None:
         """A client of the runner's forge, holding the token (runner mode only)."""
         return None if self.spec.forge is None else forge.for_target(self.spec.forge, token)
 
 
-def plan(spec: RunnerSpec, state: StateDir | None) -> Launch:
+def plan(spec: RunnerSpec, state: StateDir | None, terraform: str | None = None) -> Launch:
+    """`terraform`: the engine that checks the module's validation of extra variables and of a
+    fork's (None: the one `up` would find by itself)."""
     cloud = clouds.get(spec.cloud, state)
+    # First, as it is the first thing to fix: a --modules-dir without the cloud's folder.
+    packaged.module_dir(cloud.module, spec.modules_dir)
     if spec.forge is not None:
         forge.check(spec.forge)
     attempts = placement.attempts(spec, cloud)
@@ -94,6 +106,30 @@ def plan(spec: RunnerSpec, state: StateDir | None) -> Launch:
         expires_at=created + timedelta(seconds=spec.ttl),
     )
     # Every attempt gets the same script, so the first one's variables show whether it fits.
-    launch = replace(launch, checked_script=launch.startup_script(None))
-    launch.variables(attempts[0], launch.context(launch.checked_script))
+    with _fork_templates(spec):
+        launch = replace(launch, checked_script=launch.startup_script(None))
+        context = launch.context(launch.checked_script)
+        passed = cloud.module_vars(spec, attempts[0].placement, context)
+        # The root module too, which `up` renders only once it has claimed the name.
+        render.root_module(
+            cloud, spec, attempts[0].placement, launch.variables(attempts[0], context)
+        )
+    modules.check(spec, cloud, passed, terraform)
     return launch
+
+
+@contextmanager
+def _fork_templates(spec: RunnerSpec) -> Iterator[None]:
+    """A template of a fork's templates/ that does not render is bad input, named."""
+    from jinja2 import TemplateError
+
+    try:
+        yield
+    except TemplateError as exc:
+        if spec.modules_dir is None:
+            raise
+        raise UsageError(
+            "--modules-dir",
+            f"a template in {spec.modules_dir / packaged.TEMPLATES} does not render: "
+            f"{type(exc).__name__}: {exc}",
+        ) from None

@@ -39,7 +39,7 @@ CLAIM_WAIT_SECONDS = 2.0
 def up(
     spec: RunnerSpec, state: StateDir, terraform: str | None, token: Secret = None
 ) -> RunnerRecord:
-    launch = prepare.plan(spec, state)
+    launch = prepare.plan(spec, state, terraform)
     forge = launch.forge(token)
     engine = Engine.discover(terraform, state.engine_home())
     # Both before the state dir is touched: bad input creates nothing. This state dir's own
@@ -48,6 +48,8 @@ def up(
     key = state.key_of(spec.name, launch.launch_id)
     _free_name(state, spec.name, key)
     _refuse_a_name_in_use(launch)
+    # What only the cloud's API can say of the input (`render` asks nothing of it).
+    launch.cloud.preflight(spec, sorted({a.placement.region for a in launch.attempts}))
     if forge is not None:
         # Before anything is made: a --runner-version GitHub does not have is bad input.
         launch = replace(launch, runner_release=forge.resolve_runner(spec, launch.boot))
@@ -316,11 +318,13 @@ def _write(workspace: Path, launch: Launch, attempt: Attempt, context: Any) -> N
     )
 
 
-def reusable(spec: RunnerSpec, state: StateDir, token: Secret) -> RunnerInfo | None:
+def reusable(
+    spec: RunnerSpec, state: StateDir, token: Secret, terraform: str | None = None
+) -> RunnerInfo | None:
     """An online idle runner of the scope that has every asked-for label (`up --reuse-idle`
     then creates nothing). Input is checked first, as `up` would, so that bad input is an
     error whether or not a runner is free."""
-    forge = prepare.plan(spec, state).forge(token)
+    forge = prepare.plan(spec, state, terraform).forge(token)
     return None if forge is None else forge.idle_runner(spec.labels)
 
 
