@@ -19,10 +19,11 @@ from cml_infra.clouds.base import ErrorClass, Feature, Leftover, ManagedInstance
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.placement import Placement
-from cml_infra.spec import RunnerSpec
+from cml_infra.spec import Network, RunnerSpec
 
 if TYPE_CHECKING:
     from cml_infra.catalog import Offer
+    from cml_infra.state import StateDir
 
 USER_DATA_LIMIT = 16 * 1024
 MANAGED_FILTER = {"Name": f"tag:{tags.MANAGED}", "Values": ["true"]}
@@ -32,6 +33,11 @@ _LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 SECURITY_GROUP = "aws_security_group"
 # IAM's rule for instance profile names (the module takes the name, not the ARN).
 _INSTANCE_PROFILE = re.compile(r"[A-Za-z0-9+=,.@_-]{1,128}")
+_SUBNET = re.compile(r"subnet-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+_SECURITY_GROUP_ID = re.compile(r"sg-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+# Security groups a network interface may have: AWS's highest quota (the default is 5), of
+# which the module's own group takes one.
+MAX_SECURITY_GROUPS = 16
 
 
 @register("aws", aliases=("ec2",))
@@ -60,6 +66,19 @@ class AwsCloud(VmCloud):
         ("InvalidParameter", ErrorClass.INVALID),
         ("InvalidAMIID", ErrorClass.INVALID),
     )
+    # Network field → the module variable it sets (only when given: the module's default else).
+    NETWORK_VARS: ClassVar[Mapping[str, str]] = {
+        "subnet_id": "subnet_id",
+        "security_group_ids": "security_group_ids",
+        "disk_size_gb": "root_volume_size_gb",
+        # Given only as False: unset, the instance gets one where its subnet maps one on launch.
+        "public_ip": "associate_public_ip_address",
+    }
+    NETWORK_FLAGS: ClassVar[frozenset[str]] = frozenset(NETWORK_VARS)
+    NETWORK_INSTEAD: ClassVar[Mapping[str, str]] = {"subnetwork": "--subnet-id"}
+    # gp3's range; the GPU image's root snapshot is 75 GiB, Ubuntu's 8.
+    DISK_SIZE_GB: ClassVar[tuple[int, int]] = (8, 16384)
+    IMAGE_DISK_GB: ClassVar[Mapping[bool, int]] = {False: 8, True: 75}
     REAPED: ClassVar[Mapping[str, str]] = {
         "aws_instance": "with the instance: its own shutdown terminates it (and its root volume, "
         "delete_on_termination), as terminate does",
@@ -85,6 +104,65 @@ class AwsCloud(VmCloud):
                 "+=,.@_-; the name, not the ARN)",
             )
 
+    def __init__(self, state: StateDir | None = None) -> None:
+        super().__init__(state)
+        # The subnet of the spec last resolved: it fixes the zone, so `zones` offers no others.
+        self.subnet_id: str | None = None
+
+    def resolve(
+        self, spec: RunnerSpec, *, region: str | None, spot: bool, max_price: float | None
+    ) -> Placement:
+        placement = super().resolve(spec, region=region, spot=spot, max_price=max_price)
+        self.subnet_id = spec.network.subnet_id
+        return placement
+
+    def zones(self, region: str) -> tuple[str | None, ...]:
+        # In a subnet the instance goes to the subnet's zone whatever availability_zone says:
+        # another "zone" would be the same attempt again.
+        return (None,) if self.subnet_id else super().zones(region)
+
+    def check_network(self, spec: RunnerSpec, network: Network, *, region: str) -> None:
+        subnet = network.subnet_id
+        if subnet is not None and not _SUBNET.fullmatch(subnet):
+            raise UsageError(
+                "--subnet-id",
+                f"{subnet!r} is not a subnet id ('subnet-' and 8 or 17 hex digits: "
+                "subnet-0123456789abcdef0)",
+            )
+        if subnet is not None and len(spec.regions) > 1:
+            raise UsageError(
+                "--subnet-id",
+                f"{subnet} is in one region: give that region alone as --region, without "
+                "fallback regions",
+            )
+        for group in network.security_group_ids:
+            if not _SECURITY_GROUP_ID.fullmatch(group):
+                raise UsageError(
+                    "--security-group-id",
+                    f"{group!r} is not a security group id ('sg-' and 8 or 17 hex digits: "
+                    "sg-0123456789abcdef0)",
+                )
+        if len(network.security_group_ids) > MAX_SECURITY_GROUPS - 1:
+            raise UsageError(
+                "--security-group-id",
+                f"{len(network.security_group_ids)} groups: an instance has at most "
+                f"{MAX_SECURITY_GROUPS} (and 5 unless the quota was raised), one of them its own",
+            )
+        if not network.public_ip and subnet is None:
+            raise UsageError(
+                "--no-public-ip",
+                "the default VPC's subnets reach the internet only through public IPs: give "
+                "--subnet-id of a private subnet whose route goes through a NAT gateway",
+            )
+
+    def preflight(self, spec: RunnerSpec, regions: Iterable[str]) -> None:
+        """Each region has the network the module will look up: without --subnet-id, a
+        default VPC (organisations often delete them), else the subnet, and the security
+        groups in the same VPC. Terraform would fail on each too, but only once `up` has
+        claimed the name and registered the runner, and less plainly."""
+        for region in regions:
+            _check_network(_ec2(region), region, spec.network)
+
     def self_destroy(self) -> tuple[str, ...]:
         return ("shutdown", "-h", "now")
 
@@ -92,7 +170,11 @@ class AwsCloud(VmCloud):
         self, spec: RunnerSpec, placement: Placement, context: RenderContext
     ) -> dict[str, Any]:
         user_data, _ = encode_user_data(
-            context.startup_script, cloud=self.name, limit=USER_DATA_LIMIT, base64_counts=False
+            context.startup_script,
+            cloud=self.name,
+            limit=USER_DATA_LIMIT,
+            base64_counts=False,
+            team_script=spec.startup_script,
         )
         return {
             "name": spec.name,
@@ -109,6 +191,7 @@ class AwsCloud(VmCloud):
             "expires_at": int(context.expires_at.timestamp()),
             "created_at": int(context.created_at.timestamp()),
             "tags": tags.resource_tags(spec),
+            **self.network_vars(spec),
         }
 
     def sensitive_vars(self) -> frozenset[str]:
@@ -211,6 +294,69 @@ def _each_region(
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions)))) as pool:
         found = pool.map(lambda region: list_region(clients[region], region), regions)
     return [item for batch in found for item in batch]
+
+
+def _check_network(client: Any, region: str, network: Network) -> None:
+    """A UsageError when `region` lacks the VPC, subnet or security groups `network` needs;
+    nothing when it has them, or when EC2 cannot be asked (no credentials, a role without
+    ec2:Describe*): Terraform then fails with the cause."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        if network.subnet_id is None:
+            default = {"Name": "is-default", "Values": ["true"]}
+            vpcs = client.describe_vpcs(Filters=[default])["Vpcs"]
+            if not vpcs:
+                raise UsageError(
+                    "--subnet-id",
+                    f"aws region {region} has no default VPC; give --subnet-id (a subnet of "
+                    f"{region} whose route reaches the internet)",
+                )
+            vpc_id = vpcs[0]["VpcId"]
+        else:
+            subnets = _described(
+                lambda: client.describe_subnets(SubnetIds=[network.subnet_id])["Subnets"],
+                "InvalidSubnetID.NotFound",
+                UsageError(
+                    "--subnet-id",
+                    f"{network.subnet_id} is not a subnet of aws region {region}; give its "
+                    "region as --region",
+                ),
+            )
+            vpc_id = subnets[0]["VpcId"]
+        if network.security_group_ids:
+            group_ids = list(network.security_group_ids)
+            groups = _described(
+                lambda: client.describe_security_groups(GroupIds=group_ids)["SecurityGroups"],
+                "InvalidGroup.NotFound",
+                UsageError(
+                    "--security-group-id",
+                    f"{', '.join(network.security_group_ids)}: not all are security groups of "
+                    f"aws region {region}",
+                ),
+            )
+            elsewhere = sorted(g["GroupId"] for g in groups if g.get("VpcId") != vpc_id)
+            if elsewhere:
+                raise UsageError(
+                    "--security-group-id",
+                    f"{', '.join(elsewhere)} not in {vpc_id}, the VPC the instance runs in "
+                    f"({network.subnet_id or 'the default VPC'}); an instance joins only "
+                    "groups of its own VPC",
+                )
+    except (BotoCoreError, ClientError):
+        return
+
+
+def _described(call: Callable[[], list[Any]], not_found: str, error: UsageError) -> list[Any]:
+    """What an EC2 Describe call found by id; `error` when it says an id is not there."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return call()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == not_found:
+            raise error from None
+        raise
 
 
 def _list_groups(client: Any, region: str) -> list[Leftover]:

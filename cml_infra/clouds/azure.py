@@ -21,7 +21,7 @@ from cml_infra.clouds.base import ErrorClass, Feature, Leftover, ManagedInstance
 from cml_infra.clouds.vm import VmCloud, encode_user_data
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.placement import Placement
-from cml_infra.spec import RunnerSpec
+from cml_infra.spec import Network, RunnerSpec
 
 if TYPE_CHECKING:
     from cml_infra.catalog import Offer
@@ -41,6 +41,11 @@ _IMAGE_ID = re.compile(
 _IDENTITY_ID = re.compile(
     r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
     r"Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+",
+    re.I,
+)
+_SUBNET_ID = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    r"Microsoft\.Network/virtualNetworks/[^/]+/subnets/[^/]+",
     re.I,
 )
 
@@ -65,6 +70,17 @@ class AzureCloud(VmCloud):
         ("InvalidAuthenticationToken", ErrorClass.AUTH),
         ("InvalidParameter", ErrorClass.INVALID),
     )
+    NETWORK_VARS: ClassVar[Mapping[str, str]] = {
+        "subnet_id": "subnet_id",
+        "disk_size_gb": "os_disk_size_gb",
+        "public_ip": "public_ip",
+    }
+    NETWORK_FLAGS: ClassVar[frozenset[str]] = frozenset(NETWORK_VARS)
+    NETWORK_INSTEAD: ClassVar[Mapping[str, str]] = {"subnetwork": "--subnet-id"}
+    # A managed OS disk's range as the module takes it; the HPC image's disk is 64 GiB,
+    # Ubuntu's 30.
+    DISK_SIZE_GB: ClassVar[tuple[int, int]] = (30, 4095)
+    IMAGE_DISK_GB: ClassVar[Mapping[bool, int]] = {False: 30, True: 64}
     REAPED: ClassVar[Mapping[str, str]] = {
         RESOURCE_GROUP: "the instance while it holds its VM (terminate deletes it); a leftover "
         "once the VM is gone (a Spot eviction deletes the VM alone): cleanup deletes it then",
@@ -112,6 +128,27 @@ class AzureCloud(VmCloud):
                 "(/subscriptions/…/resourceGroups/…/providers/Microsoft.Compute/images/…)",
             )
 
+    def check_network(self, spec: RunnerSpec, network: Network, *, region: str) -> None:
+        subnet = network.subnet_id
+        if subnet is not None and not _SUBNET_ID.fullmatch(subnet):
+            raise UsageError(
+                "--subnet-id",
+                f"{subnet!r} is not a subnet's resource id (/subscriptions/…/resourceGroups/…/"
+                "providers/Microsoft.Network/virtualNetworks/…/subnets/…)",
+            )
+        if subnet is not None and len(spec.regions) > 1:
+            raise UsageError(
+                "--subnet-id",
+                "a virtual network is in one region: give its region alone as --region, "
+                "without fallback regions",
+            )
+        if not network.public_ip and subnet is None:
+            raise UsageError(
+                "--no-public-ip",
+                "the module's own network has no outbound access but the public IP: give "
+                "--subnet-id of a subnet with a NAT gateway",
+            )
+
     def self_destroy(self) -> tuple[str, ...]:
         return ("@azure-delete-resource-group",)
 
@@ -119,7 +156,11 @@ class AzureCloud(VmCloud):
         self, spec: RunnerSpec, placement: Placement, context: RenderContext
     ) -> dict[str, Any]:
         custom_data, _ = encode_user_data(
-            context.startup_script, cloud=self.name, limit=CUSTOM_DATA_LIMIT, base64_counts=True
+            context.startup_script,
+            cloud=self.name,
+            limit=CUSTOM_DATA_LIMIT,
+            base64_counts=True,
+            team_script=spec.startup_script,
         )
         return {
             "name": spec.name,
@@ -136,6 +177,7 @@ class AzureCloud(VmCloud):
             "expires_at": int(context.expires_at.timestamp()),
             "created_at": int(context.created_at.timestamp()),
             "tags": tags.resource_tags(spec),
+            **self.network_vars(spec),
         }
 
     def sensitive_vars(self) -> frozenset[str]:

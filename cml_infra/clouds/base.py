@@ -17,9 +17,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from cml_infra.errors import UsageError
+
 if TYPE_CHECKING:
     from cml_infra.placement import Placement
-    from cml_infra.spec import RunnerSpec
+    from cml_infra.spec import Network, RunnerSpec
     from cml_infra.state import StateDir
 
 
@@ -161,6 +163,11 @@ class Cloud(ABC):
     # eventually consistent): `status` does not call a runner recorded more recently ended for
     # being missing, so that `up --json` never reports the runner it just made as ended.
     LISTING_LAG: ClassVar[timedelta] = timedelta(minutes=1)
+    # The `Network` fields (spec.Network.FLAGS: subnet, security groups, disk size, ...) that
+    # this cloud's module takes; `network_of` refuses any other that is given.
+    NETWORK_FLAGS: ClassVar[frozenset[str]] = frozenset()
+    # A flag this cloud does not take → its own flag for the same thing, named in the refusal.
+    NETWORK_INSTEAD: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, state: StateDir | None = None) -> None:
         # Only a cloud whose instances live on this machine (local) needs the state dir.
@@ -177,6 +184,27 @@ class Cloud(ABC):
         """Zones `up` may try in `region`, first choice first (None: the cloud's own pick);
         () where there is nothing to choose."""
         return ()
+
+    def network_of(self, spec: RunnerSpec) -> Network:
+        """The spec's network flags, once none is given that this cloud does not take: such a
+        flag would be silently dropped, and the runner land where its author did not mean.
+        Called by `resolve`, before anything is created."""
+        from cml_infra.clouds import classes
+
+        for name, flag in spec.network.given().items():
+            if name in self.NETWORK_FLAGS:
+                continue
+            takers = ", ".join(c for c, cls in classes().items() if name in cls.NETWORK_FLAGS)
+            instead = self.NETWORK_INSTEAD.get(name)
+            hint = f"; on {self.name}, give {instead}" if instead else ""
+            raise UsageError(flag, f"does not apply to {self.name} (only to {takers}){hint}")
+        return spec.network
+
+    def preflight(self, spec: RunnerSpec, regions: Iterable[str]) -> None:
+        """Checks of the input that need the cloud's API (an AWS region's default VPC): run by
+        `up` before anything is created, never by `render`, which needs no credentials. Where
+        the cloud cannot be asked, it says nothing: Terraform then fails with the cause."""
+        return None
 
     @abstractmethod
     def boot(self, spec: RunnerSpec) -> Boot:

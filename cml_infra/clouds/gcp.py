@@ -27,13 +27,14 @@ from urllib.parse import urlsplit
 
 from cml_infra.clouds import register, tags
 from cml_infra.clouds.base import ErrorClass, Feature, Leftover, ManagedInstance, RenderContext
-from cml_infra.clouds.vm import VmCloud
+from cml_infra.clouds.vm import VmCloud, too_large
 from cml_infra.errors import CmlInfraError, UsageError
 from cml_infra.placement import Placement
-from cml_infra.spec import RunnerSpec
+from cml_infra.spec import Network, RunnerSpec
 
 if TYPE_CHECKING:
     from cml_infra.catalog import Offer
+    from cml_infra.state import StateDir
 
 METADATA_LIMIT = 256 * 1024
 MIN_RUN_SECONDS, MAX_RUN_SECONDS = 30, 120 * 86400
@@ -45,6 +46,20 @@ _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 # A service account's email: a user-managed one (NAME@PROJECT.iam.gserviceaccount.com) or one
 # Google made (the Compute Engine default, PROJECT_NUMBER-compute@developer.gserviceaccount.com).
 _SERVICE_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9-]{0,62}@[a-z0-9][a-z0-9.-]*\.gserviceaccount\.com")
+# A project id (6 to 30 characters), optionally under a domain (`example.com:my-project`).
+_PROJECT_ID = r"(?:[a-z][a-z0-9.-]*:)?[a-z][a-z0-9-]{4,28}[a-z0-9]"
+# A network or subnetwork name (RFC 1035, up to 63 characters).
+_RESOURCE = r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"
+# What the provider takes besides a bare name: the resource's path or its self link.
+_SELF_LINK = r"(?:https://(?:www|compute)\.googleapis\.com/compute/(?:v1|beta)/)?"
+_NETWORK = re.compile(
+    rf"(?P<name>{_RESOURCE})|{_SELF_LINK}projects/(?P<project>{_PROJECT_ID})/global/networks/"
+    rf"(?P<linked>{_RESOURCE})"
+)
+_SUBNETWORK = re.compile(
+    rf"(?P<name>{_RESOURCE})|{_SELF_LINK}projects/(?P<project>{_PROJECT_ID})/regions/"
+    rf"(?P<region>[a-z]+-[a-z]+[0-9]+)/subnetworks/(?P<linked>{_RESOURCE})"
+)
 # Where firewall rules and service accounts are: the whole project.
 GLOBAL = "global"
 FIREWALL = "google_compute_firewall"
@@ -85,6 +100,18 @@ class GcpCloud(VmCloud):
         "logs to /var/lib/cml-infra/instance.log on the instance, and the startup script to "
         "its serial port: gcloud compute instances get-serial-port-output NAME --zone ZONE",
     }
+    NETWORK_VARS: ClassVar[Mapping[str, str]] = {
+        "project": "project",
+        "network": "network",
+        "subnetwork": "subnetwork",
+        "disk_size_gb": "boot_disk_size_gb",
+        "public_ip": "assign_external_ip",
+    }
+    NETWORK_FLAGS: ClassVar[frozenset[str]] = frozenset(NETWORK_VARS)
+    NETWORK_INSTEAD: ClassVar[Mapping[str, str]] = {"subnet_id": "--subnetwork"}
+    # The module's range; the Deep Learning VM image is 50 GB, Ubuntu's 10.
+    DISK_SIZE_GB: ClassVar[tuple[int, int]] = (10, 65536)
+    IMAGE_DISK_GB: ClassVar[Mapping[bool, int]] = {False: 10, True: 50}
     REAPED: ClassVar[Mapping[str, str]] = {
         "google_compute_instance": "with the instance: it is the instance, and its boot disk "
         "(auto_delete) goes with it",
@@ -107,6 +134,60 @@ class GcpCloud(VmCloud):
         ("could not find default credentials", ErrorClass.AUTH),
         ("googleapi: Error 400", ErrorClass.INVALID),
     )
+
+    def __init__(self, state: StateDir | None = None) -> None:
+        super().__init__(state)
+        # The project this cloud's own API calls go to (see _project): the one a resolved
+        # spec names with --project, so that `up`'s name check, its rollback's sweep and its
+        # look for an instance that ended itself ask the project its runner goes to.
+        self.project: str | None = None
+
+    def resolve(
+        self, spec: RunnerSpec, *, region: str | None, spot: bool, max_price: float | None
+    ) -> Placement:
+        placement = super().resolve(spec, region=region, spot=spot, max_price=max_price)
+        self.project = spec.network.project or self.project
+        return placement
+
+    def check_network(self, spec: RunnerSpec, network: Network, *, region: str) -> None:
+        """The project id, and a network and subnetwork each a name or a path or self link
+        (`projects/P/global/networks/N`, `projects/P/regions/R/subnetworks/S`) of the project,
+        the subnetwork's in the region being resolved."""
+        if network.project is not None and not re.fullmatch(_PROJECT_ID, network.project):
+            raise UsageError(
+                "--project",
+                f"{network.project!r} is not a project id (6 to 30 lowercase letters, digits "
+                "and '-', starting with a letter, not ending with '-')",
+            )
+        projects = {"--project": network.project}
+        for flag, value, pattern, form in (
+            ("--network", network.network, _NETWORK, "projects/P/global/networks/N"),
+            ("--subnetwork", network.subnetwork, _SUBNETWORK, "projects/P/regions/R/subnetworks/S"),
+        ):
+            if value is None:
+                continue
+            found = pattern.fullmatch(value)
+            if found is None:
+                raise UsageError(
+                    flag,
+                    f"{value!r} is not a name (lowercase letters, digits and '-', up to 63) "
+                    f"nor a path or self link ({form})",
+                )
+            linked = found["project"]
+            # The firewall rule goes into the project, in the network: both must be one
+            # project's (a Shared VPC's host project is not; see the module's README).
+            for other, project in projects.items():
+                if linked and project and linked != project:
+                    raise UsageError(
+                        flag, f"{value} is in project {linked}, and {other} names {project}"
+                    )
+            projects[flag] = linked or projects.get("--project")
+            if found.groupdict().get("region") not in (None, region):
+                raise UsageError(
+                    flag,
+                    f"{value} is in region {found['region']}, not {region}: give --region "
+                    f"{found['region']} alone",
+                )
 
     def attach_gpu(self, spec: RunnerSpec, instance_type: str) -> Offer:
         from cml_infra.catalog import Offer
@@ -174,12 +255,13 @@ class GcpCloud(VmCloud):
             "image": spec.image,
             # None: the VM runs as a service account of its own, which may only delete it.
             "service_account_email": spec.service_account,
-            "startup_script": metadata_script(context.startup_script),
+            "startup_script": metadata_script(context.startup_script, spec.startup_script),
             "max_run_duration_seconds": spec.ttl,
             "launch_id": context.launch_id,
             "created_at": int(context.created_at.timestamp()),
             "expires_at": int(context.expires_at.timestamp()),
             "labels": tags.resource_tags(spec),
+            **self.network_vars(spec),
         }
 
     def list_managed(self, regions: Iterable[str] | None) -> list[ManagedInstance]:
@@ -195,7 +277,7 @@ class GcpCloud(VmCloud):
     def _list(self, wanted: set[str] | None) -> list[ManagedInstance]:
         from google.cloud import compute_v1
 
-        project = _project()
+        project = _project(self.project)
         request = compute_v1.AggregatedListInstancesRequest(
             project=project, filter=f'labels.{tags.MANAGED} = "true"'
         )
@@ -221,7 +303,7 @@ class GcpCloud(VmCloud):
         Terraform state is left. A launch that another instance still carries keeps them, for
         that instance's own end."""
         instances, operations = _client("Instances"), _client("ZoneOperations")
-        project = _project()
+        project = _project(self.project)
         launches = set()
         for full_id in ids:
             launch = _delete_instance(instances, operations, project, full_id)
@@ -237,7 +319,7 @@ class GcpCloud(VmCloud):
         name alone. All are global, so a list of regions without "global" finds none."""
         if regions is not None and GLOBAL not in set(regions):
             return []
-        return self._leftovers(_project())
+        return self._leftovers(_project(self.project))
 
     def delete_leftovers(self, leftovers: Iterable[Leftover]) -> None:
         """Delete them, but none whose launch still has an instance anywhere in the project,
@@ -248,7 +330,7 @@ class GcpCloud(VmCloud):
         if not chosen:
             return
         live = self._live_launches()
-        self._delete(_project(), [f for f in chosen if f.launch_id not in live])
+        self._delete(_project(self.project), [f for f in chosen if f.launch_id not in live])
         kept = [f.label for f in chosen if f.launch_id in live]
         if kept:
             raise CmlInfraError(
@@ -298,22 +380,27 @@ class GcpCloud(VmCloud):
 
     def check(self) -> tuple[bool, str]:
         try:
-            return True, f"project {_project()}"
+            return True, f"project {_project(self.project)}"
         except CmlInfraError as exc:
             return False, str(exc).removeprefix("gcp: ")
 
 
-def metadata_script(script: str) -> str:
-    """The startup script as GCP metadata: as is, or a self-unpacking gzip if too large."""
-    if len(script.encode("utf-8")) <= METADATA_LIMIT:
+def metadata_script(script: str, team_script: str | None = None) -> str:
+    """The startup script as GCP metadata: as is, or a self-unpacking gzip if too large.
+    `team_script`: the `--startup-script` it carries, which the error names."""
+    raw = script.encode("utf-8")
+    if len(raw) <= METADATA_LIMIT:
         return script
-    packed = base64.b64encode(gzip.compress(script.encode("utf-8"), mtime=0)).decode("ascii")
+    packed = base64.b64encode(gzip.compress(raw, mtime=0)).decode("ascii")
     wrapper = f"#!/bin/bash\nset -euo pipefail\necho '{packed}' | base64 -d | gunzip | bash\n"
     if len(wrapper) > METADATA_LIMIT:
-        raise UsageError(
-            "startup script",
-            f"{len(script):,} bytes, {len(wrapper):,} even compressed; "
-            f"gcp allows {METADATA_LIMIT:,} bytes of metadata",
+        raise too_large(
+            len(raw),
+            len(wrapper),
+            cloud="gcp",
+            limit=METADATA_LIMIT,
+            what="metadata",
+            team_script=team_script,
         )
     return wrapper
 
@@ -407,10 +494,16 @@ def _retry() -> Any:
     )
 
 
-def _project() -> str:
-    """The project of the default credentials (or GOOGLE_CLOUD_PROJECT)."""
-    if os.environ.get("CML_INFRA_GCP_API_ENDPOINT") and os.environ.get("GOOGLE_CLOUD_PROJECT"):
-        return os.environ["GOOGLE_CLOUD_PROJECT"]
+def _project(explicit: str | None = None) -> str:
+    """The project cml-infra works in, chosen one way for every command: `explicit` (a spec's
+    --project), else CML_INFRA_PROJECT (which `up --project` reads too, so that `down`,
+    `status` and `cleanup` see the same), else the default credentials' (GOOGLE_CLOUD_PROJECT,
+    else theirs)."""
+    explicit = explicit or os.environ.get("CML_INFRA_PROJECT") or None
+    if os.environ.get("CML_INFRA_GCP_API_ENDPOINT"):
+        fixed = explicit or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        if fixed:
+            return fixed
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
 
@@ -421,9 +514,12 @@ def _project() -> str:
             f"gcp: no default credentials ({exc}); run `gcloud auth application-default login`, "
             "set GOOGLE_APPLICATION_CREDENTIALS, or use OIDC (google-github-actions/auth)"
         ) from None
-    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    project = explicit or project or os.environ.get("GOOGLE_CLOUD_PROJECT")
     if not project:
-        raise CmlInfraError("gcp: credentials found but no project; set GOOGLE_CLOUD_PROJECT")
+        raise CmlInfraError(
+            "gcp: credentials found but no project; set CML_INFRA_PROJECT (or "
+            "GOOGLE_CLOUD_PROJECT), or give --project"
+        )
     return str(project)
 
 

@@ -27,6 +27,10 @@ from cml_infra.terraform import environment_without_secrets
 REGION = "local"
 # How long the module waits for the agent to report before it calls the boot failed.
 READY_TIMEOUT_SECONDS = 60
+# The module hands the startup script to its create step as the environment string
+# `STARTUP_SCRIPT=<script>`, and Linux takes none longer than 128 KiB with its NUL
+# (MAX_ARG_STRLEN): the local cloud's user data limit.
+STARTUP_SCRIPT_LIMIT = 128 * 1024 - len("STARTUP_SCRIPT=") - 1
 # What a pgid file may hold to name an instance's process group: a decimal integer above 1
 # (`kill -- -1` is every process, `-0` the caller's own group), as destroy.sh checks it.
 _PGID = re.compile(r"[1-9][0-9]{0,6}")
@@ -80,6 +84,8 @@ class LocalCloud(Cloud):
         # Its jobs run as you, with whatever credentials and groups you have: no role to give
         # them, and no Docker to install on this machine.
         spec.data_identity_for(self.name, None)
+        # Its "instance" is a process here, on this machine's network and disk: it takes none.
+        self.network_of(spec)
         if spec.docker:
             raise UsageError(
                 "--docker", "the local cloud runs jobs as you: they use Docker if you may"
@@ -116,6 +122,19 @@ class LocalCloud(Cloud):
     def module_vars(
         self, spec: RunnerSpec, placement: Placement, context: RenderContext
     ) -> dict[str, Any]:
+        size = len(context.startup_script.encode("utf-8"))
+        if size > STARTUP_SCRIPT_LIMIT:
+            sizes = (
+                f"{size:,} bytes; the local cloud hands it to the instance in an environment "
+                f"variable, which Linux caps at {STARTUP_SCRIPT_LIMIT:,} bytes"
+            )
+            if spec.startup_script is None:
+                raise UsageError("startup script", sizes)
+            raise UsageError(
+                "--startup-script",
+                f"your script ({len(spec.startup_script.encode('utf-8')):,} bytes) makes the "
+                f"startup script {sizes}",
+            )
         return {
             "name": spec.name,
             "instances_root": str(self.instances_root),

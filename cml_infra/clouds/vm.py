@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import gzip
 from abc import abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cml_infra.clouds.base import Boot, Cloud
 from cml_infra.errors import UsageError
 from cml_infra.placement import Placement
-from cml_infra.spec import RunnerSpec
+from cml_infra.spec import Network, RunnerSpec
 
 if TYPE_CHECKING:
     # The catalog (pydantic) loads when a VM cloud resolves a placement, not with the registry.
@@ -30,6 +31,14 @@ class VmCloud(Cloud):
     PREEMPTION_PROBE: str | None = None
     # The CPUs the module has default images for; a type of another needs --image.
     DEFAULT_IMAGE_ARCHES: tuple[str, ...] = ("x86_64",)
+    # Network field → the module variable it sets. Each is passed only when its flag is given:
+    # the module's default holds otherwise, and a fork may leave out what it does not use.
+    NETWORK_VARS: ClassVar[Mapping[str, str]] = {}
+    # The boot disk sizes in GB the module takes (--disk-size), lowest and highest.
+    DISK_SIZE_GB: ClassVar[tuple[int, int]]
+    # The disk size in GB of the module's default images, GPU (True) or not (False): a boot disk
+    # cannot be smaller than its image.
+    IMAGE_DISK_GB: ClassVar[Mapping[bool, int]]
 
     @property
     def catalog(self) -> Catalog:
@@ -52,6 +61,9 @@ class VmCloud(Cloud):
                 f"images are {', '.join(self.DEFAULT_IMAGE_ARCHES)}: give an {arch} image",
             )
         gpu = offer.gpu is not None or catalog.has_builtin_gpu(offer.instance_type)
+        network = self.network_of(spec)
+        self.check_disk(spec, network, gpu=gpu)
+        self.check_network(spec, network, region=region)
         return Placement(
             cloud=self.name,
             region=region,
@@ -99,6 +111,37 @@ class VmCloud(Cloud):
     ) -> None:
         """Cloud-specific checks of image, tags and prices, before anything is created."""
 
+    def check_disk(self, spec: RunnerSpec, network: Network, *, gpu: bool) -> None:
+        """--disk-size within what the cloud and the module take, and, with the module's own
+        image, no smaller than it (another image's size is the cloud's to check)."""
+        size = network.disk_size_gb
+        if size is None:
+            return
+        low, high = self.DISK_SIZE_GB
+        if not low <= size <= high:
+            raise UsageError("--disk-size", f"{size} GB: {self.name} takes {low} to {high} GB")
+        needed = self.IMAGE_DISK_GB[gpu]
+        if spec.image is None and size < needed:
+            kind = "GPU" if gpu else "CPU"
+            raise UsageError(
+                "--disk-size",
+                f"{size} GB is smaller than the {self.name} {kind} image's own disk ({needed} GB)",
+            )
+
+    def network_vars(self, spec: RunnerSpec) -> dict[str, Any]:
+        """The module variables of the network flags given (see NETWORK_VARS)."""
+        network = spec.network
+        found: dict[str, Any] = {}
+        for name in network.given():
+            if name in self.NETWORK_VARS:
+                value = getattr(network, name)
+                found[self.NETWORK_VARS[name]] = list(value) if isinstance(value, tuple) else value
+        return found
+
+    def check_network(self, spec: RunnerSpec, network: Network, *, region: str) -> None:
+        """The cloud's own format checks of the network flags it takes, before anything is
+        created; `region`: the region being resolved."""
+
     def boot(self, spec: RunnerSpec) -> Boot:
         return Boot(
             self_destroy=self.self_destroy(),
@@ -113,12 +156,13 @@ class VmCloud(Cloud):
 
 
 def encode_user_data(
-    script: str, *, cloud: str, limit: int, base64_counts: bool
+    script: str, *, cloud: str, limit: int, base64_counts: bool, team_script: str | None = None
 ) -> tuple[str, bool]:
     """The startup script as base64, gzip-compressed only when it would not fit otherwise.
 
     `limit` is the cloud's user-data limit in bytes, measured before base64 unless
     `base64_counts` (Azure counts the base64 text). cloud-init unpacks gzip by itself.
+    `team_script`: the `--startup-script` the script carries, which the error names.
     """
     raw = script.encode("utf-8")
     for payload, compressed in ((raw, False), (gzip.compress(raw, mtime=0), True)):
@@ -126,8 +170,21 @@ def encode_user_data(
         size = len(encoded) if base64_counts else len(payload)
         if size <= limit:
             return encoded, compressed
-    raise UsageError(
-        "startup script",
-        f"{len(raw):,} bytes, {size:,} even compressed; "
-        f"{cloud} allows {limit:,} bytes of user data",
+    raise too_large(
+        len(raw), size, cloud=cloud, limit=limit, what="user data", team_script=team_script
+    )
+
+
+def too_large(
+    raw: int, packed: int, *, cloud: str, limit: int, what: str, team_script: str | None
+) -> UsageError:
+    """The one-line error for a startup script over the cloud's limit: it names
+    --startup-script when the team's script is in it, since that is what the user can shrink."""
+    sizes = f"{raw:,} bytes, {packed:,} even compressed; {cloud} allows {limit:,} bytes of {what}"
+    if team_script is None:
+        return UsageError("startup script", sizes)
+    return UsageError(
+        "--startup-script",
+        f"your script ({len(team_script.encode('utf-8')):,} bytes) makes the startup script "
+        f"{sizes}",
     )

@@ -23,7 +23,15 @@ locals {
   }
 
   ami_id = var.image_id != null ? var.image_id : data.aws_ami.this[0].id
-  vpc_id = var.subnet_id == null ? data.aws_vpc.default[0].id : data.aws_subnet.this[0].vpc_id
+  # null where the region has no default VPC: the security group's precondition says so.
+  vpc_id = var.subnet_id == null ? one(data.aws_vpcs.default[0].ids) : data.aws_subnet.this[0].vpc_id
+
+  # The looked-up image's root snapshot, in GiB: the root volume cannot be smaller. 0 for an
+  # image_id, whose size AWS itself checks.
+  image_root_size_gb = var.image_id != null ? 0 : try(tonumber(one([
+    for mapping in data.aws_ami.this[0].block_device_mappings :
+    mapping.ebs.volume_size if mapping.device_name == data.aws_ami.this[0].root_device_name
+  ])), 0)
 
   # Previous-generation families reject ebs_optimized = true (t2) or charge extra for it; every
   # current family is EBS-optimized anyway, so true only states what AWS does for them.
@@ -32,9 +40,16 @@ locals {
 
 data "aws_region" "current" {}
 
-data "aws_vpc" "default" {
-  count   = var.subnet_id == null ? 1 : 0
-  default = true
+# A list, not `data "aws_vpc"`: a region without a default VPC (organisations often delete
+# them) then reads as empty, and the precondition below says what to do instead of the
+# provider's "no matching VPC found".
+data "aws_vpcs" "default" {
+  count = var.subnet_id == null ? 1 : 0
+
+  filter {
+    name   = "is-default"
+    values = ["true"]
+  }
 }
 
 data "aws_subnet" "this" {
@@ -79,6 +94,11 @@ resource "aws_security_group" "this" {
   # A replacement group must exist before the instance can be moved off the old one.
   lifecycle {
     create_before_destroy = true
+
+    precondition {
+      condition     = local.vpc_id != null
+      error_message = "The region ${data.aws_region.current.region} has no default VPC: set subnet_id (cml-infra up --subnet-id) to a subnet whose route reaches the internet."
+    }
   }
 }
 
@@ -109,9 +129,12 @@ resource "aws_instance" "this" {
   subnet_id     = var.subnet_id
   # A subnet fixes the zone; without one, the default VPC's subnet in this zone is used.
   availability_zone = var.subnet_id == null ? var.availability_zone : null
-  # No key pair and no ingress: the only way in is the startup script.
-  vpc_security_group_ids = [aws_security_group.this.id]
+  # No key pair and no ingress: the only way in is the startup script. The groups given join
+  # the module's own (they may allow what the network needs, such as a proxy's egress).
+  vpc_security_group_ids = concat([aws_security_group.this.id], var.security_group_ids)
   ebs_optimized          = local.ebs_optimized
+  # null: what the subnet maps on launch (default subnets: a public IPv4 address, for egress).
+  associate_public_ip_address = var.associate_public_ip_address
 
   # The VM needs no credentials to end itself: a plain `shutdown` (its idle/TTL timer) does.
   instance_initiated_shutdown_behavior = "terminate"
@@ -157,5 +180,16 @@ resource "aws_instance" "this" {
     # A newer AMI published between applies must not replace a runner in the middle of a job;
     # a runner lives for one job, and the next one gets the then-newest image.
     ignore_changes = [ami]
+
+    precondition {
+      condition     = var.root_volume_size_gb >= local.image_root_size_gb
+      error_message = "The root_volume_size_gb (${var.root_volume_size_gb}) is smaller than the image's root snapshot (${local.image_root_size_gb} GiB)."
+    }
+
+    precondition {
+      # Default subnets route to an internet gateway, which only a public address can use.
+      condition     = var.associate_public_ip_address != false || var.subnet_id != null
+      error_message = "Without a public IP (associate_public_ip_address = false) the runner reaches GitHub only through a NAT: set subnet_id to a private subnet whose route goes through a NAT gateway."
+    }
   }
 }

@@ -172,3 +172,26 @@ variable "subnet_id" {
     error_message = "The subnet_id must be null (default VPC) or a subnet id: \"subnet-\" followed by 8 or 17 lowercase hex digits."
   }
 }
+
+variable "security_group_ids" {
+  description = "Existing security groups (\"sg-...\") the instance joins besides its own, which allows no inbound traffic; in the VPC of subnet_id (or the default VPC). At most 15, and 4 under the default quota of 5 groups per network interface."
+  type        = list(string)
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for id in var.security_group_ids : can(regex("^sg-([0-9a-f]{8}|[0-9a-f]{17})$", id))])
+    error_message = "Each of security_group_ids must be a security group id: \"sg-\" followed by 8 or 17 lowercase hex digits."
+  }
+
+  validation {
+    condition     = length(var.security_group_ids) <= 15 && length(distinct(var.security_group_ids)) == length(var.security_group_ids)
+    error_message = "The security_group_ids must be at most 15 distinct ids: an instance has at most 16 groups, one of them the module's own."
+  }
+}
+
+variable "associate_public_ip_address" {
+  description = "Whether the instance gets a public IPv4 address, used only for egress (nothing comes in). null: as the subnet maps one on launch (default subnets do). false: egress must go through a NAT gateway on subnet_id's route (required then: default subnets have none)."
+  type        = bool
+  default     = null
+}

@@ -32,6 +32,9 @@ locals {
     "Microsoft.Authorization/roleAssignments/delete",
   ]
 
+  # The runner's subnet: one given (an existing virtual network's), else the module's own.
+  subnet_id = var.subnet_id != null ? var.subnet_id : azurerm_subnet.this[0].id
+
   # Marked here so a failed precondition on it never prints the script (see variables.tf).
   custom_data_base64 = sensitive(var.custom_data_base64)
 
@@ -58,7 +61,12 @@ resource "azurerm_resource_group" "this" {
   tags     = local.tags
 }
 
+# The module's own network, unless the runner joins an existing subnet (subnet_id): that
+# network is someone else's, so the runner's group holds none of it and deleting the group
+# leaves it alone.
 resource "azurerm_virtual_network" "this" {
+  count = var.subnet_id == null ? 1 : 0
+
   name                = "cml-infra-${var.name}"
   location            = azurerm_resource_group.this.location
   resource_group_name = azurerm_resource_group.this.name
@@ -67,9 +75,11 @@ resource "azurerm_virtual_network" "this" {
 }
 
 resource "azurerm_subnet" "this" {
+  count = var.subnet_id == null ? 1 : 0
+
   name                 = "runner"
   resource_group_name  = azurerm_resource_group.this.name
-  virtual_network_name = azurerm_virtual_network.this.name
+  virtual_network_name = azurerm_virtual_network.this[0].name
   address_prefixes     = [var.address_space]
 
   # Azure's implicit outbound access is retired for new networks; egress goes through the
@@ -103,9 +113,12 @@ resource "azurerm_network_security_group" "this" {
 }
 
 # Associated with both the subnet and the NIC: the deny holds even if one association is
-# removed by hand.
+# removed by hand. A given subnet keeps its own security group (its owner's); the NIC's
+# association alone denies all inbound traffic to the runner then.
 resource "azurerm_subnet_network_security_group_association" "this" {
-  subnet_id                 = azurerm_subnet.this.id
+  count = var.subnet_id == null ? 1 : 0
+
+  subnet_id                 = azurerm_subnet.this[0].id
   network_security_group_id = azurerm_network_security_group.this.id
 }
 
@@ -114,6 +127,8 @@ resource "azurerm_subnet_network_security_group_association" "this" {
 # and add resources for a single VM. Standard public IPs are closed to inbound traffic unless a
 # security group allows it, and the group above denies everything.
 resource "azurerm_public_ip" "this" {
+  count = var.public_ip ? 1 : 0
+
   name                = "cml-infra-${var.name}"
   location            = azurerm_resource_group.this.location
   resource_group_name = azurerm_resource_group.this.name
@@ -131,9 +146,10 @@ resource "azurerm_network_interface" "this" {
 
   ip_configuration {
     name                          = "primary"
-    subnet_id                     = azurerm_subnet.this.id
+    subnet_id                     = local.subnet_id
     private_ip_address_allocation = "Dynamic"
-    public_ip_address_id          = azurerm_public_ip.this.id
+    # None: egress goes through the given subnet's NAT gateway.
+    public_ip_address_id = var.public_ip ? azurerm_public_ip.this[0].id : null
   }
 }
 
@@ -225,6 +241,12 @@ resource "azurerm_linux_virtual_machine" "this" {
   boot_diagnostics {}
 
   lifecycle {
+    precondition {
+      # The module's own subnet has no outbound access but the public IP.
+      condition     = var.public_ip || var.subnet_id != null
+      error_message = "Without a public IP (public_ip = false) the runner reaches GitHub only through a NAT: set subnet_id to a subnet with a NAT gateway."
+    }
+
     precondition {
       # Azure caps custom data at 87380 base64 characters (64 KiB decoded). base64decode()
       # cannot check it because gzip content is not UTF-8, so the alphabet is checked instead.

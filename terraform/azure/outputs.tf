@@ -39,8 +39,8 @@ output "principal_id" {
 }
 
 output "public_ip" {
-  description = "The VM's static public IPv4 address; used for egress only, all inbound traffic to it is denied."
-  value       = azurerm_public_ip.this.ip_address
+  description = "The VM's static public IPv4 address; used for egress only, all inbound traffic to it is denied. null with public_ip = false."
+  value       = var.public_ip ? azurerm_public_ip.this[0].ip_address : null
 }
 
 output "private_ip" {

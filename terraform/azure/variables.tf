@@ -191,7 +191,7 @@ variable "admin_username" {
 }
 
 variable "address_space" {
-  description = "IPv4 CIDR of the runner's private virtual network; the one subnet uses all of it. Nothing peers with it, so overlaps with other networks do not matter."
+  description = "IPv4 CIDR of the runner's private virtual network; the one subnet uses all of it. Nothing peers with it, so overlaps with other networks do not matter. Unused with subnet_id."
   type        = string
   default     = "10.42.0.0/24"
   nullable    = false
@@ -205,4 +205,22 @@ variable "address_space" {
     )
     error_message = "The address_space must be an IPv4 network CIDR (no host bits set) with a prefix length from /8 to /29 (Azure's smallest subnet is /29), for example \"10.42.0.0/24\"."
   }
+}
+
+variable "subnet_id" {
+  description = "Resource id of an existing subnet to put the runner's NIC in (\"/subscriptions/.../resourceGroups/.../providers/Microsoft.Network/virtualNetworks/.../subnets/...\"), in a virtual network of location; the module then makes no network of its own. null: a private virtual network of the runner's own (address_space)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.subnet_id == null || can(regex("(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\\.Network/virtualNetworks/[^/]+/subnets/[^/]+$", var.subnet_id))
+    error_message = "The subnet_id must be null or a subnet's resource id: /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET."
+  }
+}
+
+variable "public_ip" {
+  description = "Give the NIC a Standard static public IP for egress (GitHub, package mirrors); nothing comes in through it. false: egress goes through subnet_id's NAT gateway (required then: the module's own network has no other way out)."
+  type        = bool
+  default     = true
+  nullable    = false
 }

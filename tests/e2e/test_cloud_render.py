@@ -36,6 +36,35 @@ DATA_IDENTITY = {
     ),
 }
 
+# Each cloud's bring-your-own-network flags, all given, and the module variables they set.
+AZURE_SUBNET = (
+    "/subscriptions/0000/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/ci/"
+    "subnets/runners"
+)
+NETWORK = {
+    "aws": (
+        ["--subnet-id", "subnet-0123456789abcdef0", "--security-group-id", "sg-0123456789abcdef0",
+         "--security-group-id", "sg-01234567", "--disk-size", "120", "--no-public-ip"],
+        {"subnet_id": "subnet-0123456789abcdef0", "root_volume_size_gb": 120,
+         "security_group_ids": ["sg-0123456789abcdef0", "sg-01234567"],
+         "associate_public_ip_address": False},
+    ),
+    "gcp": (
+        ["--project", "ci-proj-123", "--network", "projects/ci-proj-123/global/networks/ci",
+         "--subnetwork", "https://www.googleapis.com/compute/v1/projects/ci-proj-123/regions/"
+         "us-central1/subnetworks/runners", "--region", "us-central1", "--disk-size", "120",
+         "--no-public-ip"],
+        {"project": "ci-proj-123", "network": "projects/ci-proj-123/global/networks/ci",
+         "subnetwork": "https://www.googleapis.com/compute/v1/projects/ci-proj-123/regions/"
+         "us-central1/subnetworks/runners", "boot_disk_size_gb": 120,
+         "assign_external_ip": False},
+    ),
+    "azure": (
+        ["--subnet-id", AZURE_SUBNET, "--disk-size", "120", "--no-public-ip"],
+        {"subnet_id": AZURE_SUBNET, "os_disk_size_gb": 120, "public_ip": False},
+    ),
+}  # fmt: skip
+
 
 def clean_env() -> dict[str, str]:
     """No credentials of any cloud: rendering must not need them."""
@@ -68,6 +97,17 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, s
                               capture_output=True, text=True, check=False)  # fmt: skip
         assert done.returncode == 0, f"{args}: {done.stderr}"
         out[(cloud, "data", "on-demand")] = dest
+    # In a network of the team's own, with no public address and a disk of its size; and, on
+    # the GPU image, the first of those flags alone (the rest as the module's defaults).
+    for cloud, (flags, _) in NETWORK.items():
+        for kind, more in (("network", flags), ("network-gpu", [*flags[:2], "--gpu", "t4"])):
+            dest = root / f"{cloud}-{kind}"
+            args = ["render", "--cloud", cloud, "--name", f"n-{cloud}", "-o", str(dest), *more,
+                    "--", "python3", "train.py"]  # fmt: skip
+            done = subprocess.run([sys.executable, "-m", "cml_infra", *args], env=env,
+                                  capture_output=True, text=True, check=False)  # fmt: skip
+            assert done.returncode == 0, f"{args}: {done.stderr}"
+            out[(cloud, kind, "on-demand")] = dest
     assert not (root / "state").exists(), "render wrote to the state dir"
     return out
 
@@ -275,3 +315,38 @@ def test_runner_mode_renders_within_user_data_limits(cloud: str, tmp_path: Path)
     )
     shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
     assert subprocess.run([shellcheck, str(dest / "startup.sh")], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_network_flags_reach_the_module(rendered, cloud: str) -> None:
+    _, expected = NETWORK[cloud]
+    values = tfvars(rendered[(cloud, "network", "on-demand")])
+    assert {key: values.get(key) for key in expected} == expected
+    first, *rest = expected
+    alone = tfvars(rendered[(cloud, "network-gpu", "on-demand")])
+    assert alone[first] == expected[first] and set(rest).isdisjoint(alone)
+    # Without the flags, the module's defaults hold: none of their variables is passed.
+    assert set(expected).isdisjoint(tfvars(rendered[(cloud, "cpu", "on-demand")]))
+
+
+@pytest.mark.parametrize(
+    ("cloud", "args"),
+    [
+        ("gcp", ["--subnet-id", "subnet-0123456789abcdef0"]),
+        ("aws", ["--network", "ci"]),
+        ("azure", ["--security-group-id", "sg-0123456789abcdef0"]),
+        ("local", ["--disk-size", "50"]),
+        ("local", ["--no-public-ip"]),
+    ],
+)
+def test_a_network_flag_of_another_cloud_is_refused(cloud, args, tmp_path: Path) -> None:
+    env = {**clean_env(), "CML_INFRA_HOME": str(tmp_path / "state")}
+    dest = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "cml_infra", "render", "--cloud", cloud, "-o", str(dest), *args,
+         "--", "true"], env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: {args[0]}: does not apply to {cloud} "), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not dest.exists()
