@@ -39,10 +39,11 @@ demo: install
 	CML_INFRA_CLI=$(BIN)/cml-infra bash scripts/demo.sh
 
 lint: install
-	$(BIN)/ruff check cml_infra tests
-	$(BIN)/ruff format --check cml_infra tests
+	$(BIN)/ruff check cml_infra tests scripts
+	$(BIN)/ruff format --check cml_infra tests scripts
 	$(BIN)/mypy
 	env -u TF_CLI_CONFIG_FILE $(TERRAFORM) fmt -check -recursive terraform
+	$(BIN)/python scripts/module_docs.py --check
 	$(BIN)/shellcheck --external-sources $(SHELL_SCRIPTS)
 	@$(MAKE) --no-print-directory lint-actions
 
