@@ -244,31 +244,72 @@ def catalog_clouds(cloud: str | None) -> list[str]:
     return [name]
 
 
-def catalog_rows(cloud_names: list[str]) -> list[dict[str, Any]]:
-    """Every catalog row with the GPU name:count or size that selects it."""
-    from cml_infra.catalog import load
+def catalog_rows(
+    cloud_names: list[str], region: str | None = None, state_dir: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every catalog row with the GPU name:count or size that selects it, priced in `region`
+    (None: each cloud's default; `all`: every region that sells it), with where each price
+    comes from (`packaged`, `refreshed`, or the yaml's fallback) and its age in days."""
+    from datetime import date
+
+    from cml_infra.catalog import STALE_AFTER, hourly, known_regions, load, offerings_of
 
     rows = []
+    today = date.today()
     for cloud_name in cloud_names:
         catalog = load(cloud_name)
+        index = offerings_of(cloud_name, state_dir)
         sizes = {ref: size for size, ref in catalog.sizes.items()}
         for offer in catalog.instance_types:
-            rows.append(
-                {
-                    "cloud": cloud_name,
-                    "gpu": f"{offer.gpu}:{offer.gpu_count}" if offer.gpu else None,
-                    "size": sizes.get(offer.id),
-                    "instance_type": offer.instance_type,
-                    "accelerator": offer.accelerator,
-                    "vcpus": offer.vcpus,
-                    "memory_gib": offer.memory_gib,
-                    "price": offer.price,
-                    "spot_price": offer.spot_price,
-                    "region": catalog.default_region,
-                    "as_of": catalog.as_of.isoformat(),
-                    "source": catalog.source,
-                }
-            )
+            if region == "all":
+                sold = {o.region for o in index.of(offer.id)}
+                regions = sorted(sold | {catalog.default_region})
+            elif region is None:
+                regions = [catalog.default_region]
+            else:
+                if region not in known_regions(catalog, index):
+                    continue  # another cloud's region
+                regions = [region]
+            for where in regions:
+                price, spot = (
+                    index.cheapest(offer.id, where, False),
+                    index.cheapest(offer.id, where, True),
+                )
+                figure = price or spot
+                as_of = figure.as_of if figure else catalog.as_of
+                age = (today - as_of).days
+                rows.append(
+                    {
+                        "cloud": cloud_name,
+                        "gpu": f"{offer.gpu}:{offer.gpu_count}" if offer.gpu else None,
+                        "size": sizes.get(offer.id),
+                        "instance_type": offer.instance_type,
+                        "accelerator": offer.accelerator,
+                        "vcpus": offer.vcpus,
+                        "memory_gib": offer.memory_gib,
+                        "region": where,
+                        # What `up` would price with: no figure in a region the yaml does
+                        # not list is no price, never the default region's.
+                        "price": hourly(offer, index, where, False, catalog),
+                        "spot_price": hourly(offer, index, where, True, catalog),
+                        "source": (
+                            index.origin(figure)
+                            if figure
+                            else "catalog yaml"
+                            if where in catalog.regions
+                            else "none"
+                        ),
+                        "source_id": figure.source if figure else None,
+                        "as_of": as_of.isoformat(),
+                        "age_days": age,
+                        "stale": age > STALE_AFTER.days,
+                        "source_what": (
+                            index.offerings.sources[figure.source].what
+                            if figure
+                            else catalog.source
+                        ),
+                    }
+                )
     return rows
 
 

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,11 @@ def resolve_state_dir(value: str | Path | None) -> Path:
     if value is None:
         return default_state_dir()
     return user_path(str(value), STATE_DIR_SOURCE)
+
+
+# The state dir whose user catalog (`catalog refresh`'s) `up` and `render` price with; None: the
+# packaged catalog only. Set by the command, read where a placement is resolved.
+CATALOG_STATE_DIR: ContextVar[Path | None] = ContextVar("CATALOG_STATE_DIR", default=None)
 
 
 def user_path(value: str, source: str) -> Path:

@@ -1,16 +1,19 @@
 """Instance catalogs: one dated data file per cloud (`data/<cloud>.yaml`), one loader, one lookup.
 
 Each file maps the generic sizes (s, m, l, xl) and GPU names with counts (`t4:2`) to rows of its
-`instance_types` table; a native type that is not in the table passes through unpriced.
+`instance_types` table; a native type that is not in the table passes through unpriced. Where
+each row is sold and at what price is the offerings' (`data/<cloud>-offerings.json`, overlaid by
+the user catalog `catalog refresh` writes): `offerings_of()` reads them, lazily.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from functools import cache
 from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -18,6 +21,11 @@ from cml_infra.errors import UsageError
 
 # The generic names a user types are the spec's; a catalog maps them to its own types.
 from cml_infra.spec import GPU_NAMES, SIZES, choices
+from cml_infra.state import CATALOG_STATE_DIR
+
+if TYPE_CHECKING:
+    # msgspec loads with the offerings, when a placement is resolved.
+    from cml_infra.catalog.offerings import Index, Offerings
 
 
 class Offer(BaseModel):
@@ -153,3 +161,156 @@ def load(cloud: str) -> Catalog:
 
     text = path(cloud).read_text(encoding="utf-8")
     return Catalog.model_validate(yaml.safe_load(text))
+
+
+# Prices older than this are flagged: spot prices move hourly, list prices every few months.
+STALE_AFTER = timedelta(days=7)
+
+
+def offerings_path(cloud: str) -> Any:
+    """The packaged offerings of `cloud` (scripts/catalog_offerings.py writes it)."""
+    return resources.files(__package__).joinpath("data").joinpath(f"{cloud}-offerings.json")
+
+
+def user_offerings_path(cloud: str, state_dir: Path) -> Path:
+    """The user catalog `catalog refresh` writes; it overrides the packaged one."""
+    return state_dir / "catalog" / f"{cloud}-offerings.json"
+
+
+@cache
+def _packaged(cloud: str) -> Offerings:
+    from cml_infra.catalog.offerings import Offerings
+
+    file = offerings_path(cloud)
+    if not file.is_file():
+        # A cloud with no generated data yet: its yaml prices are all there is.
+        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        return Offerings(cloud=cloud, generated_at=epoch, sources={}, regions={}, offerings=[])
+    return Offerings.from_json(file.read_bytes())
+
+
+def _user(cloud: str, state_dir: Path | None) -> Offerings | None:
+    """The user catalog, when there is a usable one: a corrupt file is one warning line and the
+    packaged data is used; a stale one is used and flagged."""
+    from cml_infra import ui
+    from cml_infra.catalog.offerings import Offerings
+
+    if state_dir is None:
+        return None
+    file = user_offerings_path(cloud, state_dir)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        ui.warn(f"{file}: unreadable ({exc.strerror}); using the packaged {cloud} catalog")
+        return None
+    try:
+        found = Offerings.from_json(data)
+        if found.cloud != cloud:
+            raise ValueError(f"it is the {found.cloud!r} catalog")
+    except ValueError as exc:  # msgspec's DecodeError and ValidationError are ValueErrors
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        ui.warn(f"{file}: not a usable offerings file ({reason}); using the packaged {cloud} "
+                "catalog; run `cml-infra catalog refresh` to rewrite it")  # fmt: skip
+        return None
+    age = datetime.now(timezone.utc) - found.generated_at
+    if age > STALE_AFTER:
+        ui.warn(f"{file}: refreshed {age.days} days ago (over {STALE_AFTER.days}): its prices "
+                "may be stale; run `cml-infra catalog refresh`")  # fmt: skip
+    return found
+
+
+def overlay(packaged: Offerings, user: Offerings) -> Offerings:
+    """The packaged offerings with the user's figures winning per (offer, region, zone)."""
+    import msgspec
+
+    from cml_infra.catalog.offerings import Offerings
+
+    merged = {(o.offer, o.region, o.zone): o for o in packaged.offerings}
+    for mine in user.offerings:
+        key = (mine.offer, mine.region, mine.zone)
+        shipped = merged.get(key)
+        # Figure by figure: a refresh that saw only spot keeps the shipped on-demand price.
+        merged[key] = (
+            mine
+            if shipped is None
+            else msgspec.structs.replace(
+                mine, price=mine.price or shipped.price, spot=mine.spot or shipped.spot
+            )
+        )
+    regions = {region: list(zones) for region, zones in packaged.regions.items()}
+    for region, zones in user.regions.items():
+        regions[region] = sorted(set(regions.get(region, [])) | set(zones))
+    return Offerings(
+        cloud=packaged.cloud,
+        generated_at=max(packaged.generated_at, user.generated_at),
+        sources={**packaged.sources, **user.sources},
+        regions=dict(sorted(regions.items())),
+        offerings=[merged[key] for key in sorted(merged, key=lambda k: (k[0], k[1], k[2] or ""))],
+    )
+
+
+_INDEXES: dict[tuple[str, Path | None], Index] = {}
+
+
+def offerings_of(cloud: str, state_dir: Path | None = None) -> Index:
+    """Where each row of `cloud` is sold and for how much: the packaged file, overlaid by the
+    user catalog in `state_dir` when there is one. Read once per process (a few ms). (Not
+    named `offerings`: that is the submodule, which replaces a same-named function here once
+    imported.)"""
+    from cml_infra.catalog.offerings import Index
+
+    key = (cloud, state_dir)
+    if key not in _INDEXES:
+        user = _user(cloud, state_dir)
+        packaged = _packaged(cloud)
+        if user is None:
+            _INDEXES[key] = Index(packaged)
+        else:
+            _INDEXES[key] = Index(overlay(packaged, user), frozenset(user.sources))
+    return _INDEXES[key]
+
+
+# The state dir whose user catalog resolution reads (set by the command that knows it, kept in
+# state.py so that setting it imports no catalog); None: the packaged offerings only.
+USER_STATE_DIR = CATALOG_STATE_DIR
+
+
+def known_regions(catalog: Catalog, index: Index) -> list[str]:
+    """The regions `catalog`'s cloud accepts: the yaml's and every one the offerings list."""
+    return sorted(set(catalog.regions) | set(index.offerings.regions))
+
+
+def resolve_region(catalog: Catalog, index: Index, region: str | None, *, insist: bool) -> str:
+    """`region`, checked against the known regions; one the data does not know is accepted only
+    when the user insists (a native --type) and then with a warning, never silently."""
+    from cml_infra import ui
+
+    if region is None:
+        return catalog.default_region
+    known = known_regions(catalog, index)
+    if region in known:
+        return region
+    if insist:
+        ui.warn(f"--region {region}: not in the {catalog.cloud} catalog; used as given because "
+                "--type names the instance type (the cloud has the last word)")  # fmt: skip
+        return region
+    raise UsageError(
+        "--region", f"unknown region {region!r} for {catalog.cloud}; " + choices(region, known)
+    )
+
+
+def hourly(
+    offer: Offer, index: Index, region: str, spot: bool, catalog: Catalog | None = None
+) -> float | None:
+    """The row's price in `region` on that market: the offerings' cheapest figure (over the
+    region's zones), else the yaml's price for the regions the yaml lists. A region only the
+    offerings know, with no figure for the row, has no price: the yaml's is its default
+    region's, and passing it off as another region's would mislead `--budget` and the bill."""
+    figure = index.cheapest(offer.id, region, spot)
+    if figure is not None:
+        return figure.usd
+    if catalog is not None and region not in catalog.regions:
+        return None
+    return offer.hourly(spot)

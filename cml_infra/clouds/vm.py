@@ -49,8 +49,14 @@ class VmCloud(Cloud):
     def resolve(
         self, spec: RunnerSpec, *, region: str | None, spot: bool, max_price: float | None
     ) -> Placement:
+        from cml_infra import catalog as catalogs
+
         catalog = self.catalog
-        region = catalog.region(region)
+        index = catalogs.offerings_of(self.name, catalogs.USER_STATE_DIR.get())
+        # A region the data does not know is taken only when --type says the user insists.
+        region = catalogs.resolve_region(
+            catalog, index, region, insist=spec.instance_type is not None
+        )
         offer = self._offer(spec, catalog)
         self.validate(spec, offer, spot=spot, max_price=max_price)
         arch = catalog.arch(offer.instance_type)
@@ -68,7 +74,7 @@ class VmCloud(Cloud):
             cloud=self.name,
             region=region,
             instance_type=offer.instance_type,
-            hourly_price=offer.hourly(spot),
+            hourly_price=catalogs.hourly(offer, index, region, spot, catalog),
             spot=spot,
             max_price=max_price if spot else None,
             gpu=offer.gpu or ("unknown" if gpu else None),
@@ -83,7 +89,17 @@ class VmCloud(Cloud):
         if spec.instance_type is not None:
             if spec.gpu is not None:
                 return self.attach_gpu(spec, spec.instance_type)
-            return catalog.for_type(spec.instance_type) or Offer(
+            known = catalog.for_type(spec.instance_type)
+            if known is not None:
+                return known
+            from cml_infra import ui
+
+            # Accepted because the user insists, but never silently: it has no price here
+            # (with --budget that is the error, said once, where the budget is checked).
+            if spec.budget is None:
+                ui.warn(f"--type {spec.instance_type}: not in the {self.name} catalog; used as "
+                        "given, unpriced (no cost figure)")  # fmt: skip
+            return Offer(
                 id=spec.instance_type,
                 instance_type=spec.instance_type,
                 vcpus=0,
@@ -103,7 +119,16 @@ class VmCloud(Cloud):
         )
 
     def zones(self, region: str) -> tuple[str | None, ...]:
-        zones = tuple(self.catalog.regions.get(region, ()))
+        """The yaml's zones of `region`, else those the offerings list (a region only the
+        offerings know); the zones that sell a row, cheapest first, are
+        `catalog.offerings_of(...).zones(offer, region, spot)`."""
+        from cml_infra import catalog
+
+        zones = tuple(self.catalog.regions.get(region, ())) or tuple(
+            catalog.offerings_of(self.name, catalog.USER_STATE_DIR.get()).offerings.regions.get(
+                region, ()
+            )
+        )
         return zones if self.ZONE_REQUIRED or not zones else (None, *zones)
 
     def validate(

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from cml_infra import clouds
-from cml_infra.catalog import Catalog, load, path
+from cml_infra.catalog import Catalog, hourly, known_regions, load, offerings_of, path
 from cml_infra.errors import UsageError
 from cml_infra.spec import GPU_NAMES, SIZES, RunnerSpec, parse_gpu
 
@@ -107,7 +107,9 @@ def test_every_gpu_offer_resolves_to_its_row(cloud, name, count, ref, spot):
     assert (placement.gpu, placement.gpu_count) == (name, count)
     assert placement.accelerator == offer.accelerator
     assert placement.spot is spot
-    assert placement.hourly_price == (offer.spot_price if spot else offer.price)
+    # The offerings' figure in the region when there is one, else the yaml's fallback.
+    index = offerings_of(cloud)
+    assert placement.hourly_price == hourly(offer, index, catalog.default_region, spot)
     if cloud == "gcp" and offer.instance_type.startswith("n1-"):
         # GCP n1 machine types carry no GPU: the row names the accelerator to attach.
         assert placement.accelerator is not None
@@ -185,7 +187,7 @@ def test_unknown_region_lists_the_regions(cloud, region, hint):
     assert caught.value.source == "--region"
     assert str(caught.value) == (
         f"--region: unknown region {region!r} for {cloud}; "
-        f"{hint}valid: {', '.join(sorted(catalog.regions))}"
+        f"{hint}valid: {', '.join(known_regions(catalog, offerings_of(cloud)))}"
     )
 
 
