@@ -45,9 +45,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import requests
@@ -57,7 +59,12 @@ from azure.core.pipeline.transport import HttpTransport, RequestsTransportRespon
 from azure.core.rest import HttpRequest as RestHttpRequest
 from requests.adapters import HTTPAdapter
 
+from tests.fakes.loopback import Loopback
+
 ARM_HOST = "management.azure.com"
+DATA = Path(__file__).resolve().parent.parent / "data"
+SKUS_SPEC = DATA / "azure-resourceskus-subset.json"
+PRICES_SCHEMA = DATA / "azure-retail-prices-schema.json"
 ARM_SCOPE = f"https://{ARM_HOST}/.default"
 DEFAULT_TOKEN = "fake-token"
 JSON_TYPE = "application/json; charset=utf-8"
@@ -70,6 +77,7 @@ _LITERAL = r"'((?:[^']|'')*)'"
 _TAG_FILTER = re.compile(
     rf"\s*tagName\s+eq\s+{_LITERAL}(?:\s+and\s+tagValue\s+eq\s+{_LITERAL})?\s*", re.I
 )
+_LOCATION_FILTER = re.compile(rf"\s*location\s+eq\s+{_LITERAL}\s*", re.I)
 _TYPE_FILTER = re.compile(rf"\s*resourceType\s+eq\s+{_LITERAL}\s*", re.I)
 _LIST_PARAMS = frozenset({"api-version", "$filter", "$top", "$skiptoken"})
 VM_TYPE = "Microsoft.Compute/virtualMachines"
@@ -116,6 +124,7 @@ class _Fault:
     method: str | None
     path: re.Pattern[str] | None
     times: int | None
+    retry_after: int | None = None
 
 
 @dataclass
@@ -154,6 +163,8 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
         self.api_version = api_version
         self.groups: dict[str, dict[str, Any]] = {}
         self.resources: dict[str, dict[str, Any]] = {}
+        # Resource SKUs (Microsoft.Compute/skus) as ARM lists them: see add_sku().
+        self.skus: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []
         self.violations: list[str] = []
         self.sleeps: list[float] = []
@@ -231,6 +242,62 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
         with self._lock:
             del self.resources[resource_id]
 
+    def add_sku(
+        self,
+        name: str,
+        zones: Mapping[str, Sequence[str]],
+        *,
+        resource_type: str = "virtualMachines",
+        restricted: Sequence[str] = (),
+        restricted_zones: Mapping[str, Sequence[str]] | None = None,
+        reason: str = "NotAvailableForSubscription",
+    ) -> list[dict[str, Any]]:
+        """List a size in locations (location → its zones), one entry per location as ARM lists
+        VM sizes; `restricted` locations and `restricted_zones` (location → zones) carry the
+        `restrictions` ARM gives a subscription that may not use them. Returns the entries."""
+        entries = []
+        for location, location_zones in zones.items():
+            restrictions: list[dict[str, Any]] = []
+            if location in restricted:
+                restrictions.append(
+                    {
+                        "type": "Location",
+                        "values": [location],
+                        "restrictionInfo": {"locations": [location]},
+                        "reasonCode": reason,
+                    }
+                )
+            shut = (restricted_zones or {}).get(location)
+            if shut:
+                restrictions.append(
+                    {
+                        "type": "Zone",
+                        "values": [location],
+                        "restrictionInfo": {"locations": [location], "zones": list(shut)},
+                        "reasonCode": reason,
+                    }
+                )
+            info: dict[str, Any] = {"location": location, "zones": list(location_zones)}
+            if location_zones:
+                info["zoneDetails"] = []
+            entry = {
+                "resourceType": resource_type,
+                "name": name,
+                "tier": name.split("_", 1)[0],
+                "size": name.split("_", 1)[-1],
+                "family": f"standard{name.split('_')[1].rstrip('0123456789')}Family"
+                if "_" in name
+                else name,
+                "locations": [location],
+                "locationInfo": [info],
+                "capabilities": [{"name": "vCPUs", "value": "4"}],
+                "restrictions": restrictions,
+            }
+            entries.append(entry)
+        with self._lock:
+            self.skus.extend(entries)
+        return entries
+
     def in_group(self, group: str) -> list[dict[str, Any]]:
         """The resources in `group` (case-insensitive)."""
         return [r for r in self.resources.values() if _group_of(r["id"]) == group.lower()]
@@ -244,9 +311,11 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
         method: str | None = None,
         path: str | None = None,
         times: int | None = None,
+        retry_after: int | None = None,
     ) -> None:
         """Answer matching requests (by method, and by a regex searched in the path) with an ARM
-        error `status`/`code`, `times` times or until `clear_faults()`."""
+        error `status`/`code`, `times` times or until `clear_faults()`; with a `Retry-After`
+        header when `retry_after` is given (ARM's throttling: 429 with Retry-After)."""
         if message is None:
             message = (
                 f"The client 'ci@example.com' with object id '{uuid.UUID(int=1)}' does not have "
@@ -263,6 +332,7 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
                     method.upper() if method else None,
                     re.compile(path) if path else None,
                     times,
+                    retry_after,
                 )
             )
 
@@ -363,6 +433,10 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
                 404, "SubscriptionNotFound", f"The subscription '{segments[1]}' could not be found."
             )
         rest = [s.lower() for s in segments[2:]]
+        if rest == ["providers", "microsoft.compute", "skus"]:
+            if method != "GET":
+                return self._not_allowed(where)
+            return self._list_skus(where, params)
         if rest == ["resourcegroups"]:
             if method != "GET":
                 return self._not_allowed(where)
@@ -396,7 +470,10 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
                 fault.times -= 1
                 if fault.times <= 0:
                     self._faults.remove(fault)
-            return _error(fault.status, fault.code, fault.message)
+            reply = _error(fault.status, fault.code, fault.message)
+            if fault.retry_after is not None:
+                reply.headers["Retry-After"] = str(fault.retry_after)
+            return reply
         return None
 
     def _unknown(self, where: str) -> _Reply:
@@ -446,6 +523,35 @@ class FakeArm(HttpTransport):  # type: ignore[type-arg]
             return [{k: v for k, v in r.items() if k != "tags"} for r in found if _has_tag(r, *tag)]
 
         return self._paged(where, params, "resources", resources)
+
+    def _list_skus(self, where: str, params: dict[str, str]) -> _Reply:
+        """ResourceSkus_List, checked against tests/data/azure-resourceskus-subset.json: the
+        query parameters the operation describes (our continuation's `$skiptoken` aside), its
+        api-version, the one filter it documents (`location eq '...'`), and the response body
+        against its schema."""
+        operation = _skus_operation()
+        version = operation["api-version"]
+        if params.get("api-version") != version:
+            self._violation(f"{where}: api-version {params.get('api-version')}, not {version}")
+        for key in params:
+            if key not in operation["query"] and key != "$skiptoken":
+                self._violation(f"{where}: query parameter {key!r} not in ResourceSkus_List")
+        page_params = {k: v for k, v in params.items() if k != "includeExtendedLocations"}
+
+        def skus(filter_: str | None) -> list[dict[str, Any]] | _Reply:
+            if filter_ is None:
+                return list(self.skus)
+            match = _LOCATION_FILTER.fullmatch(filter_)
+            if match is None:
+                return self._bad_filter(where, filter_)
+            location = match.group(1).replace("''", "'").lower()
+            return [s for s in self.skus if location in (x.lower() for x in s["locations"])]
+
+        reply = self._paged(where, page_params, "providers/Microsoft.Compute/skus", skus)
+        if reply.status == 200:
+            for error in _skus_validator().iter_errors(reply.body):
+                self._violation(f"{where}: response: {error.message} at {list(error.path)}")
+        return reply
 
     def _bad_filter(self, where: str, filter_: str) -> _Reply:
         self._violation(f"{where}: unsupported $filter {filter_!r}")
@@ -629,3 +735,202 @@ def _error(status: int, code: str, message: str) -> _Reply:
 
 def _group_not_found(name: str) -> _Reply:
     return _error(404, "ResourceGroupNotFound", f"Resource group '{name}' could not be found.")
+
+
+@cache
+def _skus_spec() -> dict[str, Any]:
+    return dict(json.loads(SKUS_SPEC.read_text(encoding="utf-8")))
+
+
+@cache
+def _skus_operation() -> dict[str, Any]:
+    """ResourceSkus_List's api-version and query parameter names, from the subset."""
+    spec = _skus_spec()
+    path = "/subscriptions/{subscriptionId}/providers/Microsoft.Compute/skus"
+    query = set()
+    for parameter in spec["paths"][path]["get"]["parameters"]:
+        if "$ref" in parameter:
+            parameter = spec["parameters"][parameter["$ref"].rsplit("/", 1)[-1]]
+        if parameter["in"] == "query":
+            query.add(parameter["name"])
+    return {"api-version": spec["info"]["version"], "query": frozenset(query)}
+
+
+def _closed(node: Any) -> Any:
+    """A copy of a Swagger schema with `additionalProperties: false` on every object that lists
+    its properties (and none of its own): a misspelt field in the fake then fails."""
+    if isinstance(node, dict):
+        out = {k: _closed(v) for k, v in node.items()}
+        if "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(node, list):
+        return [_closed(v) for v in node]
+    return node
+
+
+@cache
+def _skus_validator() -> Any:
+    import jsonschema
+
+    spec = _skus_spec()
+    root = {"$ref": "#/definitions/ResourceSkusResult", "definitions": _closed(spec["definitions"])}
+    return jsonschema.Draft4Validator(root)
+
+
+@cache
+def _prices_validator() -> Any:
+    import jsonschema
+
+    return jsonschema.Draft7Validator(json.loads(PRICES_SCHEMA.read_text(encoding="utf-8")))
+
+
+class FakeRetailPrices(Loopback):
+    """The public Azure Retail Prices API (GET /api/retail/prices), on loopback: set
+    CML_INFRA_AZURE_PRICES_ENDPOINT to `.url`.
+
+    It serves the items given with `add_price()`, filtered by `$filter` (clauses
+    `FIELD eq 'VALUE'` joined by `and`, on the fields Microsoft's page says filters support;
+    `priceType` matches an item's `type`; values compare case-insensitively), `page_size` items
+    a page with `NextPageLink` (`$skip`) while more are left, and only for `api_version`. Every
+    200 body is checked against tests/data/azure-retail-prices-schema.json (written from
+    Microsoft's documentation); what does not match, an unknown parameter or filter, goes to
+    `.violations`. `throttle(times, retry_after)` answers the next requests 429 with that
+    Retry-After. `.requests` holds (monotonic time, status, URL path and query) per request.
+    """
+
+    FILTERABLE: ClassVar[dict[str, str]] = {
+        "armregionname": "armRegionName",
+        "location": "location",
+        "meterid": "meterId",
+        "metername": "meterName",
+        "productid": "productId",
+        "skuid": "skuId",
+        "productname": "productName",
+        "skuname": "skuName",
+        "servicename": "serviceName",
+        "serviceid": "serviceId",
+        "servicefamily": "serviceFamily",
+        "pricetype": "type",
+        "armskuname": "armSkuName",
+    }
+
+    def __init__(self, *, page_size: int = 1000, api_version: str = "2023-01-01-preview") -> None:
+        self.page_size = page_size
+        self.api_version = api_version
+        self.items: list[dict[str, Any]] = []
+        self.requests: list[tuple[float, int, str]] = []
+        self.violations: list[str] = []
+        self._throttles: list[int] = []
+        self._lock = threading.Lock()
+        self._meters = itertools.count(1)
+        self._start_server("fake-retail-prices")
+
+    def add_price(
+        self,
+        arm_sku: str,
+        region: str,
+        usd: float,
+        *,
+        spot: bool = False,
+        windows: bool = False,
+        low_priority: bool = False,
+        effective: str = "2025-01-01T00:00:00Z",
+        unit: str = "1 Hour",
+        primary: bool = True,
+        price_type: str = "Consumption",
+    ) -> dict[str, Any]:
+        """One meter as the API lists it (skuName: the size without `Standard_` and with
+        spaces, plus ' Spot' or ' Low Priority'; productName ends in ' Windows' for Windows)."""
+        short = arm_sku.removeprefix("Standard_").replace("_", " ")
+        suffix = " Spot" if spot else " Low Priority" if low_priority else ""
+        series = short.split(" ")[0].rstrip("0123456789")
+        number = next(self._meters)
+        item = {
+            "currencyCode": "USD",
+            "tierMinimumUnits": 0.0,
+            "retailPrice": usd,
+            "unitPrice": usd,
+            "armRegionName": region,
+            "location": region,
+            "effectiveStartDate": effective,
+            "meterId": str(uuid.UUID(int=number)),
+            "meterName": short + suffix,
+            "productId": f"DZH318Z0{number:04d}",
+            "skuId": f"DZH318Z0{number:04d}/0001",
+            "productName": f"Virtual Machines {series} Series" + (" Windows" if windows else ""),
+            "skuName": short + suffix,
+            "serviceName": "Virtual Machines",
+            "serviceId": "DZH313Z7MMC8",
+            "serviceFamily": "Compute",
+            "unitOfMeasure": unit,
+            "type": price_type,
+            "isPrimaryMeterRegion": primary,
+            "armSkuName": arm_sku,
+        }
+        with self._lock:
+            self.items.append(item)
+        return item
+
+    def throttle(self, times: int = 1, retry_after: int = 1) -> None:
+        with self._lock:
+            self._throttles += [retry_after] * times
+
+    def _serve(self, handler: Any) -> None:
+        parts = urlsplit(handler.path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        params = {key: values[-1] for key, values in query.items()}
+        with self._lock:
+            throttled = self._throttles.pop(0) if self._throttles else None
+            if throttled is not None:
+                status, body, headers = 429, b"", {"Retry-After": str(throttled)}
+            else:
+                status, reply = self._answer(handler.command, parts.path, params)
+                body, headers = json.dumps(reply).encode(), {"Content-Type": JSON_TYPE}
+            self.requests.append((time.monotonic(), status, handler.path))
+        handler.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def _bad(self, message: str) -> tuple[int, dict[str, Any]]:
+        self.violations.append(message)
+        return 400, {"Error": {"Code": "BadRequest", "Message": message}}
+
+    def _answer(self, method: str, path: str, params: dict[str, str]) -> tuple[int, Any]:
+        if method != "GET" or path != "/api/retail/prices":
+            return self._bad(f"{method} {path}: not the Retail Prices API")
+        for key in params:
+            if key not in ("api-version", "$filter", "$skip", "currencyCode"):
+                return self._bad(f"unexpected query parameter {key!r}")
+        if params.get("api-version") != self.api_version:
+            return self._bad(f"api-version {params.get('api-version')!r}, not {self.api_version}")
+        wanted: list[tuple[str, str]] = []
+        filter_ = params.get("$filter", "").strip()
+        for clause in re.split(r"\s+and\s+", filter_) if filter_ else []:
+            match = re.fullmatch(rf"(\w+)\s+eq\s+{_LITERAL}", clause.strip())
+            if match is None or match.group(1).lower() not in self.FILTERABLE:
+                return self._bad(f"unsupported $filter clause {clause!r}")
+            field_ = self.FILTERABLE[match.group(1).lower()]
+            wanted.append((field_, match.group(2).replace("''", "'").lower()))
+        found = [i for i in self.items if all(str(i[f]).lower() == v for f, v in wanted)]
+        skip = int(params.get("$skip", "0") or 0)
+        page = found[skip : skip + self.page_size]
+        next_link = None
+        if skip + self.page_size < len(found):
+            rest = {k: v for k, v in params.items() if k != "$skip"}
+            next_link = f"{self.url}/api/retail/prices?" + urlencode(
+                {**rest, "$skip": str(skip + self.page_size)}, quote_via=quote
+            )
+        body = {
+            "BillingCurrency": "USD",
+            "CustomerEntityId": "Default",
+            "CustomerEntityType": "Retail",
+            "Items": json.loads(json.dumps(page)),
+            "NextPageLink": next_link,
+            "Count": len(page),
+        }
+        for error in _prices_validator().iter_errors(body):
+            self.violations.append(f"response: {error.message} at {list(error.path)}")
+        return 200, body

@@ -1,9 +1,10 @@
-"""A fake Compute Engine v1 REST API, and the IAM v1 service accounts beside it, on loopback,
-checked against Google's Discovery descriptions.
+"""A fake Compute Engine v1 REST API, and beside it the IAM v1 service accounts and the Cloud
+Billing Catalog v1 SKUs, on loopback, checked against Google's Discovery descriptions.
 
 `FakeCompute(project)` serves, on 127.0.0.1 and a free port, what `cml_infra.clouds.gcp` calls
-through google-cloud-compute's REST transport and its IAM REST calls (set
-CML_INFRA_GCP_API_ENDPOINT to `fake.url`: both APIs answer on it, their paths do not overlap):
+through google-cloud-compute's REST transport and its IAM REST calls, and what
+`cml_infra.catalog.refresh.gcp` calls (set CML_INFRA_GCP_API_ENDPOINT to `fake.url`: every API
+answers on it, their paths do not overlap):
 
 - `instances.aggregatedList` (GET .../aggregated/instances): every zone scope, with the
   `NO_RESULTS_ON_PAGE` warning for zones without (matching) instances; the `filter` query (see
@@ -18,6 +19,15 @@ CML_INFRA_GCP_API_ENDPOINT to `fake.url`: both APIs answer on it, their paths do
 - `firewalls.list` (the `filter` on `name`, `description`, `network`, `direction`;
   `maxResults`/`pageToken`), `firewalls.get` and `firewalls.delete`, which answers a global
   Operation that behaves as an instance's delete does; `globalOperations.get` and `.wait`.
+- `machineTypes.aggregatedList` and `acceleratorTypes.aggregatedList` (GET .../aggregated/
+  machineTypes, .../aggregated/acceleratorTypes): the types `add_machine_type` and
+  `add_accelerator_type` put in place, every zone scope (`NO_RESULTS_ON_PAGE` for one without),
+  a zone of `unreachable_zones` as Compute answers a scope it cannot reach (the `UNREACHABLE`
+  warning, no items); the `filter` on `name`; `maxResults` (default `max_results`) with
+  `pageToken`.
+- Cloud Billing `services.skus.list` (GET /v1/services/SERVICE/skus) of Compute Engine's service
+  (6F81-5844-456A; any other is a 404): the SKUs `add_sku` put in place, `pageSize` (default
+  and most `sku_page_size`, 5000 as the API's) with `pageToken`.
 - IAM `projects.serviceAccounts.list` (`pageSize`: 20 unless given, at most 100, as IAM does;
   `pageToken`), `.get` and `.delete` (which answers Empty), by email or unique id, in
   `projects/PROJECT` or `projects/-`.
@@ -27,8 +37,9 @@ in the regular-expression form `FIELD eq RE` / `FIELD ne RE` (RE matches the who
 other expression is answered 400 and recorded as a violation.
 
 Every request is checked against the Discovery document of its API: tests/data/
-gcp-compute-subset.json (Compute v1, revision 20261106) and tests/data/gcp-iam-subset.json (IAM
-v1, revision 20261023), both cut from google-api-python-client 2.202.0's
+gcp-compute-subset.json (Compute v1, revision 20261106), tests/data/gcp-iam-subset.json (IAM
+v1, revision 20261023) and tests/data/gcp-cloudbilling-subset.json (Cloud Billing v1, revision
+20260901), all cut from google-api-python-client 2.202.0's
 `googleapiclient/discovery_cache/documents/` by keeping the methods their `x-subset` lists and
 the schemas those reference, unmodified. The path must match a method's template (with the
 parameter patterns) for its HTTP method, every query parameter must be one the method or the API
@@ -38,7 +49,8 @@ jsonschema against the method's response schema, converted from Discovery with
 `additionalProperties: false` added (a misspelt field fails), int64/uint64 as digit strings;
 plus RFC 3339 for timestamps and full URLs for `zone`/`selfLink`/`targetLink`/`machineType`/
 `network`. The descriptions have no error schema: error bodies are checked against Google's
-JSON error format (ERROR_SCHEMA below; Compute sends the v1 `errors` list, IAM the `status`).
+JSON error format (ERROR_SCHEMA below; Compute sends the v1 `errors` list, IAM and Cloud Billing
+the `status`).
 Whatever does not match goes to `fake.violations`, which tests assert is empty; an undescribed
 request (or a described method the fake does not implement) is also answered 404, a described
 one with bad parameters 400, as Google does.
@@ -71,8 +83,13 @@ from tests.fakes.loopback import Handler, Loopback
 DATA = Path(__file__).resolve().parent.parent / "data"
 SPEC_PATH = DATA / "gcp-compute-subset.json"
 IAM_SPEC_PATH = DATA / "gcp-iam-subset.json"
+BILLING_SPEC_PATH = DATA / "gcp-cloudbilling-subset.json"
 # The Discovery document of each API, by the first part of its method ids.
-APIS = {"compute": SPEC_PATH, "iam": IAM_SPEC_PATH}
+APIS = {"compute": SPEC_PATH, "iam": IAM_SPEC_PATH, "cloudbilling": BILLING_SPEC_PATH}
+# Compute Engine's service in the Cloud Billing Catalog.
+COMPUTE_SERVICE = "services/6F81-5844-456A"
+# ListSkus: "Requested page size. Defaults to 5000."
+SKU_PAGE_SIZE = 5000
 # Links in resources name the public API, whatever address the fake listens on (as a private
 # endpoint would, too).
 LINK_BASE = "https://www.googleapis.com/compute/v1/"
@@ -105,6 +122,9 @@ IMPLEMENTED = frozenset(
         "iam.projects.serviceAccounts.list",
         "iam.projects.serviceAccounts.get",
         "iam.projects.serviceAccounts.delete",
+        "compute.machineTypes.aggregatedList",
+        "compute.acceleratorTypes.aggregatedList",
+        "cloudbilling.services.skus.list",
     }
 )
 HTTP_REASONS = {
@@ -443,7 +463,9 @@ def _semantic_errors(node: Any, where: str) -> list[str]:
                 if not RFC3339.fullmatch(value):
                     errors.append(f"{here}: {value!r} is not an RFC 3339 timestamp")
             elif isinstance(value, str) and key in LINK_FIELDS:
-                if not value.startswith(LINK_BASE):
+                # A machine type names its zone ("us-central1-a"); every other resource links it.
+                named = key == "zone" and node.get("kind") == "compute#machineType"
+                if not named and not value.startswith(LINK_BASE):
                     errors.append(f"{here}: {value!r} is not a URL under {LINK_BASE}")
             else:
                 errors.extend(_semantic_errors(value, here))
@@ -475,7 +497,7 @@ class _Reply(Exception):
         self.reason = reason
 
     def body(self, api: str) -> dict[str, Any]:
-        if api == "iam":
+        if api != "compute":  # IAM and Cloud Billing: the google.rpc status form
             return iam_error(self.status, self.message)
         return google_error(self.status, self.message, self.reason)
 
@@ -508,14 +530,15 @@ def _not_found(where: str) -> _Reply:
 
 
 class FakeCompute(Loopback):
-    """A fake Compute Engine v1 API server, with IAM v1 service accounts; see the module
-    docstring.
+    """A fake Compute Engine v1 API server, with IAM v1 service accounts and Cloud Billing's
+    Compute Engine SKUs; see the module docstring.
 
     Public: url, project, zones, violations [str], requests [dicts: method, path, query
-    {name: [values]}, id (Discovery method id or None), status], operation_polls, and
-    add_instance(), instances(), instance(), add_firewall(), firewalls(), firewall(),
-    add_service_account(), service_accounts(), service_account(), operations(), link(), fail(),
-    fail_operation(), close() (or use it as a context manager).
+    {name: [values]}, id (Discovery method id or None), status], operation_polls,
+    unreachable_zones, max_results, sku_page_size, and add_machine_type(),
+    add_accelerator_type(), add_sku(), add_instance(), instances(), instance(), add_firewall(),
+    firewalls(), firewall(), add_service_account(), service_accounts(), service_account(),
+    operations(), link(), fail(), fail_operation(), close() (or use it as a context manager).
     """
 
     def __init__(
@@ -539,12 +562,23 @@ class FakeCompute(Loopback):
         self._operations: dict[tuple[str, str], dict[str, Any]] = {}
         self._faults: list[dict[str, Any]] = []
         self._op_faults: list[dict[str, Any]] = []
+        # Machine and accelerator types by (zone, name); the SKUs of Compute Engine's service.
+        self._machine_types: dict[tuple[str, str], dict[str, Any]] = {}
+        self._accelerator_types: dict[tuple[str, str], dict[str, Any]] = {}
+        self._skus: list[dict[str, Any]] = []
+        # Zones the project cannot use: their scope in a type listing is UNREACHABLE.
+        self.unreachable_zones: set[str] = set()
+        # Page sizes when the request names none: Compute's 500, ListSkus' 5000 (tests make
+        # them small to see paging).
+        self.max_results = MAX_RESULTS
+        self.sku_page_size = SKU_PAGE_SIZE
         self._ids = itertools.count(4_611_686_018_427_387_904 + 17)
         self._unique_ids = itertools.count(104_729_000_000_000_000_001)
         self._op_numbers = itertools.count(1)
         for name in ("Instance", "InstanceAggregatedList", "Operation", "FirewallList"):
             schema_validator(name)  # convert the descriptions before the first request needs it
         schema_validator("ListServiceAccountsResponse", api="iam")
+        schema_validator("ListSkusResponse", api="cloudbilling")
         self._start_server("fake-compute")
 
     # -- helpers for tests ----------------------------------------------------------------
@@ -600,6 +634,84 @@ class FakeCompute(Loopback):
                 self.zones.append(zone)
             self._instances[(zone, name)] = resource
             return copy.deepcopy(resource)
+
+    def add_machine_type(
+        self,
+        zone: str,
+        name: str,
+        guest_cpus: int,
+        memory_mb: int,
+        accelerators: Mapping[str, int] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Puts a machine type in a zone (as Compute lists it: its zone by name, not link);
+        `accelerators` are the GPUs built in ({"nvidia-tesla-a100": 1}); `fields` are merged
+        in as given. A zone not yet in `zones` is added."""
+        resource: dict[str, Any] = {
+            "kind": "compute#machineType",
+            "id": str(next(self._ids)),
+            "creationTimestamp": "1969-12-31T16:00:00.000-08:00",
+            "name": name,
+            "description": f"{guest_cpus} vCPUs, {memory_mb / 1024:g} GB RAM",
+            "guestCpus": guest_cpus,
+            "memoryMb": memory_mb,
+            "imageSpaceGb": 10,
+            "maximumPersistentDisks": 128,
+            "maximumPersistentDisksSizeGb": "263168",
+            "isSharedCpu": False,
+            "architecture": "ARM64" if name.startswith(("t2a-", "c4a-")) else "X86_64",
+            "zone": zone,
+            "selfLink": self.link("zones", zone, "machineTypes", name),
+        }
+        if accelerators:
+            resource["accelerators"] = [
+                {"guestAcceleratorType": kind, "guestAcceleratorCount": count}
+                for kind, count in accelerators.items()
+            ]
+        resource.update(fields)
+        return self._add_type(self._machine_types, zone, name, resource)
+
+    def add_accelerator_type(
+        self, zone: str, name: str, maximum_cards: int, description: str = "", **fields: Any
+    ) -> dict[str, Any]:
+        """Puts an accelerator type in a zone, as Compute lists it (`nvidia-tesla-t4`, at most
+        `maximum_cards` per instance)."""
+        resource: dict[str, Any] = {
+            "kind": "compute#acceleratorType",
+            "id": str(next(self._ids)),
+            "creationTimestamp": "1969-12-31T16:00:00.000-08:00",
+            "name": name,
+            "description": description or name,
+            "maximumCardsPerInstance": maximum_cards,
+            "zone": self.link("zones", zone),
+            "selfLink": self.link("zones", zone, "acceleratorTypes", name),
+        }
+        resource.update(fields)
+        return self._add_type(self._accelerator_types, zone, name, resource)
+
+    def _add_type(
+        self,
+        store: dict[tuple[str, str], dict[str, Any]],
+        zone: str,
+        name: str,
+        resource: dict[str, Any],
+    ) -> dict[str, Any]:
+        pattern = discovery()["schemas"]["AcceleratorType"]["properties"]["name"]["pattern"]
+        for what, value in (("zone", zone), ("name", name)):
+            if not re.fullmatch(pattern, value):
+                raise ValueError(f"{what} {value!r} does not match {pattern!r}")
+        with self._lock:
+            if zone not in self.zones:
+                self.zones.append(zone)
+            store[(zone, name)] = resource
+            return copy.deepcopy(resource)
+
+    def add_sku(self, sku: Mapping[str, Any]) -> dict[str, Any]:
+        """Puts a SKU of Compute Engine's service in place, as given (the response check holds
+        it to the Sku schema); listed in the order added."""
+        with self._lock:
+            self._skus.append(copy.deepcopy(dict(sku)))
+            return copy.deepcopy(dict(sku))
 
     def instances(self, zone: str | None = None) -> list[dict[str, Any]]:
         """The instances (as the API shows them), of one zone or all, by zone and name."""
@@ -866,6 +978,8 @@ class FakeCompute(Loopback):
     ) -> dict[str, Any]:
         if method_id.startswith("iam."):
             return self._route_iam(method_id, params, query)
+        if method_id == "cloudbilling.services.skus.list":
+            return self._sku_list(params["parent"], query)
         if params["project"] != self.project:
             raise _error(
                 403, f"Permission denied on resource project {params['project']}.", "forbidden"
@@ -875,6 +989,10 @@ class FakeCompute(Loopback):
                 return self._aggregated_list(query)
             if method_id == "compute.firewalls.list":
                 return self._firewall_list(query)
+            if method_id == "compute.machineTypes.aggregatedList":
+                return self._type_list("machineTypes", self._machine_types, query)
+            if method_id == "compute.acceleratorTypes.aggregatedList":
+                return self._type_list("acceleratorTypes", self._accelerator_types, query)
             if method_id == "compute.firewalls.get":
                 return copy.deepcopy(self._find_firewall(params["firewall"]))
             if method_id == "compute.firewalls.delete":
@@ -944,6 +1062,64 @@ class FakeCompute(Loopback):
         }
         if offset + size < len(matching):
             body["nextPageToken"] = _make_token(offset + size, text)
+        return body
+
+    # -- machineTypes / acceleratorTypes.aggregatedList -----------------------------------
+
+    def _type_list(
+        self,
+        kind: str,
+        store: Mapping[tuple[str, str], dict[str, Any]],
+        query: Mapping[str, list[str]],
+    ) -> dict[str, Any]:
+        text = (query.get("filter") or [""])[0]
+        keep = _filter(text, TYPE_FIELDS, self._violate)
+        offset, size = _page(query, text, self.max_results)
+        matching = [
+            (zone, resource)
+            for (zone, _), resource in sorted(store.items())
+            if zone not in self.unreachable_zones and keep(resource)
+        ]
+        items: dict[str, Any] = {}
+        for zone, resource in matching[offset : offset + size]:
+            items.setdefault(f"zones/{zone}", {kind: []})[kind].append(copy.deepcopy(resource))
+        if offset == 0:
+            for zone in sorted(self.zones):
+                scope = f"zones/{zone}"
+                if zone in self.unreachable_zones:
+                    items[scope] = {"warning": _unreachable(scope)}
+                elif scope not in items:
+                    items[scope] = {"warning": _no_results(scope)}
+        body: dict[str, Any] = {
+            "kind": f"compute#{kind[:-1]}AggregatedList",
+            "id": f"projects/{self.project}/aggregated/{kind}",
+            "items": dict(sorted(items.items())),
+            "selfLink": self.link("aggregated", kind),
+        }
+        if offset + size < len(matching):
+            body["nextPageToken"] = _make_token(offset + size, text)
+        return body
+
+    # -- Cloud Billing: services.skus.list ------------------------------------------------
+
+    def _sku_list(self, parent: str, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        if parent != COMPUTE_SERVICE:
+            raise _error(404, f"Service {parent.removeprefix('services/')} not found.")
+        size = int((query.get("pageSize") or ["0"])[0]) or self.sku_page_size
+        size = min(max(size, 1), self.sku_page_size)
+        offset = 0
+        token = (query.get("pageToken") or [""])[0]
+        if token:
+            found = _read_token(token, parent)
+            if found is None:
+                raise _error(400, f"Invalid page token {token!r}")
+            offset = found
+        with self._lock:
+            skus = self._skus
+            body: dict[str, Any] = {"skus": copy.deepcopy(skus[offset : offset + size])}
+            # The API sends the field empty on the last page, as the description says.
+            more = offset + size < len(skus)
+            body["nextPageToken"] = _make_token(offset + size, parent) if more else ""
         return body
 
     # -- firewalls.list -------------------------------------------------------------------
@@ -1129,7 +1305,9 @@ def _created(created: datetime | str | None) -> str:
 
 def _api_of(path: str) -> str:
     """The API an undescribed request was meant for, for the form of its error body."""
-    return "compute" if path.startswith("/compute/") else "iam"
+    if path.startswith("/compute/"):
+        return "compute"
+    return "cloudbilling" if path.startswith("/v1/services/") else "iam"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1138,6 +1316,7 @@ def _api_of(path: str) -> str:
 # The fields the fake filters each list on.
 INSTANCE_FIELDS = re.compile(r"name|status|labels\.[a-z][a-z0-9_-]*")
 FIREWALL_FIELDS = re.compile(r"name|description|network|direction")
+TYPE_FIELDS = re.compile(r"name")
 _FILTER = re.compile(
     r"\s*(?P<field>[A-Za-z][A-Za-z0-9_.-]*)\s*"
     r"(?:(?P<op>!=|=|eq\b|ne\b)\s*(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"'()]+)|:\s*\*)\s*"
@@ -1186,9 +1365,10 @@ def _parse_filter(text: str, fields: re.Pattern[str] = INSTANCE_FIELDS) -> Any:
     return lambda resource: actual(resource) != value
 
 
-def _page(query: Mapping[str, list[str]], text: str) -> tuple[int, int]:
-    """(offset, size) of a Compute list's page: maxResults (0 or none: 500) and pageToken."""
-    size = int((query.get("maxResults") or ["500"])[0]) or MAX_RESULTS
+def _page(query: Mapping[str, list[str]], text: str, default: int = MAX_RESULTS) -> tuple[int, int]:
+    """(offset, size) of a Compute list's page: maxResults (0 or none: `default`, 500 as
+    Compute's) and pageToken."""
+    size = int((query.get("maxResults") or ["0"])[0]) or default
     if size > MAX_RESULTS:
         raise _error(
             400,
@@ -1218,6 +1398,16 @@ def _read_token(token: str, filter_text: str) -> int | None:
         return None
     offset = data.get("o")
     return offset if isinstance(offset, int) and offset > 0 else None
+
+
+def _unreachable(scope: str) -> dict[str, Any]:
+    """The warning of a scope Compute could not list for the project (a region it may not use:
+    an organization's location policy, or one that needs enabling)."""
+    return {
+        "code": "UNREACHABLE",
+        "message": "Scope '" + scope + "' is unreachable.",
+        "data": [{"key": "scope", "value": scope}],
+    }
 
 
 def _no_results(scope: str) -> dict[str, Any]:
