@@ -22,6 +22,12 @@ from cml_infra.errors import UsageError
 DEFAULT_IDLE_TIMEOUT = "5m"
 DEFAULT_TTL = "24h"
 DEFAULT_STARTUP_TIMEOUT = "15m"
+# How long one attempt's `terraform apply` may take before `up` interrupts it and tries the next
+# placement. Creating a GPU VM takes a minute or two on AWS and GCP and several on Azure, so a
+# healthy attempt finishes well inside it; a region whose API hangs or a spot request that
+# never settles would otherwise hold `up` for the provider's own create timeout (10 to 20
+# minutes), and seven bad regions would then take over an hour instead of about half of one.
+DEFAULT_ATTEMPT_TIMEOUT = "5m"
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # No lifetime, timeout or age we take is longer than a year; larger numbers are typos (and
@@ -302,18 +308,51 @@ def read_startup_script(path: str, flag: str = "--startup-script") -> str:
     return text
 
 
+# `--region any`: every region the cloud's catalog knows sells the row (placement.attempts).
+REGION_ANY = "any"
+# How `up` orders the placements it may try: `order`, the regions as given (then each one's
+# zones); `price`, cheapest first by the catalog's current prices.
+OPTIMIZE_ORDER, OPTIMIZE_PRICE = "order", "price"
+OPTIMIZE_CHOICES = (OPTIMIZE_ORDER, OPTIMIZE_PRICE)
+
+
 def parse_regions(text: str | None, flag: str = "--region") -> tuple[str, ...]:
-    """`us-east-1` or a preference list `us-east-1,us-west-2` (whether each exists is the
-    cloud's to say)."""
+    """`us-east-1`, a preference list `us-east-1,us-west-2`, or `any` alone (whether each
+    exists is the cloud's to say)."""
     if text is None:
         return ()
     regions = tuple(part.strip() for part in text.split(","))
     if not all(regions):
         raise UsageError(flag, f"{text!r} has an empty region; give REGION or REGION,REGION,...")
+    if REGION_ANY in (region.lower() for region in regions):
+        if len(regions) > 1:
+            raise UsageError(
+                flag, f"{text!r}: {REGION_ANY!r} means every region; give it alone or list regions"
+            )
+        return (REGION_ANY,)
     repeated = sorted({region for region in regions if regions.count(region) > 1})
     if repeated:
         raise UsageError(flag, f"{text!r} lists {', '.join(repeated)} more than once")
     return regions
+
+
+def parse_optimize(text: str | None, any_region: bool, flag: str = "--optimize") -> str:
+    """`order` or `price`; None: `price` with `--region any` (which has no order of its own),
+    else `order`."""
+    if text is None:
+        return OPTIMIZE_PRICE if any_region else OPTIMIZE_ORDER
+    value = text.strip().lower()
+    if value not in OPTIMIZE_CHOICES:
+        raise UsageError(
+            flag, f"unknown optimization {text!r}; " + choices(value, OPTIMIZE_CHOICES)
+        )
+    if value == OPTIMIZE_ORDER and any_region:
+        raise UsageError(
+            flag,
+            f"{OPTIMIZE_ORDER!r} walks the regions in the order given, and --region "
+            f"{REGION_ANY} gives none: use --optimize {OPTIMIZE_PRICE} or list the regions",
+        )
+    return value
 
 
 def parse_usd(text: str, flag: str, unit: str = "USD", example: str = "25") -> float:
@@ -456,6 +495,12 @@ class RunnerSpec:
     # The first region to try (None: the cloud's default), then the others in order.
     region: str | None = None
     fallback_regions: tuple[str, ...] = ()
+    # `--region any`: every region where the catalog sells the row (region is then None).
+    any_region: bool = False
+    # OPTIMIZE_CHOICES: how `up` orders the placements it may try.
+    optimize: str = OPTIMIZE_ORDER
+    # Seconds one attempt's apply may take before it is interrupted and the next one tried.
+    attempt_timeout: float = 300
     single: bool = False
     labels: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
@@ -568,6 +613,8 @@ def build_spec(
     runner_group: str | None = None,
     github_url: str | None = None,
     startup_timeout: str = DEFAULT_STARTUP_TIMEOUT,
+    optimize: str | None = None,
+    attempt_timeout: str = DEFAULT_ATTEMPT_TIMEOUT,
     wait: bool = True,
     runner_archive: str | None = None,
     reuse_idle: bool = False,
@@ -639,12 +686,18 @@ def build_spec(
     if on_demand_fallback and not spot:
         raise UsageError("--on-demand-fallback", "falls back from spot capacity: add --spot")
     regions = parse_regions(region)
+    any_region = regions == (REGION_ANY,)
+    if any_region:
+        regions = ()
     parse_data_identity(instance_profile, service_account, identity)
     return RunnerSpec(
         name=validate_name(name) if name is not None else generate_name(),
         cloud=cloud,
         region=regions[0] if regions else None,
         fallback_regions=regions[1:],
+        any_region=any_region,
+        optimize=parse_optimize(optimize, any_region),
+        attempt_timeout=parse_duration(attempt_timeout, "--attempt-timeout"),
         idle_timeout=parse_duration(idle_timeout, "--idle-timeout"),
         ttl=parse_duration(ttl, "--ttl"),
         single=single,

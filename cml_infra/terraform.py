@@ -147,6 +147,8 @@ class Engine:
         self.label = label
         self.home = home
         self._process: subprocess.Popen[str] | None = None
+        # The command that was sent its one SIGINT (interrupt).
+        self._interrupted: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -248,11 +250,16 @@ class Engine:
         return {key: value.get("value") for key, value in raw.items() if isinstance(value, dict)}
 
     def interrupt(self) -> bool:
-        """Ask the running command to stop the way Ctrl-C would; False when none runs."""
+        """Ask the running command to stop the way Ctrl-C would; False when none runs.
+
+        At most one SIGINT per command, whoever asks (a Ctrl-C and `up`'s attempt deadline may
+        both): Terraform takes a second one as "stop now", leaving its state inconsistent."""
         with self._lock:
             if self._process is None or self._process.poll() is not None:
                 return False
-            self._process.send_signal(signal.SIGINT)
+            if self._interrupted is not self._process:
+                self._interrupted = self._process
+                self._process.send_signal(signal.SIGINT)
             return True
 
     def _run(self, workspace: Path, args: list[str], on_event: EventHandler) -> None:

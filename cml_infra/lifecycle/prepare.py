@@ -18,10 +18,11 @@ from cml_infra.clouds.base import Boot, Cloud, RenderContext, new_launch_id
 from cml_infra.errors import UsageError
 from cml_infra.forge.base import Registration, RunnerRelease, registration_labels
 from cml_infra.placement import Attempt
-from cml_infra.spec import RunnerSpec
+from cml_infra.spec import OPTIMIZE_PRICE, RunnerSpec
 from cml_infra.state import StateDir, utcnow
 
 if TYPE_CHECKING:
+    from cml_infra.catalog.offerings import Index
     from cml_infra.forge.base import Forge
 
 
@@ -94,7 +95,8 @@ def plan(spec: RunnerSpec, state: StateDir | None, terraform: str | None = None)
     packaged.module_dir(cloud.module, spec.modules_dir)
     if spec.forge is not None:
         forge.check(spec.forge)
-    attempts = placement.attempts(spec, cloud)
+    attempts = placement.attempts(spec, cloud, _offerings(spec, cloud))
+    # With --optimize price the walk holds only what fits; in the given order, all must.
     cost.check_budget([attempt.placement for attempt in attempts], spec.ttl, spec.budget)
     created = utcnow()
     launch = Launch(
@@ -116,6 +118,18 @@ def plan(spec: RunnerSpec, state: StateDir | None, terraform: str | None = None)
         )
     modules.check(spec, cloud, passed, terraform)
     return launch
+
+
+def _offerings(spec: RunnerSpec, cloud: Cloud) -> Index | None:
+    """The cloud's offerings (where each row is sold, at what price), read only when the walk is
+    ordered by price (`--region any` is): the full table is every public region's. None for a
+    cloud without a catalog (local)."""
+    if spec.optimize != OPTIMIZE_PRICE or not cloud.HAS_CATALOG:
+        return None
+    from cml_infra import catalog
+
+    # The user's refreshed catalog over the packaged one: the state dir the command set.
+    return catalog.offerings_of(cloud.name, catalog.USER_STATE_DIR.get())
 
 
 @contextmanager

@@ -9,11 +9,12 @@ leaves a `failed` record for `down` or `cleanup` to finish.
 from __future__ import annotations
 
 import shutil
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cml_infra import render, ui
+from cml_infra import placement, render, ui
 from cml_infra.errors import CmlInfraError, Interrupted, UsageError
 from cml_infra.forge import Secret
 from cml_infra.forge.base import Forge, Registration, RunnerInfo
@@ -22,9 +23,9 @@ from cml_infra.lifecycle.guard import SignalGuard
 from cml_infra.lifecycle.prepare import Launch
 from cml_infra.placement import Attempt
 from cml_infra.record import RunnerRecord, ci_run
-from cml_infra.spec import RunnerSpec
+from cml_infra.spec import OPTIMIZE_PRICE, RunnerSpec
 from cml_infra.state import BrokenRecord, StateDir
-from cml_infra.terraform import Engine, TerraformError
+from cml_infra.terraform import Engine, EventHandler, TerraformError
 
 # What the workspace a backend keeps has in place of the startup script, which holds the
 # runner's registration secret (destroy needs valid variables, not their values).
@@ -74,6 +75,8 @@ class _Up:
         self.name = launch.spec.name
         self.key = state.key_of(self.name, launch.launch_id)
         self.created = self.registered = False
+        # `where: why` of each attempt that failed before the one that is made.
+        self.failed: list[str] = []
 
     def run(self) -> RunnerRecord:
         previous = _free_name(self.state, self.name, self.key)
@@ -141,6 +144,10 @@ class _Up:
         context = launch.context(launch.startup_script(registration))
         workspace = self.state.workspace(self.key)
         attempt = launch.attempts[0]
+        if launch.spec.optimize == OPTIMIZE_PRICE:
+            ui.info(f"{self.name}: {placement.describe(launch.spec, launch.attempts)}")
+        # Failed attempts whose error holds for their whole region and market.
+        left: list[Attempt] = []
         while True:
             if attempt.number:
                 update = attempt.placement.record_fields()
@@ -151,17 +158,28 @@ class _Up:
             stand_in = launch.context(STAND_IN_SCRIPT)
             self.state.publish_workspace(self.key, workspace, launch.variables(attempt, stand_in))
             try:
-                return record, self.apply(workspace, attempt)
+                instance = self.apply(workspace, attempt)
             except TerraformError as exc:
                 following = (
                     None
                     if self.guard.received
-                    else failover.next_attempt(launch.cloud, exc, launch.attempts, attempt)
+                    else failover.next_attempt(launch.cloud, exc, launch.attempts, attempt, left)
                 )
                 if following is None:
                     raise
+                if failover.leaves_region(launch.cloud, exc):
+                    left.append(attempt)
                 self.clear(record, exc, attempt, following)
+                self.failed.append(f"{attempt.placement.where}: {exc}")
                 attempt = following
+            else:
+                if self.failed:
+                    ui.info(
+                        f"{self.name}: created in {attempt.placement.where} on attempt "
+                        f"{len(self.failed) + 1} of {len(launch.attempts)} "
+                        f"(--optimize {launch.spec.optimize}); before it: {'; '.join(self.failed)}"
+                    )
+                return record, instance
 
     def apply(self, workspace: Path, attempt: Attempt) -> dict[str, Any]:
         """init and apply one attempt; the instance's outputs."""
@@ -173,7 +191,7 @@ class _Up:
         where = f" in {attempt.placement.where}" if attempt.number else ""
         title = f"{self.name}: creating on {self.launch.cloud.name}{where}"
         with ui.terraform_progress(title) as on_event:
-            outputs = self.engine.apply(workspace, on_event)
+            outputs = self.apply_by_deadline(workspace, on_event)
         self.guard.check()
         instance = outputs.get("instance")
         if not isinstance(instance, dict) or not instance.get("id"):
@@ -182,6 +200,32 @@ class _Up:
                 f"instance.id); is {self.engine.label} a Terraform or OpenTofu?"
             )
         return instance
+
+    def apply_by_deadline(self, workspace: Path, on_event: EventHandler) -> dict[str, Any]:
+        """The engine's apply, interrupted once (SIGINT, as Terraform wants: it stops and keeps
+        its state) when it runs past --attempt-timeout; `up` then waits for it to stop, and the
+        caller destroys what it made and moves on. An apply that finishes anyway counts."""
+        seconds = self.launch.spec.attempt_timeout
+        cut = threading.Event()
+
+        def expire() -> None:
+            if self.guard.received:
+                return  # a Ctrl-C already stopped it: that is no timeout
+            cut.set()  # before the signal: the apply may fail at once
+            if not self.engine.interrupt():
+                cut.clear()  # nothing ran: the apply had just ended
+
+        timer = threading.Timer(seconds, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self.engine.apply(workspace, on_event)
+        except TerraformError as exc:
+            if cut.is_set():
+                raise failover.AttemptTimedOut(seconds, exc) from exc
+            raise
+        finally:
+            timer.cancel()
 
     def clear(
         self, record: RunnerRecord, error: TerraformError, failed: Attempt, following: Attempt

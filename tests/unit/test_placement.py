@@ -206,3 +206,75 @@ def test_an_attempt_shares_region_and_market_across_zones_only():
     assert not first.same_region_and_market(other_region)
     assert not first.same_region_and_market(on_demand)
     assert isinstance(first, Attempt)
+
+
+# --optimize price over offerings built here (the packaged data's numbers are not used).
+def _t4_index(spot, on_demand=None):
+    from cml_infra.catalog.offerings import Index
+    from tests.unit.lifecycle.test_optimize import t4_offerings
+
+    return Index(t4_offerings(spot, on_demand))
+
+
+PRICED = {"us-east-1a": 0.20, "us-east-1b": 0.50, "us-west-2a": 0.10, "eu-west-1a": 0.30}
+
+
+def _priced(**changes):
+    fields = {"gpu": "t4", "gpu_count": 1, "spot": True, "any_region": True, "optimize": "price"}
+    return _spec("aws", **{**fields, **changes})
+
+
+def test_price_orders_every_zone_sold_cheapest_first():
+    found = attempts(_priced(), clouds.get("aws"), _t4_index(PRICED))
+    assert [(a.placement.where, a.placement.hourly_price) for a in found] == [
+        ("us-west-2 (spot)", 0.10),
+        ("us-west-2a (spot)", 0.10),
+        ("us-east-1 (spot)", 0.20),
+        ("us-east-1a (spot)", 0.20),
+        ("eu-west-1 (spot)", 0.30),
+        ("eu-west-1a (spot)", 0.30),
+        ("us-east-1b (spot)", 0.50),
+    ]
+    assert [a.number for a in found] == list(range(7))
+
+
+def test_price_with_a_budget_leaves_out_what_does_not_fit():
+    # 10 hours: 0.30/h costs $3, 0.50/h $5; a $3 budget keeps up to eu-west-1.
+    found = attempts(_priced(ttl=36000, budget=3.0), clouds.get("aws"), _t4_index(PRICED))
+    assert {a.placement.hourly_price for a in found} == {0.10, 0.20, 0.30}
+
+
+def test_price_with_a_budget_nothing_fits_names_the_cheapest():
+    with pytest.raises(UsageError, match=r"--budget: the cheapest placement, g4dn.xlarge in "
+                       r"us-west-2 \(spot\) at \$0.1000/h, could cost \$1.00 over --ttl 10h, "
+                       r"more than \$0.50"):  # fmt: skip
+        attempts(_priced(ttl=36000, budget=0.5), clouds.get("aws"), _t4_index(PRICED))
+
+
+def test_price_caps_each_market_at_its_cheapest_few():
+    from cml_infra.placement import MAX_PRICED_PER_MARKET
+
+    many = {f"{region}{zone}": 0.1 + i / 100 for i, (region, zone) in enumerate(
+        (r, z) for r in ("us-east-1", "us-east-2", "us-west-2", "eu-west-1") for z in "abc"
+    )}  # fmt: skip
+    index = _t4_index(many)
+    found = attempts(_priced(), clouds.get("aws"), index)
+    assert len(found) == MAX_PRICED_PER_MARKET
+    assert found[0].placement.where == "us-east-1 (spot)"
+    # With the on-demand fallback, on-demand gets its own share, after every spot placement
+    # (dearer or not: it is what `up` falls back to when spot has no capacity).
+    index = _t4_index(many, {zone: price / 10 for zone, price in many.items()})
+    both = attempts(_priced(on_demand_fallback=True), clouds.get("aws"), index)
+    assert len(both) == 2 * MAX_PRICED_PER_MARKET
+    assert [a.placement.spot for a in both] == [True] * 8 + [False] * 8
+
+
+def test_any_region_where_nothing_sells_the_row_is_refused():
+    with pytest.raises(UsageError, match="--region: any: the aws catalog knows no region"):
+        attempts(_priced(), clouds.get("aws"), _t4_index({}))
+
+
+def test_price_over_a_list_keeps_its_regions_and_orders_them():
+    spec = _priced(any_region=False, region="us-east-1", fallback_regions=("us-west-2",))
+    found = attempts(spec, clouds.get("aws"), _t4_index(PRICED))
+    assert [a.placement.region for a in found] == ["us-west-2"] * 2 + ["us-east-1"] * 3

@@ -581,3 +581,22 @@ def test_an_empty_padded_or_second_data_identity_is_refused(changes, flag):
     with pytest.raises(UsageError) as caught:
         _build(**changes)
     assert caught.value.source == flag
+
+
+def test_region_any_and_optimize():
+    from cml_infra.spec import build_spec
+
+    base = {"cloud": "aws", "name": "box-1", "idle_timeout": "5m", "ttl": "1h", "single": False,
+            "labels": (), "command": ("true",)}  # fmt: skip
+    spec = build_spec(**base, region="any")
+    assert (spec.region, spec.any_region, spec.optimize, spec.attempt_timeout) == (
+        None, True, "price", 300,
+    )  # fmt: skip
+    listed = build_spec(**base, region="us-east-1,us-west-2", optimize="price")
+    assert (listed.regions, listed.optimize) == (("us-east-1", "us-west-2"), "price")
+    assert build_spec(**base, region=None).optimize == "order"
+    assert build_spec(**base, region=None, attempt_timeout="90s").attempt_timeout == 90
+    with pytest.raises(UsageError, match="--optimize: unknown optimization 'cheap'"):
+        build_spec(**base, region=None, optimize="cheap")
+    with pytest.raises(UsageError, match="--region: 'any,us-east-1'"):
+        build_spec(**base, region="any,us-east-1")
