@@ -44,8 +44,17 @@ Cloud = Annotated[
 Region = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="Region, or a comma-separated list that up tries in order while a region "
-                      "has no capacity or quota; default: the cloud's default.",
+                      "has no capacity or quota, or 'any': every region the catalog knows to "
+                      "sell it; default: the cloud's default.",
                  envvar="CML_INFRA_REGION", rich_help_panel=PLACEMENT),
+]  # fmt: skip
+Optimize = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="How up orders the placements (region, zone, market) it may try: 'order' "
+                      "(the regions as given) or 'price' (cheapest first by the catalog's "
+                      "prices, the first 8 per market that fit --budget); default: price with "
+                      "--region any, else order.", envvar="CML_INFRA_OPTIMIZE",
+                 rich_help_panel=PLACEMENT),
 ]  # fmt: skip
 Name = Annotated[
     Optional[str],  # noqa: UP045
@@ -107,8 +116,17 @@ OnDemandFallback = Annotated[
 Budget = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="Refuse to start when the hourly price times --ttl could exceed this many "
-                      "USD (every fallback must fit too).", envvar="CML_INFRA_BUDGET",
+                      "USD (every fallback must fit too; with --optimize price, those that do "
+                      "not are left out).", envvar="CML_INFRA_BUDGET",
                  rich_help_panel=PLACEMENT),
+]  # fmt: skip
+AttemptTimeout = Annotated[
+    str,
+    typer.Option(help="Interrupt an attempt's terraform apply after this long, destroy what it "
+                      "made and try the next placement. Default 5m: a GPU VM takes a minute or "
+                      "two on AWS and GCP, several on Azure, while a hung region would hold up "
+                      "for the provider's 10-20 minute timeout.",
+                 envvar="CML_INFRA_ATTEMPT_TIMEOUT", rich_help_panel=LIFETIME),
 ]  # fmt: skip
 Image = Annotated[
     Optional[str],  # noqa: UP045
@@ -302,6 +320,7 @@ SPEC_OPTIONS: dict[str, tuple[Any, Any]] = {
     "spot": (Spot, False),
     "max_price": (MaxPrice, None),
     "on_demand_fallback": (OnDemandFallback, False),
+    "optimize": (Optimize, None),
     "budget": (Budget, None),
     "image": (Image, None),
     "tags": (Tags, None),
@@ -340,6 +359,7 @@ LAUNCH_OPTIONS: dict[str, tuple[Any, Any]] = {
     "github_app_id": (GithubAppId, None),
     "github_app_key": (GithubAppKey, None),
     "wait": (Wait, True),
+    "attempt_timeout": (AttemptTimeout, "5m"),
     "reuse_idle": (ReuseIdle, False),
     "terraform": (TerraformOpt, None),
     "json_output": (JsonOpt, False),
@@ -477,19 +497,64 @@ def render(
     commands.render(command or [], output, flags)
 
 
-@app.command()
+# `catalog` alone lists the catalog; `catalog refresh` rewrites the user's copy of it.
+catalog_app = typer.Typer(
+    name="catalog", add_completion=False, rich_markup_mode=None,
+    pretty_exceptions_show_locals=False,
+)  # fmt: skip
+app.add_typer(catalog_app)
+
+
+@catalog_app.callback(invoke_without_command=True)
 def catalog(
+    ctx: typer.Context,
     *,
     cloud: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Only this cloud (aws, gcp, azure).", envvar="CML_INFRA_CLOUD"),
     ] = None,
+    region: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Prices in this region, or `all` (default: each cloud's default)."),
+    ] = None,
     json_output: JsonOpt = False,
+    state_dir: StateDirOpt = None,
 ) -> None:
-    """Instance types per GPU and size, with on-demand and spot $/h and the prices' date."""
+    """Instance types per GPU and size, with on-demand and spot $/h in a region, where each price
+    comes from (packaged / refreshed) and its age (over 7 days: flagged)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from cml_infra import commands
 
-    commands.catalog(cloud=cloud, json_output=json_output)
+    commands.catalog(cloud=cloud, json_output=json_output, region=region, state_dir=state_dir)
+
+
+@catalog_app.command("refresh")
+def catalog_refresh(
+    *,
+    cloud: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Only this cloud (aws, gcp, azure); default: every cloud that can be "
+            "refreshed with the credentials at hand."
+        ),
+    ] = None,
+    region: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--region",
+            help="Only these regions of --cloud (repeatable or "
+            "comma-separated); default: every region the account "
+            "can use.",
+        ),
+    ] = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Fetch where each catalog row is sold and its on-demand and spot prices, with your
+    credentials, into the state dir's catalog, which overrides the packaged one."""
+    from cml_infra import commands
+
+    commands.catalog_refresh(cloud=cloud, regions=region, state_dir=state_dir)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import typer
 
 from cml_infra import ui
 from cml_infra.errors import CmlInfraError, UsageError
-from cml_infra.state import StateDir, resolve_state_dir, user_path
+from cml_infra.state import CATALOG_STATE_DIR, StateDir, resolve_state_dir, user_path
 from cml_infra.ui import reported
 
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ STATUS_COLUMNS = (
     "cost_usd", "labels",
 )  # fmt: skip
 CATALOG_COLUMNS = (
-    "cloud", "gpu", "size", "instance_type", "vcpus", "memory_gib", "price", "spot_price", "as_of",
+    "cloud", "gpu", "size", "instance_type", "vcpus", "memory_gib", "region", "price",
+    "spot_price", "source", "as_of", "age",
 )  # fmt: skip
 CLEANUP_COLUMNS = (
     "kind", "cloud", "region", "name", "launch", "rule", "reason", "result", "hourly_price",
@@ -40,10 +41,13 @@ _LAUNCH_ONLY = (
 
 
 def _state(state_dir: str | None, backend: str | None = None) -> StateDir:
-    """The ledger: the state dir, or a backend with a work area in it."""
+    """The ledger: the state dir, or a backend with a work area in it. Placements resolved
+    from here on are priced with the state dir's refreshed catalog, if it has one."""
     from cml_infra.backends import open_ledger
 
-    return open_ledger(StateDir(resolve_state_dir(state_dir)), backend)
+    root = resolve_state_dir(state_dir)
+    CATALOG_STATE_DIR.set(root)
+    return open_ledger(StateDir(root), backend)
 
 
 def _secret(token: str | None, app: tuple[str | None, str | None]) -> Secret:
@@ -97,7 +101,7 @@ def up(command: Sequence[str], flags: dict[str, Any]) -> None:
 
 def _summary(spec: RunnerSpec, record: RunnerRecord) -> str:
     from cml_infra import cost
-    from cml_infra.spec import format_duration
+    from cml_infra.spec import OPTIMIZE_PRICE, format_duration
 
     text = (
         f"{record.name} is running on {record.cloud} ({record.region}, {record.instance_type}); "
@@ -111,6 +115,8 @@ def _summary(spec: RunnerSpec, record: RunnerRecord) -> str:
             f"; ${record.hourly_price:.4f}/h {market} (catalog estimate), "
             f"at most ${cost.ceiling(record.hourly_price, spec.ttl):.2f} before the ttl ends it"
         )
+    if spec.optimize == OPTIMIZE_PRICE:
+        text += "; placed by --optimize price (cheapest first with capacity)"
     return text
 
 
@@ -209,22 +215,50 @@ def render(command: Sequence[str], output: str, flags: dict[str, Any]) -> None:
     launch = lifecycle.render_only(spec, _state(flags["state_dir"], flags["backend"]), out)
     first = launch.attempts[0].placement
     price = f", ${first.hourly_price:.4f}/h {first.market}" if first.hourly_price else ""
+    order = ""
+    if spec.optimize == "price":  # spec.OPTIMIZE_PRICE
+        from cml_infra import placement
+
+        order = f" ({placement.describe(spec, launch.attempts)})"
     ui.info(
-        f"rendered {spec.name} for {spec.cloud}: {first.instance_type} in {first.where}{price}; "
-        f"to apply: terraform -chdir={out} init && terraform -chdir={out} apply"
+        f"rendered {spec.name} for {spec.cloud}: {first.instance_type} in {first.where}{price}"
+        f"{order}; to apply: terraform -chdir={out} init && terraform -chdir={out} apply"
     )
     ui.result(str(out))
 
 
 @reported
-def catalog(*, cloud: str | None, json_output: bool) -> None:
+def catalog(
+    *, cloud: str | None, json_output: bool, region: str | None = None,
+    state_dir: str | None = None,
+) -> None:  # fmt: skip
     from cml_infra import queries
+    from cml_infra.state import resolve_state_dir
 
-    rows = queries.catalog_rows(queries.catalog_clouds(cloud))
+    rows = queries.catalog_rows(queries.catalog_clouds(cloud), region, resolve_state_dir(state_dir))
+    if region not in (None, "all") and not rows:
+        raise UsageError("--region", f"no catalog sells anything in {region!r}")
     if json_output:
         ui.emit_json(rows)
     else:
-        ui.table(rows, CATALOG_COLUMNS, money=("price", "spot_price"))
+        # Prices older than a week are flagged where they are read.
+        shown = [{**row, "age": f"{row['age_days']}d" + (" STALE" if row["stale"] else "")}
+                 for row in rows]  # fmt: skip
+        ui.table(shown, CATALOG_COLUMNS, money=("price", "spot_price"))
+
+
+@reported
+def catalog_refresh(
+    *, cloud: str | None, regions: Sequence[str] | None, state_dir: str | None
+) -> None:
+    from cml_infra.catalog.refresh import run
+
+    # Every flag checked before any cloud is asked.
+    root = resolve_state_dir(state_dir)
+    clouds = run.clouds(cloud)
+    wanted = run.regions_of(regions, clouds)
+    for done in run.refresh(clouds, wanted, root, ui.warn, named=cloud is not None):
+        ui.result(done.summary())
 
 
 @reported

@@ -341,7 +341,7 @@ def no_cloud_credentials(monkeypatch, tmp_path):
 
 
 def test_catalog_json_lists_every_cloud_with_prices_and_date():
-    from cml_infra.catalog import load
+    from cml_infra.catalog import hourly, load, offerings_of
 
     result = invoke("catalog", "--json")
     assert result.exit_code == 0, result.output
@@ -354,12 +354,16 @@ def test_catalog_json_lists_every_cloud_with_prices_and_date():
         assert [row["instance_type"] for row in ours] == [
             offer.instance_type for offer in catalog.instance_types
         ]
+        index = offerings_of(cloud)
         for row, offer in zip(ours, catalog.instance_types, strict=True):
-            assert row["price"] == offer.price
-            assert row["spot_price"] == offer.spot_price
-            assert row["as_of"] == catalog.as_of.isoformat()
-            assert row["region"] == catalog.default_region
-            assert row["source"] == catalog.source
+            # The offerings' figure in the default region, else the yaml's fallback.
+            region = catalog.default_region
+            figure = index.cheapest(offer.id, region, False)
+            assert row["price"] == hourly(offer, index, region, False)
+            assert row["spot_price"] == hourly(offer, index, region, True)
+            assert row["as_of"] == (figure.as_of if figure else catalog.as_of).isoformat()
+            assert row["region"] == region
+            assert row["source"] == ("packaged" if figure else "catalog yaml")
     by_key = {(row["cloud"], row["gpu"] or row["size"]): row for row in rows}
     assert by_key[("aws", "t4:1")]["instance_type"] == "g4dn.xlarge"
     assert by_key[("gcp", "t4:1")]["accelerator"] == "nvidia-tesla-t4"
