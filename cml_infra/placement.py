@@ -110,7 +110,7 @@ def attempts(spec: RunnerSpec, cloud: Cloud, index: Index | None = None) -> list
         if price:
             placements = sorted(placements, key=_price_key)  # stable: ties keep the given order
             considered += placements
-            placements = _within_budget(placements, spec)[:MAX_PRICED_PER_MARKET]
+            placements = _within_budget(_under_cap(placements), spec)[:MAX_PRICED_PER_MARKET]
         found += placements
     if spec.any_region and not considered:
         raise UsageError(
@@ -154,7 +154,8 @@ def _priced_zones(
     # one for the region (`None`, the cloud's pick, is at the region's best).
     cheapest = index.cheapest(offer, placement.region, placement.spot)
     region_price = cheapest.usd if cheapest else placement.hourly_price
-    if figures:
+    # A cloud that takes no zone (Azure's module: Azure places the VM) keeps one placement.
+    if figures and zones:
         sold = index.zones(offer, placement.region, placement.spot)
         zones = (*(zone for zone in zones if zone is None), *sold)
     return [
@@ -203,7 +204,25 @@ def _within_budget(placements: list[Placement], spec: RunnerSpec) -> list[Placem
     ]
 
 
+def _under_cap(placements: list[Placement]) -> list[Placement]:
+    """Those a spot request capped at --max-price can get: a placement whose catalog spot price
+    is above its cap would only fail there (an unpriced one is tried)."""
+    return [
+        p
+        for p in placements
+        if p.max_price is None or p.hourly_price is None or p.hourly_price <= p.max_price
+    ]
+
+
 def _nothing_fits(considered: list[Placement], spec: RunnerSpec) -> UsageError:
+    if spec.max_price is not None and not _under_cap(considered):
+        cheapest = min(considered, key=_price_key)
+        return UsageError(
+            "--max-price",
+            f"every spot placement of {_what(spec)} costs more than ${spec.max_price:.4f}/h in "
+            f"the catalog (the cheapest: {cheapest.where} at ${cheapest.hourly_price or 0:.4f}/h)"
+            "; raise --max-price or drop it",
+        )
     priced = [p for p in considered if p.hourly_price is not None]
     if not priced:
         return UsageError(

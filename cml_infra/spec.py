@@ -553,6 +553,12 @@ class RunnerSpec:
         return (self.region, *self.fallback_regions)
 
     @property
+    def one_region(self) -> bool:
+        """Whether `up` stays in one region (neither fallback regions nor `--region any`): what
+        a subnet, which lives in one region, needs."""
+        return len(self.regions) == 1 and not self.any_region
+
+    @property
     def data_identities(self) -> dict[str, str]:
         """The data identity flags given, flag → value (at most one, see build_spec)."""
         return _given_identities(self.instance_profile, self.service_account, self.identity)

@@ -160,7 +160,10 @@ def load(cloud: str) -> Catalog:
     import yaml
 
     text = path(cloud).read_text(encoding="utf-8")
-    return Catalog.model_validate(yaml.safe_load(text))
+    # libyaml's loader where PyYAML was built with it: a third of the pure-Python one's time,
+    # which every placement resolution pays once.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return Catalog.model_validate(yaml.load(text, Loader=loader))
 
 
 # Prices older than this are flagged: spot prices move hourly, list prices every few months.
@@ -192,19 +195,23 @@ def _packaged(cloud: str) -> Offerings:
 def _user(cloud: str, state_dir: Path | None) -> Offerings | None:
     """The user catalog, when there is a usable one: a corrupt file is one warning line and the
     packaged data is used; a stale one is used and flagged."""
-    from cml_infra import ui
-    from cml_infra.catalog.offerings import Offerings
-
     if state_dir is None:
         return None
     file = user_offerings_path(cloud, state_dir)
+    # ui is imported only when there is a file: it brings the CLI's imports, which resolving a
+    # placement otherwise has no need of.
     try:
         data = file.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
+        from cml_infra import ui
+
         ui.warn(f"{file}: unreadable ({exc.strerror}); using the packaged {cloud} catalog")
         return None
+    from cml_infra import ui
+    from cml_infra.catalog.offerings import Offerings
+
     try:
         found = Offerings.from_json(data)
         if found.cloud != cloud:
@@ -285,14 +292,14 @@ def known_regions(catalog: Catalog, index: Index) -> list[str]:
 def resolve_region(catalog: Catalog, index: Index, region: str | None, *, insist: bool) -> str:
     """`region`, checked against the known regions; one the data does not know is accepted only
     when the user insists (a native --type) and then with a warning, never silently."""
-    from cml_infra import ui
-
     if region is None:
         return catalog.default_region
     known = known_regions(catalog, index)
     if region in known:
         return region
     if insist:
+        from cml_infra import ui  # only to warn: it brings the CLI's imports
+
         ui.warn(f"--region {region}: not in the {catalog.cloud} catalog; used as given because "
                 "--type names the instance type (the cloud has the last word)")  # fmt: skip
         return region

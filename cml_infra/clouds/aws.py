@@ -129,11 +129,11 @@ class AwsCloud(VmCloud):
                 f"{subnet!r} is not a subnet id ('subnet-' and 8 or 17 hex digits: "
                 "subnet-0123456789abcdef0)",
             )
-        if subnet is not None and len(spec.regions) > 1:
+        if subnet is not None and not spec.one_region:
             raise UsageError(
                 "--subnet-id",
                 f"{subnet} is in one region: give that region alone as --region, without "
-                "fallback regions",
+                "fallback regions or `any`",
             )
         for group in network.security_group_ids:
             if not _SECURITY_GROUP_ID.fullmatch(group):

@@ -136,11 +136,11 @@ class AzureCloud(VmCloud):
                 f"{subnet!r} is not a subnet's resource id (/subscriptions/…/resourceGroups/…/"
                 "providers/Microsoft.Network/virtualNetworks/…/subnets/…)",
             )
-        if subnet is not None and len(spec.regions) > 1:
+        if subnet is not None and not spec.one_region:
             raise UsageError(
                 "--subnet-id",
                 "a virtual network is in one region: give its region alone as --region, "
-                "without fallback regions",
+                "without fallback regions or `any`",
             )
         if not network.public_ip and subnet is None:
             raise UsageError(
@@ -148,6 +148,12 @@ class AzureCloud(VmCloud):
                 "the module's own network has no outbound access but the public IP: give "
                 "--subnet-id of a subnet with a NAT gateway",
             )
+
+    def zones(self, region: str) -> tuple[str | None, ...]:
+        """None to choose: the module takes no zone and Azure places the VM in the region, so
+        the zones a refreshed catalog lists (Resource SKUs name them) are no attempts of their
+        own."""
+        return ()
 
     def self_destroy(self) -> tuple[str, ...]:
         return ("@azure-delete-resource-group",)

@@ -3,6 +3,10 @@
 Start-up, 20 runs each (--startup-runs), interleaved, each against its target (0.15 s):
 `cml-infra --help`, `cml-infra up --help`, and `cml-infra status` on an empty state dir.
 
+Catalog resolution, --runs fresh processes per cloud: `--region any --optimize price` over
+every region the cloud's catalog knows (its imports apart, then reading the data and the walk;
+target 50 ms). A cloud whose packaged offerings sell nothing yet is said, not measured.
+
 The lifecycle on the local cloud with real Terraform, 7 runs (--runs), interleaved (which side
 goes first alternates), each side in a fresh state dir of its own:
 - `cml-infra up --cloud local --idle-timeout 1h --name NAME -- sleep 600`, then
@@ -423,6 +427,48 @@ def startup(env: dict[str, str], runs: int) -> None:
         line(label, values, target, verdict(samples.median(label), STARTUP_TARGET))
 
 
+# One process per sample: the catalog's imports, then the data read and a `--region any
+# --optimize price` walk over every region the cloud's catalog knows (cold: nothing cached).
+RESOLVE_TARGET = 0.05
+RESOLVE_SCRIPT = """
+import sys, time
+start = time.perf_counter()
+from cml_infra import catalog, clouds, placement
+from cml_infra.spec import build_spec
+imported = time.perf_counter()
+cloud = clouds.get(sys.argv[1], None)
+spec = build_spec(cloud=sys.argv[1], name="bench-1", region="any", idle_timeout="5m", ttl="1h",
+                  single=False, labels=(), command=("true",), gpu=sys.argv[2], spot=True)
+index = catalog.offerings_of(sys.argv[1], None)
+found = placement.attempts(spec, cloud, index)
+done = time.perf_counter()
+print(imported - start, done - imported, len(found), len(index.offerings.regions))
+"""
+
+
+def resolution(env: dict[str, str], runs: int) -> None:
+    """Resolving `--region any --optimize price` over one cloud's whole catalog, per cloud."""
+    header(f"catalog resolution, --region any --optimize price ({runs} runs, fresh processes)")
+    for cloud, gpu in (("aws", "a10g:4"), ("gcp", "t4"), ("azure", "t4")):
+        imports, walks = [], []
+        shape = ""
+        for _ in range(runs):
+            try:
+                answer = run([sys.executable, "-c", RESOLVE_SCRIPT, cloud, gpu], env)
+            except BenchError as exc:
+                # A cloud whose packaged offerings sell nothing yet: said, not fatal.
+                print(f"  {cloud}: not measured: {str(exc).strip().splitlines()[-1]}")
+                break
+            first, second, placements, regions = answer.stdout.split()
+            imports.append(float(first))
+            walks.append(float(second))
+            shape = f"{placements} placements over {regions} regions"
+        else:
+            line(f"{cloud} imports", imports)
+            line(f"{cloud} data + walk ({shape})", walks, f"<= {RESOLVE_TARGET * 1000:.0f}ms",
+                 verdict(statistics.median(walks), RESOLVE_TARGET))  # fmt: skip
+
+
 def lifecycle(env: dict[str, str], runs: int) -> None:
     if TERRAFORM is None:
         print("lifecycle: skipped, no terraform or tofu on PATH")
@@ -488,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             describe(env)
             startup(env, args.startup_runs)
+            resolution(env, args.runs)
             lifecycle(env, args.runs)
         except BenchError as exc:
             print(f"bench failed: {exc}", file=sys.stderr)

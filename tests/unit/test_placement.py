@@ -251,6 +251,41 @@ def test_price_with_a_budget_nothing_fits_names_the_cheapest():
         attempts(_priced(ttl=36000, budget=0.5), clouds.get("aws"), _t4_index(PRICED))
 
 
+def test_price_leaves_out_spot_placements_over_max_price():
+    found = attempts(_priced(max_price=0.25), clouds.get("aws"), _t4_index(PRICED))
+    assert {a.placement.hourly_price for a in found} == {0.10, 0.20}
+
+
+def test_price_with_every_spot_placement_over_max_price_is_refused():
+    with pytest.raises(UsageError, match=r"^--max-price: every spot placement of t4:1 costs "
+                       r"more than \$0.0500/h .*us-west-2 \(spot\) at \$0.1000/h"):  # fmt: skip
+        attempts(_priced(max_price=0.05), clouds.get("aws"), _t4_index(PRICED))
+
+
+def test_price_on_a_cloud_that_takes_no_zone_makes_one_placement_per_region():
+    # Azure's Resource SKUs name zones, but its module takes none: zones are no attempts.
+    from datetime import datetime, timezone
+
+    from cml_infra.catalog.offerings import Figure, Index, Offering, Offerings, Source
+
+    def sold(region: str, zone: str, usd: float) -> Offering:
+        figure = Figure(usd=usd, source="test", as_of=datetime(2025, 11, 30).date())
+        return Offering(offer="Standard_NC4as_T4_v3", region=region, zone=zone, spot=figure)
+
+    index = Index(Offerings(
+        cloud="azure", generated_at=datetime(2025, 11, 30, tzinfo=timezone.utc),
+        sources={"test": Source(what="figures made up for this test")},
+        regions={"eastus": ["1", "2"], "westus2": ["1"]},
+        offerings=[sold("eastus", "1", 0.3), sold("eastus", "2", 0.2), sold("westus2", "1", 0.1)],
+    ))  # fmt: skip
+    spec = _spec("azure", gpu="t4", gpu_count=1, spot=True, any_region=True, optimize="price")
+    found = attempts(spec, clouds.get("azure"), index)
+    assert [(a.placement.region, a.placement.zone, a.placement.hourly_price) for a in found] == [
+        ("westus2", None, 0.1),
+        ("eastus", None, 0.2),
+    ]
+
+
 def test_price_caps_each_market_at_its_cheapest_few():
     from cml_infra.placement import MAX_PRICED_PER_MARKET
 

@@ -202,6 +202,16 @@ def test_aws_a_subnet_fixes_the_region():
         resolve(clouds.get("aws"), spec)
 
 
+@pytest.mark.parametrize(
+    ("cloud", "subnet"), [("aws", SUBNET), ("azure", AZURE_SUBNET)]
+)  # fmt: skip
+def test_a_subnet_is_refused_with_region_any(cloud, subnet):
+    # `any` walks every region; a subnet lives in one.
+    spec = spec_on(cloud, region=None, any_region=True, network=Network(subnet_id=subnet))
+    with pytest.raises(UsageError, match=r"^--subnet-id: .*without fallback regions or `any`"):
+        resolve(clouds.get(cloud), spec)
+
+
 def test_aws_in_a_subnet_up_tries_no_other_zone():
     from cml_infra.placement import attempts
 
