@@ -25,12 +25,12 @@ import copy
 import hashlib
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from api_subset import arguments, finish, needed, pick_paths, refs
+
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "github-subset.json"
-METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 REF_PREFIX = "#/components/"
 
 
@@ -43,68 +43,23 @@ def _strip_octokit(node: Any) -> Any:
     return node
 
 
-def _refs(node: Any) -> list[tuple[str, str]]:
-    """The (section, name) of every `#/components/SECTION/NAME` reference under `node`."""
-    found: list[tuple[str, str]] = []
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str):
-            if not ref.startswith(REF_PREFIX):
-                raise SystemExit(f"unsupported $ref {ref!r}: only {REF_PREFIX}... is followed")
-            section, _, name = ref[len(REF_PREFIX) :].partition("/")
-            found.append((section, name.replace("~1", "/").replace("~0", "~")))
-        for value in node.values():
-            found += _refs(value)
-    elif isinstance(node, list):
-        for value in node:
-            found += _refs(value)
-    return found
-
-
 def cut(source: dict[str, Any], operations: list[str], info: dict[str, Any]) -> dict[str, Any]:
     """The subset of `source` holding `operations` (operationIds) and what they reference."""
-    wanted = set(operations)
-    paths: dict[str, Any] = {}
-    seen: set[str] = set()
-    for path, item in source["paths"].items():
-        kept = {
-            method: op
-            for method, op in item.items()
-            if method in METHODS and op.get("operationId") in wanted
-        }
-        if kept:
-            # Parameters shared by all of a path's operations belong with them.
-            shared = {k: v for k, v in item.items() if k not in METHODS}
-            paths[path] = _strip_octokit({**shared, **kept})
-            seen.update(op["operationId"] for op in kept.values())
-    missing = [op for op in operations if op not in seen]
-    if missing:
-        raise SystemExit(f"not in the source description: {', '.join(missing)}")
-
+    paths = pick_paths(source, operations, _strip_octokit)
     components = source["components"]
-    needed: set[tuple[str, str]] = set()
-    queue = _refs(paths)
-    while queue:
-        key = queue.pop()
-        if key in needed:
-            continue
-        section, name = key
-        if name not in components.get(section, {}):
-            raise SystemExit(f"dangling reference #/components/{section}/{name}")
-        needed.add(key)
-        queue += _refs(components[section][name])
+    kept = needed(paths, components, lambda node: refs(node, REF_PREFIX), REF_PREFIX)
     kept_components = {
         section: {
             name: _strip_octokit(value)
             for name, value in entries.items()
-            if (section, name) in needed
+            if (section, name) in kept
         }
         for section, entries in components.items()
     }
     used_tags = {
         tag for item in paths.values() for op in item.values() for tag in op.get("tags", ())
     }
-    out: dict[str, Any] = {
+    return {
         "openapi": source["openapi"],
         "info": info,
         "tags": [t for t in source.get("tags", []) if t["name"] in used_tags],
@@ -114,20 +69,12 @@ def cut(source: dict[str, Any], operations: list[str], info: dict[str, Any]) -> 
         "paths": paths,
         "components": {k: v for k, v in kept_components.items() if v},
     }
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("source", type=Path, help="generated/api.github.com.json of the package")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the subset file")
-    parser.add_argument("--add", action="append", default=[], metavar="OPERATION_ID")
-    parser.add_argument(
-        "--extracted",
-        default=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        help="the date recorded in info.x-derived-from.extracted (default: today, UTC)",
-    )
-    parser.add_argument("--check", action="store_true", help="compare, write nothing")
+    arguments(parser, DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
 
     raw = args.source.read_bytes()
@@ -141,17 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check:
         derived["extracted"] = args.extracted
     subset = cut(source, operations, info)
-
-    if args.check:
-        if subset != current:
-            print(f"{args.output} differs from a fresh cut of {args.source}", file=sys.stderr)
-            return 1
-        print(f"{args.output}: {len(operations)} operations, as cut")
-        return 0
-    args.output.write_text(json.dumps(subset, indent=1, ensure_ascii=False) + "\n", "utf-8")
     counts = ", ".join(f"{len(v)} {k}" for k, v in subset["components"].items())
-    print(f"{args.output}: {len(operations)} operations, {len(subset['paths'])} paths, {counts}")
-    return 0
+    return finish(args, subset, current, counts)
 
 
 if __name__ == "__main__":
