@@ -279,9 +279,10 @@ def offerings_of(cloud: str, state_dir: Path | None = None) -> Index:
     return _INDEXES[key]
 
 
-# The state dir whose user catalog resolution reads (set by the command that knows it, kept in
-# state.py so that setting it imports no catalog); None: the packaged offerings only.
-USER_STATE_DIR = CATALOG_STATE_DIR
+def current_offerings(cloud: str) -> Index:
+    """The offerings placements are priced with: over the packaged ones, the user catalog of
+    the state dir the command set (state.CATALOG_STATE_DIR; none set: the packaged only)."""
+    return offerings_of(cloud, CATALOG_STATE_DIR.get())
 
 
 def known_regions(catalog: Catalog, index: Index) -> list[str]:

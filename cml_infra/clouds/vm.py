@@ -52,7 +52,7 @@ class VmCloud(Cloud):
         from cml_infra import catalog as catalogs
 
         catalog = self.catalog
-        index = catalogs.offerings_of(self.name, catalogs.USER_STATE_DIR.get())
+        index = catalogs.current_offerings(self.name)
         # A region the data does not know is taken only when --type says the user insists.
         region = catalogs.resolve_region(
             catalog, index, region, insist=spec.instance_type is not None
@@ -125,9 +125,7 @@ class VmCloud(Cloud):
         from cml_infra import catalog
 
         zones = tuple(self.catalog.regions.get(region, ())) or tuple(
-            catalog.offerings_of(self.name, catalog.USER_STATE_DIR.get()).offerings.regions.get(
-                region, ()
-            )
+            catalog.current_offerings(self.name).offerings.regions.get(region, ())
         )
         return zones if self.ZONE_REQUIRED or not zones else (None, *zones)
 

@@ -128,8 +128,7 @@ def _offerings(spec: RunnerSpec, cloud: Cloud) -> Index | None:
         return None
     from cml_infra import catalog
 
-    # The user's refreshed catalog over the packaged one: the state dir the command set.
-    return catalog.offerings_of(cloud.name, catalog.USER_STATE_DIR.get())
+    return catalog.current_offerings(cloud.name)
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -97,7 +97,7 @@ def _user_file(state_dir: Path, *, usd: float, generated_at: datetime) -> Path:
 
 
 def test_the_user_catalog_wins_per_offer_region_and_zone(tmp_path, capsys):
-    _user_file(tmp_path, usd=1.25, generated_at=datetime.now(UTC))
+    _user_file(tmp_path, usd=1.25, generated_at=datetime.now(timezone.utc))
     packaged = cat.offerings_of("aws")
     index = cat.offerings_of("aws", tmp_path)
     figure = index.cheapest("g5.12xlarge", "eu-west-2", spot=True)
@@ -122,7 +122,8 @@ def test_a_corrupt_user_catalog_is_one_line_and_the_packaged_one_is_used(tmp_pat
 
 
 def test_a_stale_user_catalog_is_used_and_flagged(tmp_path, capsys):
-    file = _user_file(tmp_path, usd=1.25, generated_at=datetime.now(UTC) - timedelta(days=9))
+    nine_days_ago = datetime.now(timezone.utc) - timedelta(days=9)
+    file = _user_file(tmp_path, usd=1.25, generated_at=nine_days_ago)
     index = cat.offerings_of("aws", tmp_path)
     assert index.cheapest("g5.12xlarge", "eu-west-2", spot=True).usd == 1.25
     err = capsys.readouterr().err
@@ -203,3 +204,19 @@ def test_catalog_rows_say_region_source_and_age():
         index.offerings.regions
     ) | set(cat.load("aws").regions)
     json.dumps(everywhere)
+
+
+def test_render_prices_with_the_state_dirs_refreshed_catalog(tmp_path, monkeypatch):
+    # The command sets the state dir (state.CATALOG_STATE_DIR); resolution reads its catalog.
+    from typer.testing import CliRunner
+
+    from cml_infra.cli import app
+
+    state = tmp_path / "state"
+    _user_file(state, usd=1.25, generated_at=datetime.now(timezone.utc))
+    monkeypatch.setenv("CML_INFRA_CONFIG", "")
+    argv = ["render", "--cloud", "aws", "--gpu", "a10g:4", "--spot", "--region", "eu-west-2",
+            "--state-dir", str(state), "-o", str(tmp_path / "out")]  # fmt: skip
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert "$1.2500/h spot" in result.output
