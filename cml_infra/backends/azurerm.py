@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -27,9 +28,12 @@ from cml_infra.backends.base import (
     Backend,
     BackendError,
     Blob,
+    SignedUrl,
     endpoint_of,
     split,
     unknown_query,
+    url_method,
+    url_seconds,
 )
 from cml_infra.errors import UsageError
 
@@ -42,6 +46,9 @@ _FORBIDDEN = frozenset({401, 403})
 # command that names an unreachable account hanging for a minute before it can say so.
 RETRIES = 4
 CONNECT_SECONDS = 10
+# A user delegation key signs every URL that expires before it does, give or take this much:
+# signing a few URLs in a row should not ask Azure for a key each time.
+_KEY_SLACK = timedelta(minutes=5)
 
 
 @register("azurerm")
@@ -57,6 +64,8 @@ class AzureBlobBackend(Backend):
         self.container = container
         self.endpoint = endpoint
         self._client: Any = None
+        self._service: Any = None
+        self._delegation: tuple[Any, datetime] | None = None
 
     @classmethod
     def parse(cls, url: str) -> AzureBlobBackend:
@@ -90,7 +99,7 @@ class AzureBlobBackend(Backend):
         if self._client is None:
             from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
-            service = BlobServiceClient(
+            self._service = service = BlobServiceClient(
                 self.account_url,
                 credential=self._credential(),
                 retry_policy=ExponentialRetry(
@@ -101,8 +110,11 @@ class AzureBlobBackend(Backend):
             self._client = service.get_container_client(self.container)
         return self._client
 
+    def _account_key(self) -> str | None:
+        return (os.environ.get(KEY_VARIABLE) or None) if self.endpoint else None
+
     def _credential(self) -> Any:
-        key = os.environ.get(KEY_VARIABLE) if self.endpoint else None
+        key = self._account_key()
         if key:
             return {"account_name": self.account, "account_key": key}
         if urlsplit(self.account_url).scheme != "https":
@@ -204,6 +216,56 @@ class AzureBlobBackend(Backend):
         except changed:
             return False
         return True
+
+    def sign(self, relative: str, method: str, seconds: int) -> SignedUrl:
+        """A blob SAS URL (read, or create and write), signed with the account key where the
+        backend uses one (Azurite), else with a user delegation key: once issued it signs for
+        up to 7 days whatever becomes of the Azure AD session that asked for it (which needs
+        generateUserDelegationKey on the account: Storage Blob Data Contributor has it). A PUT
+        must send `x-ms-blob-type: BlockBlob`, which `headers` says."""
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        method = url_method(method)
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        expiry = now + timedelta(seconds=url_seconds(seconds))
+        name = self.key(relative)
+        if method == "GET":
+            permission = BlobSasPermissions(read=True)
+            headers: dict[str, str] = {}
+        else:
+            permission = BlobSasPermissions(create=True, write=True)
+            headers = {"x-ms-blob-type": "BlockBlob"}
+        with self._errors(f"sign a {method} URL for", relative):
+            blob_url = self.client().get_blob_client(name).url
+            account_key = self._account_key()
+            signing: dict[str, Any]
+            if account_key:
+                signing = {"account_key": account_key}
+            else:
+                delegation, key_expiry = self._delegation_key(now, expiry)
+                expiry = min(expiry, key_expiry)
+                signing = {"user_delegation_key": delegation}
+            sas = generate_blob_sas(
+                account_name=self.account,
+                container_name=self.container,
+                blob_name=name,
+                permission=permission,
+                expiry=expiry,
+                # A capability is never good over plain http where the store speaks https.
+                protocol="https" if blob_url.startswith("https://") else None,
+                **signing,
+            )
+        return SignedUrl(f"{blob_url}?{sas}", method, expiry, headers)
+
+    def _delegation_key(self, now: datetime, expiry: datetime) -> tuple[Any, datetime]:
+        """A user delegation key valid from now until about `expiry`, and when it expires:
+        the last one while it lasts long enough."""
+        if self._delegation is not None and self._delegation[1] >= expiry - _KEY_SLACK:
+            return self._delegation
+        self.client()
+        key = self._service.get_user_delegation_key(key_start_time=now, key_expiry_time=expiry)
+        self._delegation = (key, expiry)
+        return self._delegation
 
     def terraform_settings(self, state_key: str) -> dict[str, object]:
         if self.endpoint:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,6 +23,10 @@ from cml_infra.errors import CmlInfraError, UsageError
 SOURCE = "--backend"
 # What a prefix may hold: the keys it makes are also file names in Terraform's own messages.
 _PREFIX = re.compile(r"[A-Za-z0-9._/-]*")
+# How long a signed URL may live: S3 SigV4, GCS V4 and Azure user delegation keys all cap here.
+MAX_URL_SECONDS = 7 * 24 * 3600
+MIN_URL_SECONDS = 60
+METHODS = ("GET", "PUT")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,32 @@ class Blob:
 
     data: bytes
     version: str
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    """A capability to GET or PUT one object with no credential of the store: whoever holds the
+    URL may use it until `expires_at`, so it is a secret (never logged, never in an error)."""
+
+    url: str = field(repr=False)  # a secret: kept out of reprs, and so of tracebacks
+    method: str  # "GET" or "PUT"
+    # UTC: the earlier of the lifetime asked and what the signing credential allows.
+    expires_at: datetime
+    # Headers the request must carry (Azure's x-ms-blob-type on a PUT); {} when none.
+    headers: dict[str, str]
+
+
+def url_seconds(seconds: int) -> int:
+    """A signed URL's lifetime, clamped to [MIN_URL_SECONDS, MAX_URL_SECONDS]."""
+    return max(MIN_URL_SECONDS, min(int(seconds), MAX_URL_SECONDS))
+
+
+def url_method(method: str) -> str:
+    """`GET` or `PUT` (any case); anything else is a programming error here, not bad input."""
+    upper = method.upper()
+    if upper not in METHODS:
+        raise ValueError(f"cannot sign {method!r}: use one of {', '.join(METHODS)}")
+    return upper
 
 
 class Backend(ABC):
@@ -83,6 +114,13 @@ class Backend(ABC):
     def delete(self, relative: str, version: str | None = None) -> bool:
         """Delete an object (only while it is at `version`, when given); False when it was gone
         or had changed."""
+
+    @abstractmethod
+    def sign(self, relative: str, method: str, seconds: int) -> SignedUrl:
+        """A URL that lets a machine with no credential of the store GET or PUT (create or
+        overwrite) the object at `relative` for `seconds` (clamped to [60, MAX_URL_SECONDS]),
+        or less when the signing credential expires sooner: `expires_at` says when. A
+        BackendError (naming the backend and the object, never the URL) when it cannot sign."""
 
     @abstractmethod
     def terraform_settings(self, state_key: str) -> dict[str, object]:

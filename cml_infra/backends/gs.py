@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from cml_infra.backends import register
@@ -24,9 +25,12 @@ from cml_infra.backends.base import (
     Backend,
     BackendError,
     Blob,
+    SignedUrl,
     endpoint_of,
     split,
     unknown_query,
+    url_method,
+    url_seconds,
 )
 from cml_infra.errors import UsageError
 
@@ -40,6 +44,7 @@ _API_PATH = "/storage/v1"
 # checks the URL, gives up sooner: a mistyped endpoint should not keep anyone waiting.
 RETRY_SECONDS = 60.0
 CHECK_RETRY_SECONDS = 10.0
+_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
 
 @register("gs", aliases=("gcs",))
@@ -197,6 +202,63 @@ class GcsBackend(Backend):
         except (PreconditionFailed, NotFound):
             return False
         return True
+
+    def sign(self, relative: str, method: str, seconds: int) -> SignedUrl:
+        """A V4 signed URL (on the endpoint, when there is one), signed by a service account:
+        with its key when the credentials hold one, else through IAM's signBlob, so the URL
+        outlives the session that asked for it (an OIDC token lasts an hour)."""
+        method = url_method(method)
+        lifetime = url_seconds(seconds)
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        with self._errors(f"sign a {method} URL for", relative):
+            signing = self._signing(relative)
+            url = self._blob(relative).generate_signed_url(
+                version="v4",
+                method=method,
+                expiration=timedelta(seconds=lifetime),
+                api_access_endpoint=self.endpoint,
+                **signing,
+            )
+        return SignedUrl(str(url), method, now + timedelta(seconds=lifetime), {})
+
+    def _signing(self, relative: str) -> dict[str, Any]:
+        """generate_signed_url's arguments that say who signs: Application Default Credentials
+        (GOOGLE_APPLICATION_CREDENTIALS first, also with an endpoint, where the client itself
+        is anonymous)."""
+        import google.auth
+        from google.auth.credentials import Signing
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.auth.transport.requests import Request
+
+        try:
+            credentials, _ = google.auth.default(scopes=_SCOPES)
+        except DefaultCredentialsError:
+            raise BackendError(
+                f"{self.url} ({relative}): no Google credentials to sign a URL with: only a "
+                "service account can sign one (set GOOGLE_APPLICATION_CREDENTIALS to its key, "
+                "or run where one is attached or impersonated)"
+            ) from None
+        if isinstance(credentials, Signing):  # a key, or an impersonated service account
+            return {"credentials": credentials}
+        # An attached or federated service account: the token (fresh) lets IAM sign as it,
+        # which needs iam.serviceAccounts.signBlob on it (Service Account Token Creator). A
+        # user's credentials have no such attribute; a VM's says "default" until refreshed.
+        email = getattr(credentials, "service_account_email", None)
+        if email:
+            credentials.refresh(Request())  # type: ignore[no-untyped-call]
+            email = getattr(credentials, "service_account_email", None)
+        if not email or "@" not in email:
+            raise BackendError(
+                f"{self.url} ({relative}): these Google credentials (a user's, or federated with "
+                "no service account) cannot sign a URL: only a service account can, through "
+                "its key (GOOGLE_APPLICATION_CREDENTIALS) or IAM signBlob (an attached one, or "
+                "one impersonated, as workload identity federation can)"
+            )
+        return {
+            "credentials": credentials,
+            "service_account_email": email,
+            "access_token": credentials.token,
+        }
 
     def terraform_settings(self, state_key: str) -> dict[str, object]:
         settings: dict[str, object] = {

@@ -9,20 +9,26 @@ DynamoDB table.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from cml_infra.backends import register
 from cml_infra.backends.base import (
+    MAX_URL_SECONDS,
     SOURCE,
     Backend,
     BackendError,
     Blob,
+    SignedUrl,
     endpoint_of,
     split,
     unknown_query,
+    url_method,
+    url_seconds,
 )
 from cml_infra.errors import UsageError
 
@@ -32,6 +38,13 @@ _REFUSED = frozenset({"AccessDenied", "403", "AllAccessDisabled", "InvalidAccess
                       "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"})  # fmt: skip
 _MISSING = frozenset({"NoSuchBucket", "404"})
 _PRECONDITION = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+# How long temporary credentials whose expiry botocore does not know (a session token from the
+# environment with no AWS_CREDENTIAL_EXPIRATION) are taken to last: STS's default session (and
+# aws-actions/configure-aws-credentials') is one hour. Counted from now it may overstate a
+# session begun earlier; a URL it signed then fails sooner than said, never later.
+UNKNOWN_EXPIRY_SECONDS = 3600
+# Beyond this an expiry is "none": refresh_needed() is False for any horizon when there is none.
+_FOREVER = 100 * 365 * 24 * 3600
 
 
 @register("s3")
@@ -46,6 +59,7 @@ class S3Backend(Backend):
         self._region = region
         self.endpoint = endpoint
         self._client: Any = None
+        self._session: Any = None
 
     @classmethod
     def parse(cls, url: str) -> S3Backend:
@@ -76,22 +90,35 @@ class S3Backend(Backend):
     def terraform_type(self) -> str:
         return "s3"
 
+    def session(self) -> Any:
+        """The boto3 session of the client: its credentials are the ones that sign."""
+        if self._session is None:
+            import boto3
+
+            self._session = boto3.session.Session()
+        return self._session
+
     def client(self) -> Any:
         if self._client is None:
-            import boto3
             from botocore.config import Config
 
             options: dict[str, Any] = {}
             if self.endpoint:
                 options["endpoint_url"] = self.endpoint
             # Path style for any endpoint: an S3-compatible store rarely serves virtual hosts.
-            addressing = "path" if self.endpoint else "auto"
+            # On AWS, virtual (path style still for names with dots): "auto" presigns on the
+            # global host, which redirects a PUT to a bucket outside us-east-1.
+            addressing = "path" if self.endpoint else "virtual"
             config = Config(
+                # Presigned URLs too: botocore presigns with SigV2 unless told.
+                signature_version="s3v4",
                 retries={"mode": "standard", "max_attempts": 5},
                 s3={"addressing_style": addressing},
                 max_pool_connections=32,
             )
-            self._client = boto3.client("s3", region_name=self.region, config=config, **options)
+            self._client = self.session().client(
+                "s3", region_name=self.region, config=config, **options
+            )
         return self._client
 
     def check(self) -> None:
@@ -172,6 +199,45 @@ class S3Backend(Backend):
         except ClientError:
             return False
         return True
+
+    def sign(self, relative: str, method: str, seconds: int) -> SignedUrl:
+        """A SigV4 presigned URL, on the client's endpoint and addressing style. It stops
+        working when the credentials that signed it expire, so it is signed for no longer."""
+        method = url_method(method)
+        with self._errors(f"sign a {method} URL for", relative):
+            lifetime = min(url_seconds(seconds), self._credential_seconds(relative))
+            now = datetime.now(timezone.utc).replace(microsecond=0)
+            url = self.client().generate_presigned_url(
+                "get_object" if method == "GET" else "put_object",
+                Params={"Bucket": self.bucket, "Key": self.key(relative)},
+                ExpiresIn=lifetime,
+                HttpMethod=method,
+            )
+        return SignedUrl(str(url), method, now + timedelta(seconds=lifetime), {})
+
+    def _credential_seconds(self, relative: str) -> int:
+        """How long the client's credentials stay valid, as far as it matters to a URL."""
+        from botocore.credentials import RefreshableCredentials
+
+        credentials = self.session().get_credentials()
+        if credentials is None:
+            raise BackendError(f"{self.url} ({relative}): no AWS credentials to sign a URL with")
+        # Loads deferred credentials and renews ones about to expire, before they are read.
+        frozen = credentials.get_frozen_credentials()
+        if not frozen.token:
+            return MAX_URL_SECONDS  # long-term keys: a URL lives as long as SigV4 allows
+        if not isinstance(credentials, RefreshableCredentials) or not credentials.refresh_needed(
+            _FOREVER
+        ):
+            return UNKNOWN_EXPIRY_SECONDS
+        # botocore keeps the expiry private; refresh_needed(n), public, says whether fewer than
+        # n seconds are left, so the first n for which it is true is one more than what is left.
+        left = bisect.bisect_left(
+            range(MAX_URL_SECONDS + 1), True, key=lambda n: credentials.refresh_needed(n)
+        )
+        if left <= 1:
+            raise BackendError(f"{self.url} ({relative}): the AWS credentials have expired")
+        return left - 1
 
     def terraform_settings(self, state_key: str) -> dict[str, object]:
         settings: dict[str, object] = {
