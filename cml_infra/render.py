@@ -12,7 +12,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,11 +109,43 @@ def hcl_templates(modules_dir: Path | None = None) -> Environment:
     return _environment(hcl_string, packaged.template_dirs(modules_dir))
 
 
-def agent_files() -> dict[str, str]:
-    """The agent package's modules by file name, as the startup script writes them."""
+# Modules an instance needs only in runner mode, for a task's workdir or outputs, to report.
+RUNNER_MODULES = ("github_runner.py",)
+TASK_MODULES = ("task.py",)
+REPORT_MODULES = ("report.py",)
+# Needed only where there are GPUs to wait for or Docker to install (agent/host.py).
+HOST_MODULES = ("host.py",)
+# The cloud hooks' HTTP clients (agent/hooks_http.py), needed only with a cloud hook.
+HOOKS_SHARED = "hooks_http"
+
+
+def agent_files(
+    runner: bool = True,
+    task: bool = True,
+    report: bool = True,
+    hooks: Collection[str] | None = None,
+    host: bool = True,
+) -> dict[str, str]:
+    """The agent package's modules by file name, as the startup script writes them; without
+    the runner's modules unless `runner`, without task.py (a task's workdir and outputs) unless
+    `task`, without report.py unless `report` or `task`, without host.py unless `host`, and with
+    only the cloud hook modules (agent/hooks_*.py) of the hooks named in `hooks` (spot probes,
+    `@` self-destroys; other words are ignored; None: every cloud's). User data is small."""
+    from cml_infra.agent.hooks import PREEMPTION_PROBES, SELF_DESTROY
+
     package = Path(__file__).parent / "agent"
+    skip = (() if runner else RUNNER_MODULES) + (() if task else TASK_MODULES)
+    skip += (() if report or task else REPORT_MODULES) + (() if host else HOST_MODULES)
+    if hooks is not None:
+        table = {**PREEMPTION_PROBES, **SELF_DESTROY}
+        wanted = {table[name] for name in hooks if name in table}
+        # What the cloud modules share (HOOKS_SHARED) goes with any of them.
+        unwanted = set(table.values()) - wanted | (set() if wanted else {HOOKS_SHARED})
+        skip += tuple(f"{module}.py" for module in unwanted)
     files = {}
     for path in sorted(package.glob("*.py")):
+        if path.name in skip:
+            continue
         source = path.read_text(encoding="utf-8")
         if AGENT_DELIMITER in source.replace(f'"{AGENT_DELIMITER}"', ""):
             raise RuntimeError(f"{path.name} contains the heredoc delimiter {AGENT_DELIMITER}")
@@ -169,9 +201,12 @@ def startup_script(
     expires_at: float,
     runner: dict[str, Any] | None = None,
     gpus: int | None = None,
+    task: dict[str, Any] | None = None,
 ) -> str:
     """The script an instance boots: it writes the agent and its config, then runs the agent.
-    `gpus`: how many the placement promised (None: as the spec asks, at least one for a GPU)."""
+    `gpus`: how many the placement promised (None: as the spec asks, at least one for a GPU).
+    `task`: task mode's agent config as the launcher built it (workdir, outputs, report,
+    report_seconds, preemption: agent/loop.py), merged into the config as given."""
     if gpus is None:
         gpus = max(spec.gpu_count, 1) if spec.gpu else 0
     config: dict[str, Any] = {
@@ -189,6 +224,7 @@ def startup_script(
     }
     if runner is not None:
         config["runner"] = runner
+    config.update(task or {})
     team_script = spec.startup_script
     if team_script is not None:
         # The agent runs it as its first step (agent/loop.py): before the GPU wait, Docker, the
@@ -209,7 +245,19 @@ def startup_script(
             block_metadata=not spec.data_identities,
             expires_at=int(expires_at),
             agent_package=AGENT_PACKAGE,
-            agent_files=agent_files(),
+            agent_files=agent_files(
+                runner=runner is not None,
+                task="workdir" in config or "outputs" in config,
+                report="report" in config,
+                # The hooks the agent may call: its self-destroy, a task's or a runner's probe.
+                hooks=[
+                    *config["self_destroy"][:1],
+                    config.get("preemption") or "",
+                    (runner or {}).get("preemption") or "",
+                ],
+                # As agent/host.py's HostSetup.needed decides.
+                host=gpus > 0 or bool(config["docker"]),
+            ),
             agent_config=json.dumps(config, indent=2),
             team_script=team_script_body(team_script) if team_script is not None else None,
             team_script_file=TEAM_SCRIPT_FILE,

@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from .hooks import PREEMPTION_PROBES, log
+from .hooks import hook, log
 
 LISTENING_LINE = "Listening for Jobs"
 RUNNER_STOP_GRACE = 30.0
@@ -180,7 +180,7 @@ class Runner:
             return None
         self._next_preemption_poll = now + PREEMPTION_POLL_SECONDS
         try:
-            return PREEMPTION_PROBES[cloud](self.endpoints)
+            return hook(cloud)(self.endpoints)
         except (OSError, ValueError, KeyError):
             return None  # no notice reachable: keep working, look again later
 

@@ -16,14 +16,25 @@ the instance. It reads one JSON config:
                     what the instance must have before any work starts (host.py)
     startup_script  the team's own boot steps (`--startup-script`): a file beside the config,
                     run first, as root; the instance ends if it fails
+    workdir         the task's working folder, a gzip tar ({"file": path} or {"url": URL}),
+                    unpacked into work/ before the task starts (task.py)
+    outputs         paths inside work/ packed into outputs.tar.gz when the task ends
+    report          where status.json, instance.log and outputs.tar.gz go: {"dir": folder}
+                    or {"urls": {name: presigned PUT URL}} (optional "headers" for the PUTs;
+                    report.py)
+    report_seconds  how often the status is reported while nothing changes
+    preemption      task mode's spot interruption probe (a name in hooks.PREEMPTION_PROBES)
 
-It writes `agent-status.json` (state busy/idle/destroying, last_activity, idle_seconds) beside
-itself for the launcher to read, and logs one line per event to standard output.
+It writes `agent-status.json` (state busy/idle/destroying, last_activity, idle_seconds, the
+task's state and exit code, the log's tail) beside itself for the launcher to read, reports the
+same to the report sink, and logs one line per event to standard output.
 """
 
 from __future__ import annotations
 
+import binascii
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -32,17 +43,24 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .github_runner import Runner
-from .hooks import DEFAULT_ENDPOINTS, SELF_DESTROY, log
-from .host import HostSetup
+from .hooks import DEFAULT_ENDPOINTS, SELF_DESTROY, hook, log
+
+if TYPE_CHECKING:
+    from .github_runner import Runner
+    from .host import HostSetup
+    from .report import Reporter
 
 STATUS_FILE = "agent-status.json"
+LOG_FILE = "instance.log"
+LOG_TAIL = 16384
 SELF_DESTROY_ATTEMPTS = 5
 TASK_STOP_GRACE = 10.0
-# The runner of each forge, by the `kind` of the config's `runner` section.
-RUNNERS = {"github": Runner}
+PREEMPTION_POLL_SECONDS = 5.0
+# The module of each forge's runner (its class `Runner`), by the `kind` of the config's `runner`
+# section; imported only in runner mode.
+RUNNERS = {"github": "github_runner"}
 
 
 class Agent:
@@ -64,18 +82,43 @@ class Agent:
         self.last_activity = time.time()
         self.state = "idle"
         self.stopping = False
-        self.runner = (
-            RUNNERS[config["runner"].get("kind", "github")](config["runner"], home, self.endpoints)
-            if "runner" in config
-            else None
-        )
+        self.runner: Runner | None = None
+        if "runner" in config:
+            module = importlib.import_module(
+                f".{RUNNERS[config['runner'].get('kind', 'github')]}", __package__
+            )
+            self.runner = module.Runner(config["runner"], home, self.endpoints)
         self.startup_timeout = float(config.get("runner", {}).get("startup_timeout", 900))
-        self.host = HostSetup(config, self.runner.user if self.runner else None, self.expires_at)
+        self.host: HostSetup | None = None
+        gpus = int(config.get("gpus", 0))
+        # As HostSetup.needed: where it has nothing to do, host.py is not on the instance.
+        if gpus > 0 or config.get("docker", gpus > 0):
+            from .host import HostSetup
+
+            user = self.runner.user if self.runner else None
+            self.host = HostSetup(config, user, self.expires_at)
         self._listening_seen = False
         self.preempted = False
         script = config.get("startup_script")
         self.startup_script = home / str(script) if script else None
         self.boot_steps: subprocess.Popen[bytes] | None = None
+        # Task mode's traffic and the reports: task.py and report.py, imported (and on the
+        # instance) only when they have work to do.
+        self.task_state: str | None = "pending" if self.command else None
+        self.exit_code: int | None = None
+        self.notice: str | None = None
+        self.outputs: dict[str, Any] | None = None
+        self.log_complete = False
+        self.reason: str | None = None
+        self.workdir: dict[str, Any] | None = config.get("workdir")
+        self.output_paths = [str(path) for path in config.get("outputs") or ()]
+        self.probe = None if self.runner else config.get("preemption")
+        self._next_probe = 0.0
+        self.reporter: Reporter | None = None
+        if config.get("report"):
+            from .report import Reporter
+
+            self.reporter = Reporter(config)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
@@ -84,6 +127,8 @@ class Agent:
             f"ttl deadline {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.expires_at))}"
             + (", single" if self.single else "")
         )
+        self.state = "starting"
+        self._write_status()
         if self.startup_script is not None:
             # First of all: the team's steps may install what the rest needs (a GPU driver).
             self.state = "starting"
@@ -91,13 +136,21 @@ class Agent:
             reason = self._run_startup_script(self.startup_script)
             if reason:
                 return self._end_instance(reason)
-        if self.host.needed:
+        if self.host is not None and self.host.needed:
             # Nothing runs before the GPUs and Docker are there: a job would fail on them.
             self.state = "starting"
             self._write_status()
             reason = self.host.run()
             if reason:
                 return self._end_instance(reason)
+        if self.command and self.workdir:
+            from .task import fetch_workdir
+
+            reason = fetch_workdir(self.workdir, self.home, self.home / "work")
+            if reason:
+                self.task_state = "failed-to-start"
+                return self._end_instance(reason)
+            log("workdir: unpacked into work/")
         if self.command:
             self._start_task()
         if self.runner is not None:
@@ -158,6 +211,17 @@ class Agent:
                 log("ttl reached while the task runs; stopping it")
                 self._stop_task()
             return "ttl reached"
+        notice = self._preemption_notice(now)
+        if notice:
+            log(f"spot interruption notice ({notice})")
+            self.notice = notice
+            if self.task is not None:
+                _stop(self.task)
+                self.last_exit_code = self.task.returncode
+                self.task = None
+                self._pack_outputs()
+                self.task_state = "preempted"
+            return "spot interruption"
         if self.task is not None:
             code = self.task.poll()
             if code is None:
@@ -165,16 +229,40 @@ class Agent:
                 self.last_activity = now
                 return None
             self.task = None
-            self.tasks_ended += 1
-            self.last_exit_code = code
             self.last_activity = now
             log(f"task ended with exit code {code}")
+            self._task_ended(code)
         if self.single and self.tasks_ended:
             return "single task done"
         self.state = "idle"
         if now - self.last_activity >= self.idle_timeout:
             return f"idle for {self.idle_timeout:.0f}s"
         return None
+
+    def _preemption_notice(self, now: float) -> str | None:
+        if not self.probe or now < self._next_probe:
+            return None
+        self._next_probe = now + PREEMPTION_POLL_SECONDS
+        try:
+            return hook(self.probe)(self.endpoints)
+        except (OSError, ValueError, KeyError):
+            return None  # no notice reachable: keep working, look again later
+
+    def _task_ended(self, code: int) -> None:
+        """The task's end: its exit code as a shell gives it (128+N: killed by signal N), and
+        its outputs packed and queued for upload."""
+        self.tasks_ended += 1
+        self.last_exit_code = code
+        self.exit_code = 128 - code if code < 0 else code
+        self.task_state = "exited"
+        if not self.stopping:
+            self._pack_outputs()
+
+    def _pack_outputs(self) -> None:
+        if self.output_paths:
+            from .task import pack_for
+
+            pack_for(self)
 
     def _tick_runner(self, now: float) -> str | None:
         """Runner mode: busy while a Runner.Worker runs; the idle clock starts once it listens."""
@@ -230,23 +318,31 @@ class Agent:
             self.task = subprocess.Popen(self.command, cwd=work, stdin=subprocess.DEVNULL)
         except OSError as exc:
             log(f"task could not start: {exc}")
-            self.last_exit_code = 127
+            self.last_exit_code = self.exit_code = 127
+            self.task_state = "failed-to-start"
             self.tasks_ended += 1
             return
         self.tasks_run += 1
         self.state = "busy"
+        self.task_state = "running"
 
     def _stop_task(self) -> None:
         if self.task is None:
             return
         _stop(self.task)
-        self.last_exit_code = self.task.returncode
+        code = self.task.returncode
         self.task = None
+        self._task_ended(code)
 
     def _end_instance(self, reason: str) -> int:
+        if self.task_state == "pending":
+            self.task_state = "failed-to-start"
         self.state = "destroying"
-        self._write_status(reason)
+        self.reason = reason
         log(f"ending the instance: {reason}")
+        self._write_status(reason)
+        if self.reporter is not None:
+            self.reporter.final(self)
         delay = 5.0
         for attempt in range(1, SELF_DESTROY_ATTEMPTS + 1):
             code = self._destroy_once(reason)
@@ -266,10 +362,9 @@ class Agent:
         return 1
 
     def _destroy_once(self, reason: str) -> int:
-        builtin = SELF_DESTROY.get(self.self_destroy_argv[0])
-        if builtin is not None:
+        if self.self_destroy_argv[0] in SELF_DESTROY:
             try:
-                builtin(self.endpoints)
+                hook(self.self_destroy_argv[0])(self.endpoints)
             except (OSError, ValueError, KeyError) as exc:
                 # Never the response body: it could echo the token we sent.
                 log(f"self-destroy through the cloud API failed: {type(exc).__name__}: {exc}")
@@ -285,8 +380,11 @@ class Agent:
         return destroyer.wait()
 
     def end_now(self, reason: str) -> int:
-        """The TTL timer's entry point: end the instance without running anything first."""
+        """The TTL timer's entry point: end the instance without running anything first. What
+        the agent last wrote of its task is reported on."""
         signal.signal(signal.SIGTERM, self._on_term)
+        if self.reporter is not None:
+            self.reporter.resume(self)
         return self._end_instance(reason)
 
     def _on_term(self, signum: int, frame: object) -> None:
@@ -298,23 +396,14 @@ class Agent:
         if self.runner is not None:
             self.runner.stop(grace=5.0)
         self.state = "stopped"
-        self._write_status()
+        # Best effort and short: one try of the status, nothing queued.
+        self._write_status(self.reason, flush=False)
         sys.exit(0)
 
-    def _write_status(self, reason: str | None = None) -> None:
-        now = time.time()
-        status = {
-            "name": self.name,
-            "state": self.state,
-            "pid": os.getpid(),
-            "updated_at": now,
-            "last_activity": self.last_activity,
-            "idle_seconds": 0.0 if self.state == "busy" else round(now - self.last_activity, 1),
-            "expires_at": self.expires_at,
-            "tasks_run": self.tasks_run,
-            "last_exit_code": self.last_exit_code,
-            "reason": reason,
-        }
+    def _write_status(self, reason: str | None = None, flush: bool = True) -> None:
+        status = self._status(reason)
+        if self.reporter is not None:
+            self.reporter.report(status, lambda: self._status(reason), flush)
         # A fresh file of our own (O_EXCL, 0600), renamed over the status: nothing planted at
         # either name (a symlink) is written through.
         fd, tmp = _fresh_file(self.home, f".{STATUS_FILE}.{os.getpid()}")
@@ -326,6 +415,41 @@ class Agent:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _status(self, reason: str | None) -> dict[str, Any]:
+        """The status document (agent-status.json, and the report's status.json)."""
+        now = time.time()
+        return {
+            "name": self.name,
+            "state": self.state,
+            "pid": os.getpid(),
+            "updated_at": now,
+            "last_activity": self.last_activity,
+            "idle_seconds": 0.0 if self.state == "busy" else round(now - self.last_activity, 1),
+            "expires_at": self.expires_at,
+            "tasks_run": self.tasks_run,
+            "last_exit_code": self.last_exit_code,
+            "reason": reason,
+            "exit_code": self.exit_code,
+            "task": self.task_state,
+            "preempted": self.notice,
+            "outputs": self.outputs,
+            "log": self._log_state(),
+        }
+
+    def _log_state(self) -> dict[str, Any]:
+        """The instance log's size and its last LOG_TAIL bytes (base64)."""
+        offset, tail = 0, b""
+        with contextlib.suppress(OSError), (self.home / LOG_FILE).open("rb") as log_file:
+            offset = max(0, os.fstat(log_file.fileno()).st_size - LOG_TAIL)
+            log_file.seek(offset)
+            tail = log_file.read(LOG_TAIL)
+        return {
+            "size": offset + len(tail),
+            "tail_offset": offset,
+            "tail_b64": binascii.b2a_base64(tail, newline=False).decode(),
+            "complete": self.log_complete,
+        }
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

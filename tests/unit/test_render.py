@@ -142,8 +142,12 @@ def test_shellcheck_passes_on_startup_script(rendered):
 def test_startup_script_carries_the_agent_and_its_config(rendered, runner_spec, tmp_path):
     _, _, script, expires = rendered
     assert script.startswith("#!/usr/bin/env bash\n")
-    for source in render.agent_files().values():
-        assert source in script
+    # Task mode with no workdir, outputs or report, no GPU, a `down` to end it: the loop only,
+    # without the runner's module, task.py, report.py, host.py or any cloud's hooks.
+    shipped = render.agent_files(runner=False, task=False, report=False, hooks=(), host=False)
+    assert set(shipped) == {"__init__.py", "__main__.py", "hooks.py", "loop.py"}
+    for name, source in render.agent_files().items():
+        assert (source in script) == (name in shipped), name
     match = re.search(
         r"<<'CML_INFRA_CONFIG_EOF'\n(.*?)\nCML_INFRA_CONFIG_EOF\n", script, flags=re.DOTALL
     )
@@ -176,7 +180,9 @@ def test_startup_script_writes_the_shipped_agent_byte_for_byte(rendered, tmp_pat
     )
     assert done.returncode == 0, done.stderr
     written = home / "cml_infra_agent"
-    modules = sorted(path.name for path in AGENT_PACKAGE.glob("*.py"))
+    modules = sorted(
+        render.agent_files(runner=False, task=False, report=False, hooks=(), host=False)
+    )
     assert sorted(path.name for path in written.iterdir()) == modules
     for module in modules:
         shipped = render.shipped((AGENT_PACKAGE / module).read_text())

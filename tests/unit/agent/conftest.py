@@ -6,14 +6,14 @@ import signal
 
 import pytest
 
-from cml_infra.agent import github_runner, host, loop
+from cml_infra.agent import github_runner, host, loop, report, task
 
 
 @pytest.fixture
 def quiet_log(monkeypatch):
     """The agent's log lines, collected instead of printed (each module imports `log`)."""
     lines: list[str] = []
-    for module in (loop, github_runner, host):
+    for module in (loop, github_runner, host, report, task):
         monkeypatch.setattr(module, "log", lines.append)
     return lines
 

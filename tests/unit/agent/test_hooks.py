@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from cml_infra import clouds
-from cml_infra.agent import hooks
+from cml_infra.agent import hooks, hooks_aws, hooks_azure, hooks_gcp, hooks_http
 from cml_infra.agent.loop import Agent
 from cml_infra.clouds.vm import VmCloud
-from tests.unit.agent.test_loop import _write_package
+from tests.unit.agent.test_loop import _write_package, _write_shipped
 
 
 def config(**changes):
@@ -49,6 +49,55 @@ def test_every_probe_and_self_destroy_a_cloud_names_is_here():
     assert destroys == set(hooks.SELF_DESTROY)
 
 
+SHARED = {"hooks_http.py"}
+
+
+@pytest.mark.parametrize(
+    ("cloud", "spot", "expected"),
+    [
+        # An on-demand AWS VM ends with a shutdown and watches no notice: no hook at all.
+        ("aws", False, set()),
+        ("aws", True, {"hooks_aws.py"} | SHARED),
+        ("gcp", False, {"hooks_gcp.py"} | SHARED),
+        ("gcp", True, {"hooks_gcp.py"} | SHARED),
+        ("azure", False, {"hooks_azure.py"} | SHARED),
+        ("azure", True, {"hooks_azure.py"} | SHARED),
+        ("local", False, set()),
+        # The local cloud's spot rehearsal watches a metadata service as on AWS.
+        ("local", True, {"hooks_aws.py"} | SHARED),
+    ],
+)
+def test_an_instance_carries_its_own_clouds_hooks_and_they_load(tmp_path, cloud, spot, expected):
+    """The startup script ships the modules of the hooks its config names, and no other
+    cloud's; each named hook loads from what was shipped, and one not shipped is a KeyError."""
+    from cml_infra import render
+    from cml_infra.spec import RunnerSpec
+    from cml_infra.state import StateDir
+
+    spec = RunnerSpec(name="box-1", cloud=cloud, idle_timeout=60, ttl=60, spot=spot)
+    boot = clouds.get(cloud, StateDir(tmp_path / "state")).boot(spec)
+    runner = {"kind": "github", "user": boot.runner_user, "preemption": boot.preemption_probe,
+              "registration": {"kind": "jit", "secret": "s", "url": "u"}}  # fmt: skip
+    script = render.startup_script(boot, spec, 2e9, runner)
+    package = tmp_path / "instance" / render.AGENT_PACKAGE
+    shipped = _write_shipped(script, package.parent)
+    assert {name for name in shipped if name.startswith("hooks_")} == expected
+    named = [name for name in (boot.preemption_probe, boot.self_destroy[0]) if name and
+             name in {**hooks.PREEMPTION_PROBES, **hooks.SELF_DESTROY}]  # fmt: skip
+    assert bool(named) == bool(expected)
+    absent = sorted(set(hooks.PREEMPTION_PROBES) - {boot.preemption_probe})[0]
+    probe = (
+        "from cml_infra_agent.hooks import hook\n"
+        f"for name in {named!r}:\n    assert callable(hook(name)), name\n"
+        f"try:\n    hook({absent!r})\nexcept KeyError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-E", "-S", "-c", probe], cwd=package.parent,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    module = hooks.PREEMPTION_PROBES[absent]
+    assert f"{absent}: {module}.py is not on this instance" in done.stdout
+
+
 # --- preemption probes against a loopback metadata server --------------------------------------
 
 
@@ -66,7 +115,7 @@ def _aws_routes(action):
 
 def test_aws_without_an_instance_action_is_no_notice(route_server):
     server = route_server(_aws_routes((404, "Not Found")))
-    assert hooks.aws_spot_notice({"aws_metadata": server.base}) is None
+    assert hooks_aws.aws_spot_notice({"aws_metadata": server.base}) is None
     put, get = server.requests
     assert (put["method"], put["path"]) == ("PUT", AWS_TOKEN_PATH)
     assert put["headers"]["x-aws-ec2-metadata-token-ttl-seconds"] == "60"
@@ -77,7 +126,7 @@ def test_aws_without_an_instance_action_is_no_notice(route_server):
 def test_aws_instance_action_is_a_notice(route_server):
     action = '{"action": "terminate", "time": "2026-01-01T00:02:00Z"}'
     server = route_server(_aws_routes((200, action)))
-    notice = hooks.aws_spot_notice({"aws_metadata": server.base})
+    notice = hooks_aws.aws_spot_notice({"aws_metadata": server.base})
     assert notice == f"aws spot instance-action {action}"
     assert server.requests[1]["headers"]["x-aws-ec2-metadata-token"] == IMDS_TOKEN
 
@@ -85,7 +134,7 @@ def test_aws_instance_action_is_a_notice(route_server):
 def test_aws_metadata_error_other_than_404_is_raised(route_server):
     server = route_server(_aws_routes((500, "oops")))
     with pytest.raises(OSError):
-        hooks.aws_spot_notice({"aws_metadata": server.base})
+        hooks_aws.aws_spot_notice({"aws_metadata": server.base})
 
 
 # --- _metadata: the probes' own plain-HTTP client -------------------------------------------
@@ -118,7 +167,9 @@ def answering(reply: bytes):
 
 def test_metadata_sends_one_plain_request_and_reads_the_body():
     with answering(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nTRUEjunk") as (base, seen):
-        body = hooks._metadata("GET", f"{base}/instance/preempted?x=1", {"Metadata-Flavor": "G"})
+        body = hooks_http._metadata(
+            "GET", f"{base}/instance/preempted?x=1", {"Metadata-Flavor": "G"}
+        )
     assert body == b"TRUE"
     head = seen[0].decode().split("\r\n")
     assert head[0] == "GET /instance/preempted?x=1 HTTP/1.1"
@@ -129,12 +180,12 @@ def test_metadata_joins_a_chunked_body():
     reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
              b"3\r\nFAL\r\n2;ext=1\r\nSE\r\n0\r\n\r\n")  # fmt: skip
     with answering(reply) as (base, _):
-        assert hooks._metadata("GET", base, {}) == b"FALSE"
+        assert hooks_http._metadata("GET", base, {}) == b"FALSE"
 
 
 def test_metadata_puts_with_an_empty_body():
     with answering(b"HTTP/1.1 200 OK\r\n\r\ntoken") as (base, seen):
-        assert hooks._metadata("PUT", f"{base}/latest/api/token", {}) == b"token"
+        assert hooks_http._metadata("PUT", f"{base}/latest/api/token", {}) == b"token"
     assert "Content-Length: 0" in seen[0].decode()
 
 
@@ -145,27 +196,27 @@ def test_metadata_puts_with_an_empty_body():
 )  # fmt: skip
 def test_metadata_refuses_what_is_not_an_http_answer(reply):
     with answering(reply) as (base, _), pytest.raises(ValueError):
-        hooks._metadata("GET", base, {})
+        hooks_http._metadata("GET", base, {})
 
 
 def test_metadata_error_status_is_an_oserror_with_its_code_and_no_body():
     reply = b"HTTP/1.1 503 Busy\r\nContent-Length: 12\r\n\r\nSECRET-TOKEN"
-    with answering(reply) as (base, _), pytest.raises(hooks.HTTPStatusError) as raised:
-        hooks._metadata("GET", f"{base}/x", {})
+    with answering(reply) as (base, _), pytest.raises(hooks_http.HTTPStatusError) as raised:
+        hooks_http._metadata("GET", f"{base}/x", {})
     assert isinstance(raised.value, OSError) and raised.value.code == 503
     assert "SECRET" not in str(raised.value)
 
 
 def test_metadata_is_asked_over_plain_http_only():
     with pytest.raises(ValueError, match="plain http"):
-        hooks._metadata("GET", "https://169.254.169.254/latest", {})
+        hooks_http._metadata("GET", "https://169.254.169.254/latest", {})
 
 
 def test_metadata_never_goes_through_a_proxy(route_server, monkeypatch):
     server = route_server({("GET", GCP_PREEMPTED): (200, "TRUE")})
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy")
-    assert hooks.gcp_preempted({"gcp_metadata": server.base + "/computeMetadata/v1"})
+    assert hooks_gcp.gcp_preempted({"gcp_metadata": server.base + "/computeMetadata/v1"})
 
 
 def test_the_probes_leave_urllib_unloaded(tmp_path):
@@ -173,8 +224,9 @@ def test_the_probes_leave_urllib_unloaded(tmp_path):
     _write_package(tmp_path)
     probe = (
         "import sys; from cml_infra_agent import hooks\n"
-        "for name, probe in hooks.PREEMPTION_PROBES.items():\n"
-        "    try:\n        probe({k: 'http://127.0.0.1:9' for k in hooks.DEFAULT_ENDPOINTS})\n"
+        "for name in hooks.PREEMPTION_PROBES:\n"
+        "    try:\n"
+        "        hooks.hook(name)({k: 'http://127.0.0.1:9' for k in hooks.DEFAULT_ENDPOINTS})\n"
         "    except OSError:\n        pass\n"
         "print(' '.join(sorted(sys.modules)))"
     )
@@ -191,7 +243,7 @@ GCP_PREEMPTED = "/computeMetadata/v1/instance/preempted"
 @pytest.mark.parametrize(("flag", "expected"), [("FALSE", None), ("TRUE", "TRUE")])
 def test_gcp_preempted(route_server, flag, expected):
     server = route_server({("GET", GCP_PREEMPTED): (200, flag, {"Metadata-Flavor": "Google"})})
-    notice = hooks.gcp_preempted({"gcp_metadata": server.base + "/computeMetadata/v1"})
+    notice = hooks_gcp.gcp_preempted({"gcp_metadata": server.base + "/computeMetadata/v1"})
     assert notice == (None if expected is None else "gcp instance/preempted is TRUE")
     assert server.requests[0]["headers"]["metadata-flavor"] == "Google"
 
@@ -222,7 +274,7 @@ def test_azure_scheduled_events(route_server, kinds, preempted):
     server = route_server(
         {("GET", AZURE_EVENTS): (200, _azure_events(*kinds), {"Metadata": "true"})}
     )
-    notice = hooks.azure_preempt_event({"azure_metadata": server.base + "/metadata"})
+    notice = hooks_azure.azure_preempt_event({"azure_metadata": server.base + "/metadata"})
     if preempted:
         assert notice == "azure scheduled event Preempt at Mon, 19 Sep 2026 18:29:47 GMT"
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,7 +75,8 @@ def test_a_runner_section_makes_the_runner_of_its_kind(tmp_path):
         "startup_timeout": 120,
     }
     a = Agent(config(runner=section), tmp_path)
-    assert loop.RUNNERS["github"] is Runner
+    # Imported only in runner mode: a task-mode instance is not shipped the module.
+    assert loop.RUNNERS["github"] == "github_runner"
     assert isinstance(a.runner, Runner)
     assert a.startup_timeout == 120.0
     # A config without a kind (written before there were forges to choose from) is GitHub's.
@@ -293,6 +295,34 @@ def _write_package(home: Path) -> None:
         (package / name).write_text(source + "\n", encoding="utf-8")
 
 
+def _write_shipped(script: str, home: Path) -> set[str]:
+    """The agent package and config exactly as a startup script writes them (its heredocs), and
+    the module names; then the shipped agent is built from its config, in a child with the
+    standard library only: every module it imports (lazily too: the runner, host.py,
+    report.py, task.py) must be among those shipped."""
+    found = re.findall(
+        r"cat >cml_infra_agent/(\w+\.py) <<'CML_INFRA_AGENT_EOF'\n(.*?)\nCML_INFRA_AGENT_EOF\n",
+        script,
+        flags=re.DOTALL,
+    )
+    package = home / render.AGENT_PACKAGE
+    package.mkdir(parents=True)
+    for name, source in found:
+        (package / name).write_text(source + "\n", encoding="utf-8")
+    config = script.split("<<'CML_INFRA_CONFIG_EOF'\n")[1].split("\nCML_INFRA_CONFIG_EOF")[0]
+    (home / "agent-config.json").write_text(config)
+    build = (
+        "import json\nfrom pathlib import Path\nfrom cml_infra_agent.loop import Agent\n"
+        "config = json.loads(Path('agent-config.json').read_text())\n"
+        "Agent(config, Path('.'))\n"
+        "if config.get('workdir') or config.get('outputs'):\n    import cml_infra_agent.task\n"
+    )
+    done = subprocess.run([sys.executable, "-E", "-S", "-c", build], cwd=home,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return {name for name, _ in found}
+
+
 def _agent(cwd, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     """The agent run to its end in `cwd`. No site-packages (-S) and no PYTHON* variables (-E):
     the standard library only. The package is found in the working folder, as on an instance."""
@@ -479,7 +509,10 @@ def test_the_agent_loads_no_heavy_module_to_watch(tmp_path):
     """What the agent's entry point imports (the package as shipped, no site-packages): none
     of HEAVY, which would keep the idle agent over its 16 MiB target."""
     _write_package(tmp_path)
-    probe = "import sys, cml_infra_agent.__main__; print(' '.join(sorted(sys.modules)))"
+    probe = (
+        "import sys, cml_infra_agent.__main__, cml_infra_agent.host\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-E", "-S", "-c", probe], cwd=tmp_path,
                           capture_output=True, text=True, check=True)  # fmt: skip
     loaded = set(done.stdout.split())
