@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 
 PLACEMENT, LIFETIME, RUNNER, OUTPUT = "Placement", "Lifetime", "Runner", "Output"
+TASK = "Task"
 NETWORK, MODULES = "Network and disk", "Modules"
 
 Command = Annotated[
@@ -218,6 +219,31 @@ StartupScript = Annotated[
                  "(logged to the instance log); it counts against the cloud's user data limit.",
                  envvar="CML_INFRA_STARTUP_SCRIPT", rich_help_panel=MODULES),
 ]  # fmt: skip
+Workdir = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--workdir", help="The folder the task runs in on the instance, packed without "
+                 "what .gitignore and .cml-infra-ignore list (at most 100 MiB); default: the "
+                 "current folder.", envvar="CML_INFRA_WORKDIR", rich_help_panel=TASK),
+]  # fmt: skip
+Out = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--out", help="A file or folder (relative to --workdir) the task makes, brought "
+                 "back to the same place when it ends (`cml-infra pull` later); repeatable.",
+                 rich_help_panel=TASK),
+]  # fmt: skip
+Detach = Annotated[
+    bool,
+    typer.Option("--detach", help="With --single and a task: return once the instance runs "
+                 "instead of streaming the task's log and exiting with its exit code.",
+                 envvar="CML_INFRA_DETACH", rich_help_panel=TASK),
+]  # fmt: skip
+RetryOnPreemption = Annotated[
+    int,
+    typer.Option("--retry-on-preemption", min=0, max=10, help="With --spot, --single and a "
+                 "task: when the cloud reclaims the instance before the task ends, launch it "
+                 "again (the next placement first) up to this many times.",
+                 envvar="CML_INFRA_RETRY_ON_PREEMPTION", rich_help_panel=TASK),
+]  # fmt: skip
 Repo = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="Run a GitHub Actions runner for this repository (OWNER/NAME).",
@@ -350,6 +376,8 @@ SPEC_OPTIONS: dict[str, tuple[Any, Any]] = {
     "modules_dir": (ModulesDir, None),
     "var": (ModuleVar, None),
     "startup_script": (StartupScript, None),
+    "workdir": (Workdir, None),
+    "out": (Out, None),
     "state_dir": (StateDirOpt, None),
     "backend": (BackendOpt, None),
 }
@@ -359,6 +387,8 @@ LAUNCH_OPTIONS: dict[str, tuple[Any, Any]] = {
     "github_app_id": (GithubAppId, None),
     "github_app_key": (GithubAppKey, None),
     "wait": (Wait, True),
+    "detach": (Detach, False),
+    "retry_on_preemption": (RetryOnPreemption, 0),
     "attempt_timeout": (AttemptTimeout, "5m"),
     "reuse_idle": (ReuseIdle, False),
     "terraform": (TerraformOpt, None),
@@ -422,7 +452,8 @@ def main_options(
 @with_options(SPEC_OPTIONS, LAUNCH_OPTIONS)
 def up(command: Command = None, **flags: Any) -> None:
     """Create an instance and return once it runs (with --repo/--org: once its GitHub Actions
-    runner is online); prints its name."""
+    runner is online); prints its name. With --single and a task: streams the task's log and
+    exits with the task's exit code (Ctrl-C detaches; --detach returns at once)."""
     from cml_infra import commands
 
     commands.up(command or [], flags)
@@ -480,6 +511,24 @@ def logs(
     from cml_infra import commands
 
     commands.logs(name=name, follow=follow, state_dir=state_dir, backend=backend)
+
+
+@app.command()
+def pull(
+    name: Annotated[str, typer.Argument(help="Runner name.")],
+    dest: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Argument(help="Folder the outputs land in, at their paths relative to the task's "
+                       "folder; default: the current folder."),
+    ] = None,
+    *,
+    state_dir: StateDirOpt = None,
+    backend: BackendOpt = None,
+) -> None:  # fmt: skip
+    """Bring home what a task's --out paths held when it ended."""
+    from cml_infra import commands
+
+    commands.pull(name=name, dest=dest, state_dir=state_dir, backend=backend)
 
 
 @app.command()

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from cml_infra.spec import RunnerSpec
 
 STATUS_COLUMNS = (
-    "name", "cloud", "region", "state", "idle_seconds", "created_at", "hourly_price",
-    "cost_usd", "labels",
+    "name", "cloud", "region", "state", "idle_seconds", "exit_code", "created_at",
+    "hourly_price", "cost_usd", "labels",
 )  # fmt: skip
 CATALOG_COLUMNS = (
     "cloud", "gpu", "size", "instance_type", "vcpus", "memory_gib", "region", "price",
@@ -37,6 +37,7 @@ CLEANUP_COLUMNS = (
 # Flags of `up` that are not part of what it makes.
 _LAUNCH_ONLY = (
     "state_dir", "backend", "token", "github_app_id", "github_app_key", "terraform", "json_output",
+    "detach", "retry_on_preemption",
 )  # fmt: skip
 
 
@@ -70,6 +71,7 @@ def _spec(command: Sequence[str], flags: dict[str, Any]) -> RunnerSpec:
             "labels": spec_flags["labels"] or (),
             "var": spec_flags["var"] or (),
             "security_group_id": spec_flags["security_group_id"] or (),
+            "out": spec_flags["out"] or (),
         },
     )
     for warning in spec.warnings():
@@ -88,15 +90,47 @@ def up(command: Sequence[str], flags: dict[str, Any]) -> None:
     if reused is not None:
         _report_reuse(reused, flags["json_output"])
         return
+    attached = bool(spec.single and spec.command and not flags["detach"])
+    _check_attach(spec, flags, attached)
     record = lifecycle.up(spec, state, flags["terraform"], token)
     _step_outputs(record)
     ui.info(_summary(spec, record))
+    if attached:
+        from cml_infra.lifecycle import attached as run_attached
+
+        code = run_attached.until_done(spec, state, record, flags["terraform"], token,
+                                       retries=flags["retry_on_preemption"])  # fmt: skip
+        if flags["json_output"]:
+            from cml_infra import queries
+
+            rows = queries.status(state, include_destroyed=True, only=state.key(code.record))
+            ui.emit_json(rows[0] if rows else {})
+        if code.exit_code:
+            raise typer.Exit(code.exit_code)
+        return
     if flags["json_output"]:
         from cml_infra import queries
 
         ui.emit_json(queries.status(state, include_destroyed=True, only=state.key(record))[0])
     else:
         ui.result(record.name)
+
+
+def _check_attach(spec: RunnerSpec, flags: dict[str, Any], attached: bool) -> None:
+    """--detach and --retry-on-preemption make sense for an attached task only."""
+    if flags["detach"] and not (spec.single and spec.command):
+        raise UsageError("--detach", "applies to --single with a task (the only kind up waits on)")
+    if flags["retry_on_preemption"]:
+        if not attached:
+            raise UsageError(
+                "--retry-on-preemption",
+                "relaunches a task that up is attached to: give --single and a task, "
+                "without --detach",
+            )
+        if not spec.spot:
+            raise UsageError(
+                "--retry-on-preemption", "only spot instances are preempted: add --spot"
+            )
 
 
 def _summary(spec: RunnerSpec, record: RunnerRecord) -> str:
@@ -204,6 +238,24 @@ def logs(*, name: str, follow: bool, state_dir: str | None, backend: str | None)
             print(chunk, end="", flush=True)
     except KeyboardInterrupt:
         pass
+
+
+@reported
+def pull(*, name: str, dest: str | None, state_dir: str | None, backend: str | None) -> None:
+    from pathlib import Path
+
+    from cml_infra.lifecycle.down import resolve
+    from cml_infra.task import attach
+
+    state = _state(state_dir, backend)
+    folder = user_path(dest, "DEST") if dest is not None else Path.cwd()
+    record = state.load(resolve([name], state, "nothing to pull")[0])
+    if record is None:
+        raise CmlInfraError(f"{name}: its record went while it was read")
+    written = attach.pull(state, record, folder)
+    ui.info(f"{record.name}: {len(written)} file(s) of its outputs in {folder}")
+    for path in written:
+        ui.result(path)
 
 
 @reported

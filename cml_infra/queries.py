@@ -61,13 +61,37 @@ def status(
         if (include_destroyed or r.state != "destroyed") and only in (None, state.key(r))
     ]
     listing = _live_instances(state, [r for r in records if r.state in LIVE_STATES], warn)
+    reports = _agent_reports(state, [r for r in records if r.reports], warn)
     rows = []
     for record in records:
         instance = listing.instances.get(_key(record))
         cloud = listing.clouds.get(record.cloud)
         shown, ended = _reconcile(state, record, instance, cloud, now)
-        rows.append(_status_row(shown, instance, ended, now))
+        rows.append(_status_row(shown, instance, ended, now, reports.get(state.key(record))))
     return rows
+
+
+def _agent_reports(
+    state: StateDir, records: list[RunnerRecord], warn: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """The last status each runner's agent reported to its channel, by key (read in parallel:
+    in a backend each is a request)."""
+    if not records:
+        return {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cml_infra.task.attach import task_status
+
+    def read(record: RunnerRecord) -> dict[str, Any] | None:
+        try:
+            return task_status(state, record)
+        except CmlInfraError as exc:
+            warn(f"{record.name}: its agent's status could not be read: {exc}")
+            return None
+
+    with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:
+        found = list(pool.map(read, records))
+    return {state.key(r): report for r, report in zip(records, found, strict=True) if report}
 
 
 def _key(runner: RunnerRecord | ManagedInstance) -> tuple[str, str, str]:
@@ -154,17 +178,29 @@ def _save_ended_at(
 
 
 def _status_row(
-    record: RunnerRecord, instance: ManagedInstance | None, ended: bool, now: datetime
+    record: RunnerRecord,
+    instance: ManagedInstance | None,
+    ended: bool,
+    now: datetime,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from cml_infra import cost
 
     state: str = record.state
     idle_seconds = None
+    report = report or {}
     if ended:
         state = "ended"
     elif state in _SELF_ENDING and instance is not None:
-        state = _AGENT_STATES.get(instance.state, state)
-        idle_seconds = 0.0 if state == "running" else instance.idle_seconds
+        if instance.state in _AGENT_STATES:  # the local cloud lists its agent's own state
+            state = _AGENT_STATES[instance.state]
+            idle_seconds = 0.0 if state == "running" else instance.idle_seconds
+        elif _fresh(report, now):
+            # A VM's listing knows nothing of its agent; the agent's own report does.
+            state = _AGENT_STATES.get(str(report.get("state")), state)
+            idle_seconds = _idle_now(report, now) if state == "idle" else 0.0
+        # Else a VM whose agent sends no report: how long it has idled is not known here.
+    code = report.get("exit_code")
     return {
         "name": record.name,
         "cloud": record.cloud,
@@ -182,19 +218,47 @@ def _status_row(
         "launch_id": record.launch_id,
         "end_reason": record.end_reason,
         "error": record.error,
+        # Task mode: how its task stands, as its agent last reported.
+        "task": report.get("task"),
+        "exit_code": code if isinstance(code, int) and not isinstance(code, bool) else None,
+        "preempted": report.get("preempted"),
     }
+
+
+def _fresh(report: dict[str, Any], now: datetime) -> bool:
+    """Whether an agent's report is recent enough to say what the instance does now."""
+    from cml_infra.task.channel import REPORT_SECONDS
+
+    updated = report.get("updated_at")
+    if not isinstance(updated, (int, float)):
+        return False
+    return now.timestamp() - updated <= 3 * REPORT_SECONDS + 60
+
+
+def _idle_now(report: dict[str, Any], now: datetime) -> float | None:
+    """The idle seconds an agent reported, counted on to now."""
+    idle, updated = report.get("idle_seconds"), report.get("updated_at")
+    if not isinstance(idle, (int, float)) or not isinstance(updated, (int, float)):
+        return None
+    return max(0.0, float(idle) + max(0.0, now.timestamp() - updated))
 
 
 def logs(name: str, state: StateDir, follow: bool) -> Iterator[str]:
     """The instance log as it grows; with `follow`, until the instance is gone."""
     from cml_infra import clouds
     from cml_infra.clouds.base import Feature
-    from cml_infra.lifecycle.down import unknown_names
-    from cml_infra.spec import validate_name
+    from cml_infra.lifecycle.down import resolve
 
-    record = state.load(validate_name(name, "NAME"))
+    key = resolve([name], state, "no log to show")[0]
+    record = state.load(key)
     if record is None:
-        raise unknown_names([name], state, "no log to show")
+        raise CmlInfraError(f"{name}: its record went while it was read")
+    if record.reports is not None:
+        # The agent reports to a channel (the bucket, for a VM): read from there.
+        from cml_infra.task import attach
+
+        yield from (attach.follow(state, record) if follow else attach.read_all(state, record))
+        return
     cloud = clouds.get(record.cloud, state)
     path = cloud.instance_log(name)
     if path is None:
@@ -204,7 +268,7 @@ def logs(name: str, state: StateDir, follow: bool) -> Iterator[str]:
     offset = 0
     while True:
         # Checked before the read, so that the last read sees everything the instance wrote.
-        ended = follow and _ended(state, name)
+        ended = follow and _ended(state, key)
         # When the sandbox goes, the log continues in the copy kept beside the record.
         path = cloud.instance_log(name) or path
         chunk, offset = _read_from(path, offset)

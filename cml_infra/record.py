@@ -54,6 +54,12 @@ class RunnerRecord(msgspec.Struct, kw_only=True):
     # The CI workflow run whose `up` launched it (`ci_run`): how `report --cost` finds the
     # runners of a run. None outside CI, and in a record written before it was kept.
     ci: dict[str, str] | None = None
+    # Task mode: the launcher's --workdir and the --out paths that come back into it.
+    workdir: str | None = None
+    task_outputs: tuple[str, ...] = ()
+    # Where the agent reports its status, log and outputs (task/channel.py): "folder" (the
+    # state dir's, local cloud), "bucket" (the backend's), or None: nothing comes back.
+    reports: str | None = None
 
     def replace(self, **changes: Any) -> RunnerRecord:
         return msgspec.structs.replace(self, **changes)

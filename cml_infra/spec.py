@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cml_infra.errors import UsageError
+from cml_infra.state import user_path
 
 DEFAULT_IDLE_TIMEOUT = "5m"
 DEFAULT_TTL = "24h"
@@ -308,6 +309,26 @@ def read_startup_script(path: str, flag: str = "--startup-script") -> str:
     return text
 
 
+def parse_task_files(
+    workdir: str | None, out: Sequence[str], command: Sequence[str], *, runner: bool
+) -> tuple[Path | None, tuple[str, ...]]:
+    """The task's folder (`--workdir`, else the current folder when a task is given) and its
+    `--out` paths; both belong to a task, not to a runner."""
+    for flag, given in (("--workdir", workdir), ("--out", out)):
+        if given and runner:
+            raise UsageError(flag, "applies to a task; a runner's jobs check out their own code")
+        if given and not command:
+            raise UsageError(flag, "applies to a task: give the task after --")
+    if not command:
+        return None, ()
+    from cml_infra.task.pack import parse_outputs
+
+    folder = user_path(workdir, "--workdir") if workdir else Path.cwd()
+    if not folder.is_dir():
+        raise UsageError("--workdir", f"{workdir}: not a folder")
+    return folder.resolve(), parse_outputs(out)
+
+
 # `--region any`: every region the cloud's catalog knows sells the row (placement.attempts).
 REGION_ANY = "any"
 # How `up` orders the placements it may try: `order`, the regions as given (then each one's
@@ -542,6 +563,10 @@ class RunnerSpec:
     # The team's own boot steps (`--startup-script FILE`'s text), run as root before the
     # runner or task starts.
     startup_script: str | None = None
+    # Task mode: the folder packed and unpacked as the task's folder on the instance (None: no
+    # task), and the paths in it (`--out`) that come back when the task ends.
+    workdir: Path | None = None
+    outputs: tuple[str, ...] = ()
 
     @property
     def runner_mode(self) -> bool:
@@ -635,6 +660,8 @@ def build_spec(
     disk_size: int | None = None,
     public_ip: bool = True,
     startup_script: str | None = None,
+    workdir: str | None = None,
+    out: Sequence[str] = (),
 ) -> RunnerSpec:
     """Parse raw flag values into a RunnerSpec; cloud, region and catalog names are checked by
     the cloud that resolves it, repository and organization names by the forge."""
@@ -691,6 +718,7 @@ def build_spec(
         )
     if on_demand_fallback and not spot:
         raise UsageError("--on-demand-fallback", "falls back from spot capacity: add --spot")
+    task_folder, outputs = parse_task_files(workdir, out, command, runner=forge is not None)
     regions = parse_regions(region)
     any_region = regions == (REGION_ANY,)
     if any_region:
@@ -741,4 +769,6 @@ def build_spec(
             public_ip=public_ip,
         ),
         startup_script=read_startup_script(startup_script) if startup_script else None,
+        workdir=task_folder,
+        outputs=outputs,
     )

@@ -188,7 +188,10 @@ class StateDir:
         """Whether the ledger can be used (a backend is asked; a state dir is made on use)."""
 
     def knows(self, key: str) -> bool:
-        return self.runner_dir(key).is_dir()
+        try:
+            return self.runner_dir(key).is_dir()
+        except OSError:  # a state dir whose path cannot be one (too long): it knows nothing
+            return False
 
     def named(self, name: str) -> list[RunnerRecord]:
         """The records of runners called `name` (one at most in a state dir)."""

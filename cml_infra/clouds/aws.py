@@ -46,8 +46,9 @@ class AwsCloud(VmCloud):
     ZONE_REQUIRED = False
     PREEMPTION_PROBE = "aws-spot-notice"
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {
-        Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
-        "logs to /var/lib/cml-infra/instance.log on the instance, and the boot to its console: "
+        Feature.LOGS: "launched without --backend, its log has no way back (no inbound ports, no "
+        "SSH); the agent logs to /var/lib/cml-infra/instance.log on "
+        "the instance, and the boot to its console: "
         "aws ec2 get-console-output --instance-id ID",
     }
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (

@@ -55,8 +55,9 @@ class AzureCloud(VmCloud):
     module = "azure"
     PREEMPTION_PROBE = "azure-preempt-event"
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {
-        Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
-        "logs to /var/lib/cml-infra/instance.log on the instance, and cloud-init to "
+        Feature.LOGS: "launched without --backend, its log has no way back (no inbound ports, no "
+        "SSH); the agent logs to /var/lib/cml-infra/instance.log on "
+        "the instance, and cloud-init to "
         "/var/log/cloud-init-output.log",
     }
     ERROR_PATTERNS: ClassVar[tuple[tuple[str, ErrorClass], ...]] = (

@@ -125,6 +125,9 @@ class Boot:
     # The instance's CPU, `x86_64` or `arm64` (a VM's from its catalog; by default this
     # machine's, where the local cloud runs): which build of the runner it installs.
     arch: str = field(default_factory=machine_arch)
+    # Where the agent's hooks find the metadata service and the cloud API, when not at the
+    # cloud's own addresses (agent/hooks.py DEFAULT_ENDPOINTS): the local cloud's spot rehearsal.
+    endpoints: Mapping[str, str] = field(default_factory=dict)
 
 
 def new_launch_id() -> str:

@@ -96,8 +96,9 @@ class GcpCloud(VmCloud):
     module = "gcp"
     PREEMPTION_PROBE = "gcp-preempted"
     UNSUPPORTED: ClassVar[dict[Feature, str]] = {
-        Feature.LOGS: "cml-infra does not fetch VM logs (no inbound ports, no SSH); the agent "
-        "logs to /var/lib/cml-infra/instance.log on the instance, and the startup script to "
+        Feature.LOGS: "launched without --backend, its log has no way back (no inbound ports, no "
+        "SSH); the agent logs to /var/lib/cml-infra/instance.log on "
+        "the instance, and the startup script to "
         "its serial port: gcloud compute instances get-serial-port-output NAME --zone ZONE",
     }
     NETWORK_VARS: ClassVar[Mapping[str, str]] = {

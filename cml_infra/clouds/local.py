@@ -31,6 +31,10 @@ READY_TIMEOUT_SECONDS = 60
 # `STARTUP_SCRIPT=<script>`, and Linux takes none longer than 128 KiB with its NUL
 # (MAX_ARG_STRLEN): the local cloud's user data limit.
 STARTUP_SCRIPT_LIMIT = 128 * 1024 - len("STARTUP_SCRIPT=") - 1
+# A metadata service (as AWS's instance metadata answers) that the local cloud's instances ask
+# for spot interruption notices: with it, `--spot` is a rehearsal of preemption handling
+# (checkpoints, outputs, --retry-on-preemption) on this machine.
+SPOT_METADATA_ENV = "CML_INFRA_LOCAL_SPOT_METADATA"
 # What a pgid file may hold to name an instance's process group: a decimal integer above 1
 # (`kill -- -1` is every process, `-0` the caller's own group), as destroy.sh checks it.
 _PGID = re.compile(r"[1-9][0-9]{0,6}")
@@ -68,8 +72,13 @@ class LocalCloud(Cloud):
             raise UsageError("--region", f"unknown region {region!r} for cloud local; valid: local")
         if spec.gpu is not None:
             raise UsageError("--gpu", f"not on the local cloud: {self.UNSUPPORTED[Feature.GPU]}")
-        if spot:
-            raise UsageError("--spot", f"not on the local cloud: {self.UNSUPPORTED[Feature.SPOT]}")
+        if spot and not spot_rehearsal():
+            raise UsageError(
+                "--spot",
+                f"not on the local cloud: {self.UNSUPPORTED[Feature.SPOT]} (to rehearse "
+                f"preemption, set {SPOT_METADATA_ENV} to a metadata service that sends AWS's "
+                "spot interruption notice)",
+            )
         for flag, value in (
             ("--size", spec.size),
             ("--type", spec.instance_type),
@@ -90,7 +99,9 @@ class LocalCloud(Cloud):
             raise UsageError(
                 "--docker", "the local cloud runs jobs as you: they use Docker if you may"
             )
-        return Placement(cloud=self.name, region=REGION, instance_type="process", hourly_price=0.0)
+        return Placement(
+            cloud=self.name, region=REGION, instance_type="process", hourly_price=0.0, spot=spot
+        )
 
     def boot(self, spec: RunnerSpec) -> Boot:
         return Boot(
@@ -101,6 +112,9 @@ class LocalCloud(Cloud):
             # As whoever runs cml-infra: this machine has no user made for it.
             runner_user=None,
             reads_launcher_files=True,
+            # A spot rehearsal: the agent watches the given metadata service as on AWS.
+            preemption_probe="aws-spot-notice" if spec.spot else None,
+            endpoints={"aws_metadata": spot_rehearsal() or ""} if spec.spot else {},
         )
 
     def _self_destroy(self, name: str) -> tuple[str, ...]:
@@ -206,6 +220,16 @@ class LocalCloud(Cloud):
             fallback_name=sandbox.name,
             idle_seconds=idle_seconds,
         )
+
+
+def spot_rehearsal() -> str | None:
+    """The rehearsal's metadata service (an http URL), if one is set."""
+    url = os.environ.get(SPOT_METADATA_ENV, "").strip().rstrip("/")
+    if not url:
+        return None
+    if not url.startswith("http://"):
+        raise UsageError(SPOT_METADATA_ENV, f"{url!r}: a metadata service is asked over http://")
+    return url
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -67,10 +67,27 @@ def _down_one(
             state.save(record.replace(state="failed", error=problems))
             raise CmlInfraError(f"{name}: destroy failed: {problems}")
         state.remove_workspace(name)
+        _drop_workdir(state, record)
         if record.forge:
             _down_registration(record, token)
         ui.info(f"{record.name} destroyed" + (f" ({reason})" if reason else ""))
         return state.save(record.replace(state="destroyed", end_reason=reason, error=None))
+
+
+def _drop_workdir(state: StateDir, record: RunnerRecord) -> None:
+    """The task's packed folder goes with the instance that read it (up to 100 MiB a runner);
+    its status, log and outputs stay for `logs`, `status` and `pull`."""
+    if record.reports is None or record.workdir is None:
+        return
+    from cml_infra.task.channel import WORKDIR, channel_of
+
+    channel = channel_of(state, state.key(record), on_this_machine=record.reports == "folder")
+    if channel is None:
+        return
+    try:
+        channel.delete(WORKDIR)
+    except (CmlInfraError, OSError) as exc:
+        ui.warn(f"{record.name}: its packed working folder stays in {channel.where}: {exc}")
 
 
 def _stand_in(name: str, state: StateDir, broken: BrokenRecord) -> RunnerRecord:

@@ -13,17 +13,23 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cml_infra import clouds, cost, forge, modules, packaged, placement, render
+from cml_infra import clouds, cost, forge, modules, packaged, placement, render, ui
 from cml_infra.clouds.base import Boot, Cloud, RenderContext, new_launch_id
 from cml_infra.errors import UsageError
 from cml_infra.forge.base import Registration, RunnerRelease, registration_labels
 from cml_infra.placement import Attempt
 from cml_infra.spec import OPTIMIZE_PRICE, RunnerSpec
 from cml_infra.state import StateDir, utcnow
+from cml_infra.task.channel import Channel, channel_of
+from cml_infra.task.pack import Packed, pack
 
 if TYPE_CHECKING:
     from cml_infra.catalog.offerings import Index
     from cml_infra.forge.base import Forge
+
+
+# The sources of the UsageError a cloud raises for a startup script over its user data limit.
+USER_DATA_SOURCES = frozenset({"startup script", "--startup-script"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,11 @@ class Launch:
     # The runner release `up` looked up through the forge (None: the one the forge names
     # without a lookup).
     runner_release: RunnerRelease | None = None
+    # Task mode: the packed --workdir (None: no task).
+    packed: Packed | None = None
+    # What the agent is told of the task's folder, its outputs and where to report
+    # (task/channel.py): stand-ins until `up` signs them (`signed_task`); None: no channel.
+    task: dict[str, Any] | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -61,8 +72,37 @@ class Launch:
                 self.spec, registration, self.labels, self.boot, self.runner_release
             )
         return render.startup_script(
-            self.boot, self.spec, self.expires_at.timestamp(), runner, gpus=self.gpus
+            self.boot, self.spec, self.expires_at.timestamp(), runner, gpus=self.gpus,
+            task=self.task,
+        )  # fmt: skip
+
+    def channel(self, state: StateDir) -> Channel | None:
+        """Where this launch's instance reports (None: a VM with no backend)."""
+        return channel_of(
+            state, state.key_of(self.spec.name, self.launch_id), self.cloud.ON_THIS_MACHINE
         )
+
+    def signed_task(self, state: StateDir) -> Launch:
+        """The launch with its channel made real: the workdir stored where the instance reads
+        it, and URLs signed in place of the stand-ins."""
+        channel = self.channel(state)
+        if channel is None or self.task is None:
+            return self
+        channel.clear()
+        task = task_config(self.spec, self.boot, channel, self.packed, sign=True)
+        valid_until = getattr(channel, "valid_until", None)
+        if valid_until is not None and valid_until < self.expires_at:
+            ui.warn(
+                f"{self.spec.name}: its agent's reports stop at {valid_until:%Y-%m-%d %H:%M} UTC, "
+                "when the credentials that signed their URLs expire, before its TTL ends it: "
+                "sign with credentials that last as long (see README, Task mode)"
+            )
+        # The checked script holds the stand-ins: the script is rendered again with these.
+        return replace(self, task=task, checked_script="")
+
+    def without_reports(self) -> Launch:
+        """The launch with no channel: its agent reports nowhere (see `_Up.open_channel`)."""
+        return replace(self, task=None, checked_script="")
 
     @property
     def gpus(self) -> int:
@@ -107,11 +147,22 @@ def plan(spec: RunnerSpec, state: StateDir | None, terraform: str | None = None)
         created_at=created,
         expires_at=created + timedelta(seconds=spec.ttl),
     )
+    if state is not None:
+        launch = _with_task(launch, state)
     # Every attempt gets the same script, so the first one's variables show whether it fits.
     with _fork_templates(spec):
-        launch = replace(launch, checked_script=launch.startup_script(None))
+        try:
+            launch, passed = _scripted(launch)
+        except UsageError as exc:
+            if launch.task is None or spec.command or exc.source not in USER_DATA_SOURCES:
+                raise
+            # A runner does its work without them; a task could not.
+            ui.warn(
+                f"{spec.name}: the agent's status and log reports do not fit in the user data "
+                f"{cloud.name} takes beside the runner, so they stay on the instance ({exc})"
+            )
+            launch, passed = _scripted(launch.without_reports())
         context = launch.context(launch.checked_script)
-        passed = cloud.module_vars(spec, attempts[0].placement, context)
         # The root module too, which `up` renders only once it has claimed the name.
         render.root_module(
             cloud, spec, attempts[0].placement, launch.variables(attempts[0], context)
@@ -129,6 +180,48 @@ def _offerings(spec: RunnerSpec, cloud: Cloud) -> Index | None:
     from cml_infra import catalog
 
     return catalog.current_offerings(cloud.name)
+
+
+def _scripted(launch: Launch) -> tuple[Launch, dict[str, Any]]:
+    """The launch with its checked startup script, and the variables the cloud passes with it
+    (which say whether the script fits the cloud's user data)."""
+    launch = replace(launch, checked_script=launch.startup_script(None))
+    context = launch.context(launch.checked_script)
+    return launch, launch.cloud.module_vars(launch.spec, launch.attempts[0].placement, context)
+
+
+def _with_task(launch: Launch, state: StateDir) -> Launch:
+    """The task's folder packed (over its size limit: bad input) and the agent's channel
+    config with stand-ins; a task where nothing could come back is refused."""
+    spec, cloud = launch.spec, launch.cloud
+    channel = launch.channel(state)
+    if channel is None:
+        if spec.workdir is not None or spec.outputs:
+            raise UsageError(
+                "--backend",
+                f"a task on {cloud.name} needs a backend: its folder goes to the instance, and "
+                "its log, exit code and outputs come back, through the bucket; give --backend "
+                "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or azurerm://ACCOUNT/CONTAINER/PREFIX "
+                "(or CML_INFRA_BACKEND)",
+            )
+        return launch
+    packed = pack(spec.workdir) if spec.workdir is not None else None
+    return replace(
+        launch, packed=packed, task=task_config(spec, launch.boot, channel, packed, sign=False)
+    )
+
+
+def task_config(
+    spec: RunnerSpec, boot: Boot, channel: Channel, packed: Packed | None, *, sign: bool
+) -> dict[str, Any]:
+    """The agent config's task keys: the channel's, and the spot notice the agent watches in
+    task mode (a runner watches it in its own config)."""
+    config = channel.agent_config(packed, spec.outputs, spec.ttl, sign=sign)
+    if spec.command and boot.preemption_probe:
+        config["preemption"] = boot.preemption_probe
+    if boot.endpoints:
+        config["endpoints"] = dict(boot.endpoints)
+    return config
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cml_infra import placement, render, ui
+from cml_infra.backends.base import BackendError
 from cml_infra.errors import CmlInfraError, Interrupted, UsageError
 from cml_infra.forge import Secret
 from cml_infra.forge.base import Forge, Registration, RunnerInfo
@@ -38,9 +39,17 @@ CLAIM_WAIT_SECONDS = 2.0
 
 
 def up(
-    spec: RunnerSpec, state: StateDir, terraform: str | None, token: Secret = None
+    spec: RunnerSpec,
+    state: StateDir,
+    terraform: str | None,
+    token: Secret = None,
+    avoid: RunnerRecord | None = None,
 ) -> RunnerRecord:
+    """`avoid`: a runner whose placement (region, zone, market) is tried last, as the cloud
+    just reclaimed its spot instance there."""
     launch = prepare.plan(spec, state, terraform)
+    if avoid is not None:
+        launch = replace(launch, attempts=_avoiding(launch.attempts, avoid))
     forge = launch.forge(token)
     engine = Engine.discover(terraform, state.engine_home())
     # Both before the state dir is touched: bad input creates nothing. This state dir's own
@@ -82,6 +91,7 @@ class _Up:
         previous = _free_name(self.state, self.name, self.key)
         record = self.claim()
         try:
+            record = self.open_channel(record)
             registration = self.register()
             record, instance = self.apply_first_that_fits(record, registration)
             self.wait_online()
@@ -119,12 +129,30 @@ class _Up:
                 launch_id=launch.launch_id,
                 # The workflow run it serves, for `report --cost`; failover keeps it.
                 ci=ci_run(),
+                workdir=None if spec.workdir is None else str(spec.workdir),
+                task_outputs=spec.outputs,
+                reports=_reports(launch, self.state),
                 **launch.attempts[0].placement.record_fields(),
             )
         )
         # A reused name starts clean: no workspace, and no log of the runner it replaces.
         self.state.remove_workspace(self.key)
         shutil.rmtree(self.state.log_dir(self.key), ignore_errors=True)
+        return record
+
+    def open_channel(self, record: RunnerRecord) -> RunnerRecord:
+        """The task's folder stored where the instance reads it, under the claimed key, and
+        the URLs of the agent's reports signed. A runner or an idle instance goes without its
+        reports when the backend cannot sign (a credential with no key to sign with); a task
+        cannot go without its folder."""
+        try:
+            self.launch = self.launch.signed_task(self.state)
+        except BackendError as exc:
+            if self.launch.spec.command:
+                raise
+            ui.warn(f"{self.name}: its agent will send no status or log back: {exc}")
+            self.launch = self.launch.without_reports()
+            return self.state.save(record.replace(reports=None))
         return record
 
     def register(self) -> Registration | None:
@@ -313,6 +341,27 @@ def _free_name(state: StateDir, name: str, key: str) -> RunnerRecord | None:
             + f"); pick another name or run `cml-infra down {name}` first",
         )
     return next((record for record in existing if state.key(record) == key), None)
+
+
+def _avoiding(attempts: list[Attempt], record: RunnerRecord) -> list[Attempt]:
+    """The attempts in the record's region and market (and zone, where its outputs name one)
+    moved to the end."""
+    zone = record.outputs.get("zone")
+    there = [
+        a
+        for a in attempts
+        if (a.placement.region, a.placement.spot) == (record.region, record.spot)
+        and (zone is None or a.placement.zone in (None, zone))
+    ]
+    others = [a for a in attempts if a not in there]
+    return [replace(a, number=n) for n, a in enumerate(others + there)]
+
+
+def _reports(launch: Launch, state: StateDir) -> str | None:
+    """Where the agent reports (RunnerRecord.reports)."""
+    if launch.task is None:
+        return None
+    return "bucket" if state.remote else "folder"
 
 
 def _refuse_a_name_in_use(launch: Launch) -> None:

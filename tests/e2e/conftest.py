@@ -59,8 +59,14 @@ class Cli:
     def __init__(self, state_dir: Path, env: dict[str, str]) -> None:
         self.state_dir = state_dir
         self.env = env
+        # Where the commands run: a task packs its working folder, which must not be the
+        # repository the tests run from.
+        self.cwd = state_dir.parent / "cwd"
+        self.cwd.mkdir(parents=True, exist_ok=True)
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 120, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "cml_infra", *args],
             env=self.env,
@@ -68,19 +74,23 @@ class Cli:
             text=True,
             timeout=timeout,
             check=False,
+            cwd=cwd or self.cwd,
         )
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "cml_infra", *args],
             env=env or self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            cwd=cwd or self.cwd,
         )
 
-    def ok(self, *args: str) -> str:
-        done = self.run(*args)
+    def ok(self, *args: str, cwd: Path | None = None) -> str:
+        done = self.run(*args, cwd=cwd)
         assert done.returncode == 0, f"{args}: exit {done.returncode}\n{done.stderr}"
         return done.stdout
 

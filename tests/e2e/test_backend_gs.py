@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cli, assert_no_processes_in, processes_in
-from tests.e2e.test_backend import Job
+from tests.e2e.test_backend import Job, _closed
 from tests.fakes.emulators import fake_gcs_binary, fake_gcs_server
 
 pytestmark = pytest.mark.e2e
@@ -96,7 +96,7 @@ def test_another_job_lists_and_destroys_the_runner(
     assert second.status()["shared"]["state"] == "destroyed"
     assert not second.sandbox("shared").exists()
     # The state listed nothing any more: only the closed record is kept.
-    assert _objects(endpoint, bucket) == [f"{prefix}runner.json"]
+    assert _closed(_objects(endpoint, bucket), prefix)
     assert_no_processes_in(second.state_dir.parent / "machine")
 
 

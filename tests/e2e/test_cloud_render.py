@@ -66,6 +66,15 @@ NETWORK = {
 }  # fmt: skip
 
 
+# A task's folder and reports travel through a backend: renders of tasks name one (a render
+# reaches no store; the URLs in the startup script are stand-ins).
+TASK_BACKEND = {
+    "aws": "s3://renders/ci?region=us-east-1",
+    "gcp": "gs://renders/ci",
+    "azure": "azurerm://rendersaccount/renders/ci",
+}
+
+
 def clean_env() -> dict[str, str]:
     """No credentials of any cloud: rendering must not need them."""
     prefixes = ("AWS_", "GOOGLE_", "CLOUDSDK_", "ARM_", "AZURE_", "CML_INFRA_")
@@ -82,7 +91,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, s
         args = ["render", "--cloud", cloud, "--name", f"m-{cloud}-{kind}", "-o", str(dest)]
         args += ["--gpu", "t4"] if kind == "gpu" else ["--size", "s"]
         args += ["--spot"] if market == "spot" else ["--no-spot"]
-        args += ["--tag", "team=ml", "--", "python3", "train.py"]
+        args += ["--tag", "team=ml", "--backend", TASK_BACKEND[cloud], "--", "python3", "train.py"]
         done = subprocess.run([sys.executable, "-m", "cml_infra", *args], env=env,
                               capture_output=True, text=True, check=False)  # fmt: skip
         assert done.returncode == 0, f"{args}: {done.stderr}"
@@ -103,7 +112,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, s
         for kind, more in (("network", flags), ("network-gpu", [*flags[:2], "--gpu", "t4"])):
             dest = root / f"{cloud}-{kind}"
             args = ["render", "--cloud", cloud, "--name", f"n-{cloud}", "-o", str(dest), *more,
-                    "--", "python3", "train.py"]  # fmt: skip
+                    "--backend", TASK_BACKEND[cloud], "--", "python3", "train.py"]  # fmt: skip
             done = subprocess.run([sys.executable, "-m", "cml_infra", *args], env=env,
                                   capture_output=True, text=True, check=False)  # fmt: skip
             assert done.returncode == 0, f"{args}: {done.stderr}"

@@ -22,7 +22,13 @@ from typing import Any
 import hcl2
 import pytest
 
-from tests.e2e.test_cloud_render import TFSCHEMA, clean_env, module_resources, tfvars
+from tests.e2e.test_cloud_render import (
+    TASK_BACKEND,
+    TFSCHEMA,
+    clean_env,
+    module_resources,
+    tfvars,
+)
 
 pytestmark = pytest.mark.e2e
 CLOUDS = ("aws", "gcp", "azure")
@@ -49,7 +55,15 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
         for variant, flags in VARIANTS.items():
             dest = root / f"{cloud}-{variant}"
             args = ["render", "--cloud", cloud, "--name", "gpu-ci", "-o", str(dest), *flags]
-            args += ["--tag", "team=ml", "--", "python3", "train.py"]
+            args += [
+                "--tag",
+                "team=ml",
+                "--backend",
+                TASK_BACKEND[cloud],
+                "--",
+                "python3",
+                "train.py",
+            ]
             done = subprocess.run([sys.executable, "-m", "cml_infra", *args], env=env,
                                   capture_output=True, text=True, check=False)  # fmt: skip
             assert done.returncode == 0, f"{args}: {done.stderr}"

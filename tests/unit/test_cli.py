@@ -78,6 +78,44 @@ def assert_one_line_error(result, flag, state_root):
         (["cleanup", "--orphan-grace", "9999999999999s"], "--orphan-grace", "maximum, 366d"),
         (["cleanup", "--max-destroy", "-1"], "--max-destroy", "0 (no limit) or more"),
         (["render", "-o", "x" * 300, "--name", "ok-name"], "--output", "cannot write"),
+        # Task mode: where the folder goes, what comes back, whether up waits.
+        (["up", "--out", "m.bin"], "--out", "applies to a task: give the task after --"),
+        (["up", "--workdir", "."], "--workdir", "applies to a task"),
+        (["up", "--out", "../m.bin", "--", "true"], "--out", "must be a path inside"),
+        (["up", "--workdir", "/nonexistent/x", "--", "true"], "--workdir", "not a folder"),
+        (["up", "--detach", "--", "true"], "--detach", "applies to --single with a task"),
+        (
+            ["up", "--single", "--retry-on-preemption", "1", "--", "true"],
+            "--retry-on-preemption",
+            "add --spot",
+        ),
+        (
+            ["up", "--single", "--detach", "--retry-on-preemption", "1", "--", "true"],
+            "--retry-on-preemption",
+            "relaunches a task that up is attached to",
+        ),
+        (
+            ["up", "--cloud", "aws", "--size", "s", "--", "python", "train.py"],
+            "--backend",
+            "a task on aws needs a backend",
+        ),
+        (
+            [
+                "render",
+                "-o",
+                "out",
+                "--cloud",
+                "gcp",
+                "--project",
+                "my-proj",
+                "--size",
+                "s",
+                "--",
+                "x",
+            ],
+            "--backend",
+            "a task on gcp needs a backend",
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_the_flag(state_root, args, flag, fragment):
@@ -226,7 +264,9 @@ def test_logs_of_a_vm_say_where_the_log_is(state_root, make_record, cloud, where
     result = invoke("logs", "vm-1")
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: vm-1: cml-infra does not fetch VM logs")
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: vm-1: launched without --backend, its log has no way back"
+    )
     assert "/var/lib/cml-infra/instance.log" in lines[0] and where in lines[0]
 
 

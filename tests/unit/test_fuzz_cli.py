@@ -75,6 +75,7 @@ EXAMPLES = {
     "down": 60,
     "status": 40,
     "logs": 40,
+    "pull": 30,
     "catalog": 25,
     "doctor": 30,
     "cleanup": 150,
@@ -326,7 +327,9 @@ class Opt:
         return [self.flag, draw(values)]
 
 
-PATH_FLAGS = frozenset({"--state-dir", "-o", "--output", "--runner-archive", "--terraform"})
+PATH_FLAGS = frozenset(
+    {"--state-dir", "-o", "--output", "--runner-archive", "--terraform", "--workdir"}
+)
 MODES = st.sampled_from(["valid", "one-odd", "one-odd", "one-odd", "one-odd", "mixed", "junk"])
 
 
@@ -378,6 +381,8 @@ def prefix() -> st.SearchStrategy[list[str]]:
     return st.lists(st.sampled_from(["-q", "--quiet"]), max_size=1)
 
 
+# `--out`: paths that leave the working folder, or name none of it.
+OUT_PATHS = ["..", "../x", "/etc/passwd", ".", "./", "a/../../b", "", " "]
 PLACEMENT_OPTIONS = [
     Opt("--cloud", ["local", "aws", "gcp", "azure"], CLOUDS),
     Opt("--region", ["local"], REGIONS),
@@ -408,6 +413,9 @@ PLACEMENT_OPTIONS = [
     Opt("--subnetwork", ["default"], NETWORK_IDS),
     Opt("--disk-size", ["100"], ["0", "-1", "7", "99999999", "1e3", "x", ""]),
     Opt("--public-ip|--no-public-ip", shape="bool"),
+    # Task mode: the folder that travels and the paths that come back.
+    Opt("--workdir", [BoxPath("full")], PATHS),
+    Opt("--out", ["model.bin", "runs/", "a/b.txt"], OUT_PATHS, "multi"),
 ]
 UP_ONLY_OPTIONS = [
     # Only up: render runs Terraform to check --var values against the module's validation.
@@ -420,6 +428,8 @@ UP_ONLY_OPTIONS = [
     Opt("--wait|--no-wait", shape="bool"),
     Opt("--reuse-idle|--no-reuse-idle", shape="bool"),
     Opt("--json", shape="flag"),
+    Opt("--detach", shape="flag"),
+    Opt("--retry-on-preemption", ["1", "0", "10"], ["-1", "11", "x", "", "1.5"]),
     # Only Terraforms that do not exist: the last --terraform on the line is always ours.
     Opt("--terraform", [NO_TERRAFORM], ["/nonexistent/tofu", "~/nonexistent", ""]),
 ]
@@ -883,6 +893,21 @@ def test_fuzz_logs(base, head, name, flags, record):
         if record:
             seed_record(box, record)
         run(box, [*head, "logs", *flags, "--", name])
+
+
+@fuzz("pull")
+@given(
+    head=prefix(),
+    name=st.one_of(st.just(RECORD_NAME), NAMES, JUNK),
+    dest=st.one_of(st.none(), PATHS),
+    flags=options([Opt("--state-dir", VALID_STATE_DIRS, STATE_DIRS)]),
+    record=SEEDS,
+)
+def test_fuzz_pull(base, head, name, dest, flags, record):
+    with sandbox(base) as box:
+        if record:
+            seed_record(box, record)
+        run(box, [*head, "pull", *flags, "--", name, *([] if dest is None else [dest])])
 
 
 @fuzz("catalog")

@@ -365,3 +365,41 @@ def test_an_aws_instance_that_ended_itself_ends_when_ec2_says(
     assert row["state"] == "ended" and row["ended_at"] == ended_at.isoformat()
     assert before <= ended_at <= after
     assert clouds.get("aws").ended_at({"id": "i-0123456789abcdef0", "region": region}) is None
+
+
+def _agent_report(state_dir, **fields):
+    folder = state_dir.runner_dir("a-1") / "task"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "status.json").write_text(json.dumps(fields))
+
+
+def test_a_vms_idle_seconds_and_exit_code_come_from_its_agents_report(
+    state, make_record, fake_cloud
+):
+    """A VM's listing knows nothing of its agent: the agent's report says it is idle, since
+    when, and how its task ended."""
+    save_runner(state, make_record, reports="folder", command=("python", "train.py"))
+    fake_cloud.listed = [listed("running")]
+    now = utcnow()
+    _agent_report(state, state="idle", idle_seconds=30.0, updated_at=now.timestamp() - 10,
+                  task="exited", exit_code=3, preempted=None)  # fmt: skip
+    [row] = queries.status(state, include_destroyed=False, now=now)
+    assert (row["state"], row["task"], row["exit_code"]) == ("idle", "exited", 3)
+    assert row["idle_seconds"] == pytest.approx(40.0, abs=0.2)
+
+
+def test_a_stale_report_says_nothing_of_now_but_keeps_the_exit_code(state, make_record, fake_cloud):
+    save_runner(state, make_record, reports="folder")
+    fake_cloud.listed = [listed("running")]
+    now = utcnow()
+    _agent_report(state, state="idle", idle_seconds=30.0,
+                  updated_at=now.timestamp() - 3600, task="exited", exit_code=0)  # fmt: skip
+    [row] = queries.status(state, include_destroyed=False, now=now)
+    assert (row["state"], row["idle_seconds"], row["exit_code"]) == ("running", None, 0)
+
+
+def test_no_report_no_exit_code(state, make_record, fake_cloud):
+    save_runner(state, make_record)
+    fake_cloud.listed = [listed("running")]
+    [row] = queries.status(state, include_destroyed=False)
+    assert (row["task"], row["exit_code"], row["preempted"]) == (None, None, None)

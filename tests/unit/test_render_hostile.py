@@ -268,6 +268,10 @@ def _render(
         flags.update({"org": "octo"} if flags["runner_group"] is not None else scope)
     spec = build_spec(cloud=cloud, name="hostile", region=None, idle_timeout="5m", ttl="1h",
                       single=False, labels=("gpu", "a.b_c-d"), **flags)  # fmt: skip
+    if cloud != "local":
+        # A VM's task folder travels through a backend, which this state dir has not: the task
+        # alone is rendered (its folder's path is the launcher's, never the instance's).
+        spec = dataclasses.replace(spec, workdir=None)
     out = root / "ws"
     up.render_only(spec, state, out)
     return out, spec, state, asked
@@ -461,7 +465,16 @@ def test_startup_script_run_for_real_keeps_hostile_values_literal(variant, tmp_p
     assert config["command"] == list(command)
     assert config["self_destroy"] == list(boot.self_destroy)
     assert config.get("runner") == runner
-    for name, source in render.agent_files().items():
+    # No report, no cloud hook (the self-destroy is an argv); a GPU only on the VM.
+    shipped = render.agent_files(
+        runner=runner is not None,
+        task=False,
+        report=False,
+        hooks=(),
+        host=variant == "vm-runner",
+    )
+    assert sorted(path.name for path in (home / render.AGENT_PACKAGE).iterdir()) == sorted(shipped)
+    for name, source in shipped.items():
         assert (home / render.AGENT_PACKAGE / name).read_text() == source + "\n"
     calls = _recorded(record)
     agent = ["python", "-m", render.AGENT_PACKAGE, "--config", "agent-config.json", str(home)]

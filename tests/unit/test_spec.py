@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -207,7 +208,40 @@ def test_build_spec_parses_every_flag():
         single=True,
         labels=("gpu", "linux"),
         command=("echo", "hi"),
+        # A task takes the folder it is launched from.
+        workdir=Path.cwd().resolve(),
     )
+
+
+def _task_spec(**changes):
+    fields = {"cloud": "local", "name": "abc", "region": None, "idle_timeout": "1m", "ttl": "1h",
+              "single": True, "labels": [], "command": ["python", "train.py"]}  # fmt: skip
+    fields.update(changes)
+    return build_spec(**fields)
+
+
+def test_a_task_takes_its_workdir_and_out_paths(tmp_path):
+    (tmp_path / "project").mkdir()
+    built = _task_spec(workdir=str(tmp_path / "project"), out=["./model.bin", "runs//", "runs"])
+    assert built.workdir == (tmp_path / "project").resolve()
+    assert built.outputs == ("model.bin", "runs")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"command": [], "single": False, "workdir": "."}, "--workdir: applies to a task"),
+        ({"command": [], "single": False, "out": ["m"]}, "--out: applies to a task"),
+        ({"command": [], "repo": "octo/repo", "workdir": "."}, "--workdir: applies to a task"),
+        ({"workdir": "/nonexistent/project"}, "--workdir: /nonexistent/project: not a folder"),
+        ({"out": ["../etc/passwd"]}, "--out: '../etc/passwd' must be a path inside"),
+        ({"out": ["/abs"]}, "--out: '/abs' must be a path inside"),
+    ],
+)
+def test_task_flags_are_checked(changes, message):
+    with pytest.raises(UsageError) as caught:
+        _task_spec(**changes)
+    assert str(caught.value).startswith(message), caught.value
 
 
 def test_build_spec_generates_a_name_when_none_given():

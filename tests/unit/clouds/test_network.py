@@ -437,7 +437,7 @@ def test_up_refuses_before_anything_is_created(mocked_aws, monkeypatch, tmp_path
     root = tmp_path / "state"
     monkeypatch.setenv("CML_INFRA_HOME", str(root))
     result = CliRunner().invoke(
-        app, ["up", "--cloud", "aws", "--region", "eu-west-1", "--size", "s", "--", "true"]
+        app, ["up", "--cloud", "aws", "--region", "eu-west-1", "--size", "s"]
     )
     assert result.exit_code == 2, result.output
     assert result.output.startswith(

@@ -145,7 +145,8 @@ def test_agent_config_on_a_vm_cloud_runs_as_the_runner_user(cloud):
         ("aws", False, None),
         ("gcp", False, None),
         ("azure", False, None),
-        ("local", True, None),
+        # The local cloud's spot rehearsal watches a metadata service of the user's choosing.
+        ("local", True, "aws-spot-notice"),
         ("local", False, None),
     ],
 )

@@ -335,8 +335,7 @@ def test_up_refuses_a_name_another_launch_uses_on_aws(aws, monkeypatch, tmp_path
     root = tmp_path / "state"
     monkeypatch.setenv("CML_INFRA_HOME", str(root))
     result = CliRunner().invoke(
-        app, ["up", "--cloud", "aws", "--region", REGION, "--size", "s", "--name", NAME,
-              "--", "python", "train.py"],
+        app, ["up", "--cloud", "aws", "--region", REGION, "--size", "s", "--name", NAME],
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: --name: 'gpu-ci' is in use on aws by a live instance")

@@ -165,7 +165,7 @@ def _spec(**changes) -> RunnerSpec:
 def test_any_region_starts_with_the_cheapest_and_falls_over_to_the_next(monkeypatch, state, capsys):
     spec = build_spec(
         cloud="aws", name="gpu-1", region="any", gpu="t4", spot=True, idle_timeout="5m",
-        ttl="1h", single=False, labels=(), command=("nvidia-smi",),
+        ttl="1h", single=False, labels=(), command=(),
     )  # fmt: skip
     assert (spec.any_region, spec.optimize) == (True, "price")
     engine = _engine(monkeypatch, state, [NO_CAPACITY, None])
