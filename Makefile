@@ -68,6 +68,7 @@ bench: install
 	$(BIN)/python tests/bench/bench_cleanup.py
 	$(BIN)/python tests/bench/bench_backend.py
 	$(BIN)/python tests/bench/bench_agent.py
+	$(BIN)/python tests/bench/bench_task.py
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .venv-bench build dist .pytest_cache .mypy_cache .ruff_cache

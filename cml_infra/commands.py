@@ -84,29 +84,29 @@ def up(command: Sequence[str], flags: dict[str, Any]) -> None:
     from cml_infra.lifecycle import up as lifecycle
 
     spec = _spec(command, flags)
+    attached = bool(spec.single and spec.command and not flags["detach"])
+    _check_attach(spec, flags, attached)
     state = _state(flags["state_dir"], flags["backend"])
     token = _secret(flags["token"], (flags["github_app_id"], flags["github_app_key"]))
     reused = lifecycle.reusable(spec, state, token, flags["terraform"]) if spec.reuse_idle else None
     if reused is not None:
         _report_reuse(reused, flags["json_output"])
         return
-    attached = bool(spec.single and spec.command and not flags["detach"])
-    _check_attach(spec, flags, attached)
     record = lifecycle.up(spec, state, flags["terraform"], token)
     _step_outputs(record)
     ui.info(_summary(spec, record))
     if attached:
         from cml_infra.lifecycle import attached as run_attached
 
-        code = run_attached.until_done(spec, state, record, flags["terraform"], token,
+        done = run_attached.until_done(spec, state, record, flags["terraform"], token,
                                        retries=flags["retry_on_preemption"])  # fmt: skip
         if flags["json_output"]:
             from cml_infra import queries
 
-            rows = queries.status(state, include_destroyed=True, only=state.key(code.record))
+            rows = queries.status(state, include_destroyed=True, only=state.key(done.record))
             ui.emit_json(rows[0] if rows else {})
-        if code.exit_code:
-            raise typer.Exit(code.exit_code)
+        if done.exit_code:
+            raise typer.Exit(done.exit_code)
         return
     if flags["json_output"]:
         from cml_infra import queries

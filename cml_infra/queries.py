@@ -190,7 +190,8 @@ def _status_row(
     idle_seconds = None
     report = report or {}
     if ended:
-        state = "ended"
+        # Its agent said why, where it could: the cloud reclaimed the spot instance.
+        state = "preempted" if report.get("preempted") else "ended"
     elif state in _SELF_ENDING and instance is not None:
         if instance.state in _AGENT_STATES:  # the local cloud lists its agent's own state
             state = _AGENT_STATES[instance.state]
@@ -222,6 +223,8 @@ def _status_row(
         "task": report.get("task"),
         "exit_code": code if isinstance(code, int) and not isinstance(code, bool) else None,
         "preempted": report.get("preempted"),
+        # What of its --out paths the agent sent back (before a preemption too).
+        "outputs": (report.get("outputs") or {}).get("uploaded"),
     }
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cml_infra import clouds, cost, forge, modules, packaged, placement, render, ui
@@ -98,6 +99,11 @@ class Launch:
                 "sign with credentials that last as long (see README, Task mode)"
             )
         # The checked script holds the stand-ins: the script is rendered again with these.
+        return replace(self, task=task, checked_script="")
+
+    def reading_workdir(self, path: Path) -> Launch:
+        """The launch with its instance reading the task's folder from `path` (a render's)."""
+        task = {**(self.task or {}), "workdir": {"file": str(path)}}
         return replace(self, task=task, checked_script="")
 
     def without_reports(self) -> Launch:

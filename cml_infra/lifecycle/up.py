@@ -26,6 +26,7 @@ from cml_infra.placement import Attempt
 from cml_infra.record import RunnerRecord, ci_run
 from cml_infra.spec import OPTIMIZE_PRICE, RunnerSpec
 from cml_infra.state import BrokenRecord, StateDir
+from cml_infra.task.channel import WORKDIR, write_private_bytes
 from cml_infra.terraform import Engine, EventHandler, TerraformError
 
 # What the workspace a backend keeps has in place of the startup script, which holds the
@@ -422,8 +423,13 @@ def reusable(
 
 
 def render_only(spec: RunnerSpec, state: StateDir, out: Path) -> Launch:
-    """Write the workspace of `up`'s first attempt; its fallbacks are checked, not written."""
+    """Write the workspace of `up`'s first attempt; its fallbacks are checked, not written. A
+    task's folder that the instance reads from this machine (the local cloud) is packed beside
+    it, so that the workspace applies as it is; through a bucket it is `up`'s to store."""
     launch = prepare.plan(spec, state)
+    beside = launch.packed is not None and "file" in ((launch.task or {}).get("workdir") or {})
+    if beside:
+        launch = launch.reading_workdir(out / WORKDIR)
     context = launch.context(launch.startup_script(None))
     created = None
     try:
@@ -431,6 +437,8 @@ def render_only(spec: RunnerSpec, state: StateDir, out: Path) -> Launch:
             raise UsageError("--output", f"{out} exists and is not an empty folder")
         created = _first_missing(out)
         _write(out, launch, launch.attempts[0], context)
+        if beside and launch.packed is not None:
+            write_private_bytes(out / WORKDIR, launch.packed.data)
         state.configure_workspace(state.key_of(spec.name, launch.launch_id), out)
     except OSError as exc:
         if created is not None:  # half a workspace is worse than none

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from cml_infra.record import RunnerRecord
     from cml_infra.state import StateDir
 
+# How often the log and the status are looked at: a request each in a bucket; a file here.
 POLL_SECONDS = 1.0
+LOCAL_POLL_SECONDS = 0.25
 # Once the task ended, how long the rest of the log is awaited (the agent uploads it as the
 # instance ends) before `up` returns without it.
 DRAIN_SECONDS = 60.0
@@ -30,7 +32,7 @@ DRAIN_SECONDS = 60.0
 # an instance that is gone without a word (reclaimed, killed) sends no status.
 LIVENESS_SECONDS = 15.0
 # Recorded or shown states of a runner whose instance is gone.
-_GONE = frozenset({"destroyed", "failed", "ended", "stopped", "agent-dead"})
+_GONE = frozenset({"destroyed", "failed", "ended", "preempted", "stopped", "agent-dead"})
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class LogFollower:
         self.status: dict[str, Any] | None = None
         # A VM's log exists only in the channel; an instance here writes its own file.
         self.local_file = record.reports != "bucket" and self.cloud.ON_THIS_MACHINE
+        self.poll = LOCAL_POLL_SECONDS if self.local_file else POLL_SECONDS
 
     def read(self) -> str:
         """What the log gained since the last read (its status refreshed first)."""
@@ -117,7 +120,7 @@ def follow(
             yield chunk
         if not chunk and (gone or (follower.complete and not follower.local_file)):
             return
-        sleep(POLL_SECONDS)
+        sleep(follower.poll)
 
 
 def read_all(state: StateDir, record: RunnerRecord) -> Iterator[str]:
@@ -153,7 +156,8 @@ def attach(
             ended = follower.task_ended()
             ended_at = clock()
         if ended is not None:
-            if follower.complete and not chunk:
+            # The whole log from a bucket is all there is; a file here may still grow.
+            if follower.complete and (not chunk or not follower.local_file):
                 return ended
             if clock() - ended_at > DRAIN_SECONDS or (not chunk and _record_gone(state, record)):
                 return ended
@@ -169,7 +173,7 @@ def attach(
                     None,
                     follower.status,
                 )
-        sleep(POLL_SECONDS)
+        sleep(follower.poll)
 
 
 def pull(state: StateDir, record: RunnerRecord, dest: Path) -> list[str]:

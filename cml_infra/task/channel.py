@@ -128,7 +128,7 @@ class FolderChannel(Channel):
         if packed is not None:
             if sign:
                 make_private_dir(self.folder)
-                _write_bytes(self.folder / WORKDIR, packed.data)
+                write_private_bytes(self.folder / WORKDIR, packed.data)
             config["workdir"] = {"file": str(self.folder / WORKDIR)}
         if outputs:
             config["outputs"] = list(outputs)
@@ -222,8 +222,8 @@ def _stand_in_url(relative: str) -> str:
     return f"https://presigned-url.invalid/{relative}?stand-in-for-a-url-up-signs={noise}"
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """A private file, replaced whole."""
+def write_private_bytes(path: Path, data: bytes) -> None:
+    """A private file (0600), replaced whole."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)  # one a crashed launch of this pid left
     # O_EXCL: nothing planted at the name (a symlink) is written through.

@@ -9,8 +9,8 @@ target 50 ms). A cloud whose packaged offerings sell nothing yet is said, not me
 
 The lifecycle on the local cloud with real Terraform, 7 runs (--runs), interleaved (which side
 goes first alternates), each side in a fresh state dir of its own:
-- `cml-infra up --cloud local --idle-timeout 1h --name NAME -- sleep 600`, then
-  `cml-infra down NAME`;
+- `cml-infra up --cloud local --idle-timeout 1h --name NAME` (an instance with no task: a task
+  ships its working folder, which the floor would not), then `cml-infra down NAME`;
 - the floor: a bare `terraform init`, `terraform apply -auto-approve` and
   `terraform destroy -auto-approve` of the very same workspace, written by `cml-infra render -o
   DIR` with the same flags and name into its state dir (only the creation time and the launch
@@ -72,7 +72,7 @@ TERRAFORM = shutil.which("terraform") or shutil.which("tofu")
 STARTUP_TARGET = 0.15  # seconds, for --help, up --help and status
 RATIO_TARGET = 1.5  # (up + down) / bare init + apply + destroy
 UP_FLAGS = ["--cloud", "local", "--idle-timeout", "1h"]
-TASK = ["--", "sleep", "600"]
+TASK: list[str] = []
 COMMAND_TIMEOUT = 300.0
 # What cml-infra sets for Terraform besides TF_CLI_CONFIG_FILE (cml_infra's Engine.environment).
 TERRAFORM_ENV = {"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"}
@@ -483,7 +483,7 @@ def lifecycle(env: dict[str, str], runs: int) -> None:
         shutil.rmtree(root, ignore_errors=True)
     s = bench.samples
     header(
-        f"local cloud, `up {' '.join(UP_FLAGS)} -- sleep 600` + `down` vs bare Terraform of the "
+        f"local cloud, `up {' '.join(UP_FLAGS)}` + `down` vs bare Terraform of the "
         f"same workspace ({runs} runs, interleaved, fresh state dirs, warm plugin cache)"
     )
     for label in ("up", "down", "up + down"):

@@ -403,3 +403,15 @@ def test_no_report_no_exit_code(state, make_record, fake_cloud):
     fake_cloud.listed = [listed("running")]
     [row] = queries.status(state, include_destroyed=False)
     assert (row["task"], row["exit_code"], row["preempted"]) == (None, None, None)
+
+
+def test_a_vm_its_agent_saw_reclaimed_is_preempted_with_what_it_sent_back(
+    state, make_record, fake_cloud, later
+):
+    save_runner(state, make_record, reports="folder")
+    _agent_report(state, state="destroying", task="preempted", exit_code=None,
+                  preempted="aws spot instance-action {}", outputs={"uploaded": ["ckpt.pt"]},
+                  updated_at=utcnow().timestamp())  # fmt: skip
+    [row] = queries.status(state, include_destroyed=False, now=later)
+    assert (row["state"], row["task"], row["exit_code"]) == ("preempted", "preempted", None)
+    assert row["outputs"] == ["ckpt.pt"]
