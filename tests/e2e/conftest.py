@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import secrets
 import signal
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.emulators import moto_server
 from tests.fakes.github import FakeGitHub
 from tests.fakes.runner_double import build_archive
 
@@ -177,14 +177,8 @@ REGION = "us-east-1"
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -32,10 +32,8 @@ sys.exit(3)
 """
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
+def make_project(folder: Path) -> Path:
     """A project folder: a training script, its data, and files that must not travel."""
-    folder = tmp_path / "project"
     (folder / "data").mkdir(parents=True)
     (folder / "train.py").write_text(TRAIN)
     (folder / "data" / "input.txt").write_text("42 samples\n")
@@ -45,6 +43,11 @@ def workdir(tmp_path: Path) -> Path:
     (folder / "cache").mkdir()
     (folder / "cache" / "blob").write_bytes(b"x" * 1024)
     return folder
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
 
 
 def test_attached_task_streams_its_log_exits_with_its_code_and_outputs_come_home(

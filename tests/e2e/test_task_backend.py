@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.conftest import REGION, Cli, aws_env, processes_in
 from tests.e2e.test_backend import Job
-from tests.e2e.test_task import PY, TRAIN
+from tests.e2e.test_task import PY, make_project
 
 pytestmark = pytest.mark.e2e
 PREFIX = "ci/tasks"
@@ -27,13 +27,7 @@ PREFIX = "ci/tasks"
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    folder = tmp_path / "project"
-    (folder / "data").mkdir(parents=True)
-    (folder / "train.py").write_text(TRAIN)
-    (folder / "data" / "input.txt").write_text("42 samples\n")
-    (folder / ".gitignore").write_text("secret.key\n")
-    (folder / "secret.key").write_text("not for the instance\n")
-    return folder
+    return make_project(tmp_path / "project")
 
 
 @pytest.fixture

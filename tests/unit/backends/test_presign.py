@@ -7,7 +7,6 @@ The round trips on fake-gcs-server and Azurite are in tests/e2e/test_presign_emu
 from __future__ import annotations
 
 import base64
-import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from cml_infra.backends.base import MAX_URL_SECONDS, BackendError, SignedUrl
 from cml_infra.backends.gs import GcsBackend
 from cml_infra.backends.s3 import UNKNOWN_EXPIRY_SECONDS, S3Backend
 from tests.fakes.credentials import service_account_key
+from tests.fakes.emulators import moto_server
 
 OBJECT = "runners/0123456789abcdef/task/status.json"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -45,14 +45,8 @@ def _lives(signed: SignedUrl, before: datetime, seconds: int) -> bool:
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture
