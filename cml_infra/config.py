@@ -21,8 +21,8 @@ wins over the built-in default (the file becomes click's `default_map`).
 Keys are the flags without their dashes (`idle-timeout`, `type`; '_' may stand for '-'). A
 key that is no option of its command, and a token (which belongs in a CI secret, never in a
 repository), is refused with the file's name. A relative path (`state-dir`, `terraform`,
-`runner-archive`, `modules-dir`, `startup-script`) is relative to the file, not to the working
-folder.
+`runner-archive`, `modules-dir`, `startup-script`, `workdir`) is relative to the file, not to
+the working folder.
 
 A config file is data, not code: in CI it comes from the commit under test, maybe a pull
 request's. So the search stops at the repository root (a folder holding `.git`) or at $HOME,
@@ -31,8 +31,8 @@ whose folder others may write (or is not the user's or root's); and the keys tha
 or decide where code or the token comes from or goes, or what cloud role jobs get (UNTRUSTED:
 `terraform`, `runner-archive`, `image`, `github-url`, `runner-group`, `state-dir`, `backend`,
 `instance-profile`, `service-account`, `identity`, `github-app-key`, `modules-dir`,
-`startup-script`, and the `[vars]` table) are refused from any file, `CML_INFRA_CONFIG`'s
-included, unless `CML_INFRA_TRUST_CONFIG=1` says that the user trusts it.
+`startup-script`, `workdir`, `out`, and the `[vars]` table) are refused from any file,
+`CML_INFRA_CONFIG`'s included, unless `CML_INFRA_TRUST_CONFIG=1` says that the user trusts it.
 """
 
 from __future__ import annotations
@@ -74,13 +74,15 @@ SHARED = frozenset({"state_dir", "terraform", "backend"})
 # as the GitHub App's key (`github_app_key`), or the Terraform module itself (`modules_dir`: a
 # module runs code through Terraform, on the launcher with local-exec), or code run as root on
 # the instance before the runner (`startup_script`: it can read the runner's registration, and
-# a pull request's script must not mint itself runners): from a file only with TRUST_ENV=1,
-# since in CI the file may come from a pull request. The [vars] table too: module variables
-# choose images (`gpu_image_family`), roles and network exposure.
+# a pull request's script must not mint itself runners), or which of the launcher's files go
+# to the instance and the bucket (`workdir`: a pull request's file must not ship ~/.aws) and
+# which come back into it (`out`): from a file only with TRUST_ENV=1, since in CI the file may
+# come from a pull request. The [vars] table too: module variables choose images
+# (`gpu_image_family`), roles and network exposure.
 UNTRUSTED = frozenset(
     {"terraform", "runner_archive", "github_url", "state_dir", "backend", "image", "runner_group"}
     | {"instance_profile", "service_account", "identity", "github_app_key", "modules_dir"}
-    | {"startup_script"}
+    | {"startup_script", "workdir", "out"}
 )
 
 
@@ -399,9 +401,11 @@ def _checked(
 
 
 # Options whose value may be a path; one given relative in the file is relative to the file.
-_PATHS = frozenset({"state_dir", "terraform", "runner_archive", "modules_dir", "startup_script"})
+_PATHS = frozenset(
+    {"state_dir", "terraform", "runner_archive", "modules_dir", "startup_script", "workdir"}
+)
 # Of those, the ones that are always a folder (never a command on PATH).
-_FOLDERS = frozenset({"state_dir", "modules_dir"})
+_FOLDERS = frozenset({"state_dir", "modules_dir", "workdir"})
 
 
 def _relative_to(folder: Path, name: str, value: Any) -> Any:

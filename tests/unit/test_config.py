@@ -3,12 +3,14 @@ CML_INFRA_* variables, with every bad key refused by name."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 from typer.testing import CliRunner
@@ -240,7 +242,7 @@ EVIL = "#!/bin/sh\n: > '{marker}'\nexit 1\n"
 # The keys that would run a program, fetch code or send the token elsewhere.
 UNTRUSTED = ("terraform", "runner-archive", "image", "github-url", "runner-group", "state-dir",
              "instance-profile", "service-account", "identity", "modules-dir",
-             "startup-script")  # fmt: skip
+             "startup-script", "workdir", "out")  # fmt: skip
 
 
 @pytest.fixture
@@ -411,3 +413,16 @@ def test_a_file_owned_by_another_user_is_skipped(project, name, text):
     (project / name).write_text(text)
     os.chown(project / name, 54321, -1)
     assert_skipped(project / name, "not owned by you")
+
+
+def test_a_trusted_workdir_is_relative_to_the_file_and_out_paths_apply(project, monkeypatch):
+    (project / "train").mkdir()
+    (project / "train" / "train.py").write_text("print('hi')\n")
+    (project / ".cml-infra.toml").write_text('workdir = "train"\nout = ["model.bin"]\n')
+    monkeypatch.setenv("CML_INFRA_TRUST_CONFIG", "1")
+    monkeypatch.chdir(project / "sub")
+    result = render("--name", "cfg", "--", "python", "train.py")
+    assert result.exit_code == 0, result.output
+    with tarfile.open(fileobj=io.BytesIO((project / "sub/out/workdir.tar.gz").read_bytes())) as tar:
+        assert tar.getnames() == ["train.py"]
+    assert '"model.bin"' in (project / "sub/out/startup.sh").read_text()
