@@ -103,6 +103,11 @@ def _bring_home(
     if missing:
         ui.warn(f"{record.name}: the task left no {', '.join(missing)} (--out)")
     if not sent.get("uploaded"):
+        if not partial and not missing:
+            ui.warn(
+                f"{record.name}: its outputs did not come back (`cml-infra logs {record.name}` "
+                f"says why; `cml-infra pull {record.name}` fetches them if they arrive later)"
+            )
         return "; it had uploaded no outputs" if partial else ""
     try:
         written = attach.pull(state, record, spec.workdir)

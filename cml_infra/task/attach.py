@@ -156,11 +156,12 @@ def attach(
             ended = follower.task_ended()
             ended_at = clock()
         if ended is not None:
-            # The whole log from a bucket is all there is; a file here may still grow.
+            # The whole log from a bucket is all there is; a file here may still grow. The
+            # last status counts: it says which outputs the agent's last tries sent.
             if follower.complete and (not chunk or not follower.local_file):
-                return ended
+                return follower.task_ended() or ended
             if clock() - ended_at > DRAIN_SECONDS or (not chunk and _record_gone(state, record)):
-                return ended
+                return follower.task_ended() or ended
         elif clock() >= next_look:
             next_look = clock() + LIVENESS_SECONDS
             if _instance_gone(state, record):
