@@ -262,6 +262,8 @@ def logs(name: str, state: StateDir, follow: bool) -> Iterator[str]:
 
         yield from (attach.follow(state, record) if follow else attach.read_all(state, record))
         return
+    from cml_infra.task.attach import read_from, record_gone
+
     cloud = clouds.get(record.cloud, state)
     path = cloud.instance_log(name)
     if path is None:
@@ -271,30 +273,15 @@ def logs(name: str, state: StateDir, follow: bool) -> Iterator[str]:
     offset = 0
     while True:
         # Checked before the read, so that the last read sees everything the instance wrote.
-        ended = follow and _ended(state, key)
+        ended = follow and record_gone(state, record)
         # When the sandbox goes, the log continues in the copy kept beside the record.
         path = cloud.instance_log(name) or path
-        chunk, offset = _read_from(path, offset)
+        chunk, offset = read_from(path, offset)
         if chunk:
-            yield chunk
+            yield chunk.decode("utf-8", errors="replace")
         if not follow or ended:
             return
         time.sleep(0.5)
-
-
-def _ended(state: StateDir, name: str) -> bool:
-    record = state.load(name)
-    return record is None or record.state in ("destroyed", "failed")
-
-
-def _read_from(path: Path, offset: int) -> tuple[str, int]:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except FileNotFoundError:
-        return "", offset
-    return data.decode("utf-8", errors="replace"), offset + len(data)
 
 
 def catalog_clouds(cloud: str | None) -> list[str]:

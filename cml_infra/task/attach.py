@@ -74,7 +74,7 @@ class LogFollower:
             path = self.cloud.instance_log(self.record.name)
             if path is None:
                 return ""
-            data, self.offset = _read_from(path, self.offset)
+            data, self.offset = read_from(path, self.offset)
             self.complete = bool(((self.status or {}).get("log") or {}).get("complete"))
             return data.decode("utf-8", errors="replace")
         if self.channel is None:
@@ -111,7 +111,7 @@ def follow(
     follower = LogFollower(state, record, _channel(state, record))
     next_look = clock() + LIVENESS_SECONDS
     while True:
-        gone = _record_gone(state, record)
+        gone = record_gone(state, record)
         if not gone and not follower.local_file and clock() >= next_look:
             next_look = clock() + LIVENESS_SECONDS
             gone = _instance_gone(state, record)
@@ -160,7 +160,7 @@ def attach(
             # last status counts: it says which outputs the agent's last tries sent.
             if follower.complete and (not chunk or not follower.local_file):
                 return follower.task_ended() or ended
-            if clock() - ended_at > DRAIN_SECONDS or (not chunk and _record_gone(state, record)):
+            if clock() - ended_at > DRAIN_SECONDS or (not chunk and record_gone(state, record)):
                 return follower.task_ended() or ended
         elif clock() >= next_look:
             next_look = clock() + LIVENESS_SECONDS
@@ -210,7 +210,8 @@ def _channel(state: StateDir, record: RunnerRecord) -> Channel | None:
     return channel_of(state, state.key(record), on_this_machine=record.reports == "folder")
 
 
-def _record_gone(state: StateDir, record: RunnerRecord) -> bool:
+def record_gone(state: StateDir, record: RunnerRecord) -> bool:
+    """Whether the runner's record is closed (destroyed) or given up on (failed)."""
     current = state.load(state.key(record))
     return current is None or current.state in ("destroyed", "failed")
 
@@ -223,7 +224,8 @@ def _instance_gone(state: StateDir, record: RunnerRecord) -> bool:
     return not rows or rows[0]["state"] in _GONE
 
 
-def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
+def read_from(path: Path, offset: int) -> tuple[bytes, int]:
+    """What a file gained past `offset`, and where it ends now (nothing while it is missing)."""
     try:
         with path.open("rb") as handle:
             handle.seek(offset)

@@ -22,7 +22,11 @@ from cml_infra.backends.ledger import RemoteLedger
 from cml_infra.state import StateDir
 from cml_infra.terraform import Engine, EngineHome
 from tests.e2e.conftest import Cli
-from tests.fakes.emulators import AZURITE_ACCOUNT, AZURITE_KEY, azurite, azurite_missing
+from tests.fakes.emulators import (
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    azurite_or_skip,
+)
 from tests.unit.conftest import record_of
 
 pytestmark = pytest.mark.e2e
@@ -82,10 +86,7 @@ def test_terraform_accepts_the_backend_block(cli: Cli, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    missing = azurite_missing()
-    if missing:
-        pytest.skip(missing)
-    with azurite() as url:
+    with azurite_or_skip() as url:
         yield url
 
 

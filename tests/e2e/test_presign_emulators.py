@@ -27,8 +27,7 @@ from tests.fakes.credentials import service_account_key
 from tests.fakes.emulators import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
-    azurite,
-    azurite_missing,
+    azurite_or_skip,
     fake_gcs_binary,
     fake_gcs_server,
 )
@@ -129,10 +128,7 @@ def test_gcs_without_a_signer_says_a_service_account_is_needed(
 
 @pytest.fixture(scope="module")
 def azure_endpoint() -> Iterator[str]:
-    missing = azurite_missing()
-    if missing:
-        pytest.skip(missing)
-    with azurite() as url:
+    with azurite_or_skip() as url:
         yield url
 
 

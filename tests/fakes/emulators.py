@@ -100,6 +100,18 @@ def fake_gcs_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def azurite_or_skip() -> Iterator[str]:
+    """Azurite's endpoint, or the test skipped (saying why) where it is not installed."""
+    import pytest
+
+    missing = azurite_missing()
+    if missing:
+        pytest.skip(missing)
+    with azurite() as url:
+        yield url
+
+
+@contextlib.contextmanager
 def azurite() -> Iterator[str]:
     """Azurite's blob endpoint for its development account, in memory."""
     binary = azurite_binary()

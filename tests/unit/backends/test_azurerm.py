@@ -16,16 +16,18 @@ from cml_infra.backends import azurerm
 from cml_infra.backends.azurerm import AzureBlobBackend
 from cml_infra.backends.base import BackendError
 from cml_infra.errors import UsageError
-from tests.fakes.emulators import AZURITE_ACCOUNT, AZURITE_KEY, azurite, azurite_missing, free_port
+from tests.fakes.emulators import (
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    azurite_or_skip,
+    free_port,
+)
 from tests.unit.backends import contract
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    missing = azurite_missing()
-    if missing:
-        pytest.skip(missing)
-    with azurite() as url:
+    with azurite_or_skip() as url:
         yield url
 
 
